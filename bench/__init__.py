@@ -1,0 +1,1 @@
+"""Benchmarks: `prepay bench NAME` runs `bench.NAME.main`; each prints one JSON object last."""

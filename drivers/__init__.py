@@ -1,0 +1,1 @@
+"""Southbound adapters: meters, actuators and dispensers behind the small interface in `ports`."""

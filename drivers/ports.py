@@ -1,0 +1,159 @@
+"""The driver-neutral interface between the gateway core and the southbound adapters.
+
+The core (pipeline, decisions, store) sees only this module: value types for readings and
+supply commands, the `ReadingSource` / `Actuator` protocols, and the `DriverError` tree. No
+protocol library (pymodbus, aiomqtt, bleak) is imported here.
+
+Units: a register is an integer count of milli-units of the meter's billing unit (Wh for kWh,
+litres for m3, millilitres for litres), the same fixed-point scale the billing engine uses.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+
+from billing_engine.errors import PrepayError
+
+
+class Quality(enum.StrEnum):
+    """How much a reading can be trusted."""
+
+    GOOD = "good"
+    ESTIMATED = "estimated"  # interpolated or split by the gateway, not read from the device
+    SUSPECT = "suspect"  # accepted but flagged (e.g. after a rollover); held for an operator
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One cumulative register value of one meter at one instant.
+
+    Attributes:
+        meter_id: the meter's id in the site config.
+        read_at: when the value was valid, an aware UTC datetime.
+        register_milli: cumulative register in milli-units (Wh, L or mL).
+        source: where it came from, for audit ("modbus:bus0/3", "chirpstack:70b3d5...").
+        quality: see `Quality`.
+        seq: the device's own frame counter when it has one (LoRaWAN FCnt), else None.
+    """
+
+    meter_id: str
+    read_at: datetime
+    register_milli: int
+    source: str = ""
+    quality: Quality = Quality.GOOD
+    seq: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.read_at.tzinfo is None or self.read_at.utcoffset() != UTC.utcoffset(None):
+            raise ValueError(f"Reading.read_at must be an aware UTC datetime, got {self.read_at!r}")
+        if self.register_milli < 0:
+            raise ValueError(f"Reading.register_milli must be >= 0, got {self.register_milli}")
+
+    @property
+    def reading_id(self) -> str:
+        """The reading's identity: the same meter at the same instant is the same reading."""
+        micros = int(self.read_at.timestamp() * 1_000_000)
+        return f"{self.meter_id}@{micros}"
+
+
+class SupplyState(enum.StrEnum):
+    """What a relay, valve or dispenser lock reports."""
+
+    ON = "on"
+    OFF = "off"
+    UNKNOWN = "unknown"
+
+
+class DriverEventKind(enum.StrEnum):
+    """Things a driver reports that are not readings."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+    FRAME_ERROR = "frame_error"
+    ROLLOVER = "rollover"
+    METER_REPLACED = "meter_replaced"
+    REGISTER_BACKWARDS = "register_backwards"
+    IMPLAUSIBLE_JUMP = "implausible_jump"
+    STALE = "stale"
+    COUNTER_RESET = "counter_reset"
+
+
+@dataclass(frozen=True, slots=True)
+class DriverEvent:
+    """An alarm or a state change of a device, raised by a driver."""
+
+    device_id: str
+    kind: DriverEventKind
+    at: datetime
+    detail: dict[str, str | int | float | bool] = field(default_factory=dict)
+
+
+class ReadingSink(Protocol):
+    """Where a source puts what it reads. ``put`` may block: that is the back-pressure."""
+
+    async def put(self, reading: Reading) -> None:
+        """Hand over one reading; returns once the core has accepted it into its queue."""
+
+    async def event(self, event: DriverEvent) -> None:
+        """Report a device event (offline, rollover, ...)."""
+
+
+@runtime_checkable
+class ReadingSource(Protocol):
+    """A driver that produces readings (a Modbus bus, an LNS subscription, a BLE dispenser)."""
+
+    name: str
+
+    async def run(self, sink: ReadingSink) -> None:
+        """Produce readings into ``sink`` until cancelled. Must not return on device errors."""
+
+
+@runtime_checkable
+class Actuator(Protocol):
+    """Something that switches supply: a relay, a valve, a dispenser lock."""
+
+    name: str
+
+    def handles(self, device_id: str) -> bool:
+        """True when this actuator drives ``device_id``."""
+
+    async def set_supply(self, device_id: str, on: bool) -> None:
+        """Send the command. Returning means it was sent, not that the device obeyed.
+
+        Raises:
+            DriverError: the command could not be delivered.
+        """
+
+    async def read_supply(self, device_id: str) -> SupplyState:
+        """Read the device's actual state back (for confirmation).
+
+        Raises:
+            DriverError: the state could not be read.
+        """
+
+
+class DriverError(PrepayError):
+    """A device or bus failed. Carries the device id."""
+
+    def __init__(self, device_id: str, message: str) -> None:
+        self.device_id = device_id
+        super().__init__(f"{device_id}: {message}")
+
+
+class DeviceTimeoutError(DriverError):
+    """The device did not answer in time."""
+
+
+class FrameError(DriverError):
+    """A frame was malformed (bad CRC, truncated, wrong length)."""
+
+
+class DeviceRejectedError(DriverError):
+    """The device answered with an exception / rejection code."""
+
+    def __init__(self, device_id: str, code: int, message: str = "") -> None:
+        self.code = code
+        super().__init__(device_id, f"rejected with code {code}{': ' + message if message else ''}")

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests talk to for real (a broker, an independent Modbus master,
+# a serial-line tool) when they are missing. Idempotent; does nothing when all are present.
+set -euo pipefail
+need=()
+[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || need+=(mosquitto)
+command -v mbpoll >/dev/null || need+=(mbpoll)
+command -v socat >/dev/null || need+=(socat)
+[ ${#need[@]} -eq 0 ] && exit 0
+echo "installing system packages: ${need[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Debian starts the packaged broker as a service on port 1883; the tests start their own.
+if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
+  $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
