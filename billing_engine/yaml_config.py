@@ -8,6 +8,7 @@ raises `InvalidConfigError` and nothing is returned.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +18,22 @@ from pydantic import BaseModel, ValidationError
 from billing_engine.errors import ConfigError, InvalidConfigError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class DecimalLoader(yaml.SafeLoader):
+    """SafeLoader that reads YAML floats as `Decimal`, so ``0.538`` never becomes a float."""
+
+
+def _construct_decimal(loader: yaml.SafeLoader, node: yaml.Node) -> Decimal:
+    text = str(loader.construct_scalar(node)).replace("_", "")  # type: ignore[arg-type]
+    if text.lower() in {".inf", "+.inf", "-.inf", ".nan"}:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{text} is not a usable number", node.start_mark
+        )
+    return Decimal(text)
+
+
+DecimalLoader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
 
 
 def _node_for(root: yaml.Node, loc: Sequence[int | str]) -> yaml.Node:
@@ -59,8 +76,8 @@ def parse_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
         error = ConfigError(name, 0, "<file>", f"cannot read: {exc.strerror}")
         raise InvalidConfigError([error]) from exc
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=DecimalLoader)
+        data = yaml.load(text, Loader=DecimalLoader)  # noqa: S506 - DecimalLoader is a SafeLoader
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 0
         raise InvalidConfigError(

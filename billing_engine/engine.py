@@ -1,0 +1,243 @@
+"""The billing engine's public API: account states in, deductions and crossed thresholds out.
+
+`BillingEngine` owns one tariff, compiles it for the time window the readings need (widening it
+when they move on) and runs the Numba kernel over arrays. Callers either hand it arrays
+(`bill_arrays`, what the benchmark and the gateway's batch path use) or plain objects
+(`bill`), which it packs into arrays.
+
+Timestamps are truncated to whole UTC seconds: the kernel's time unit. Two readings of one meter
+in the same second are the same instant (a duplicate or a conflict).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from numpy.typing import NDArray
+
+from billing_engine import kernel
+from billing_engine.compile import CompiledTariff, compile_tariff
+from billing_engine.tariff import Tariff
+
+Int64Array = NDArray[np.int64]
+_WINDOW_MARGIN_BEFORE = timedelta(days=2)
+_WINDOW_MARGIN_AFTER = timedelta(days=400)
+
+
+class ReadingStatus(enum.IntEnum):
+    """What the engine did with a reading (the kernel's ``STATUS_*``)."""
+
+    BILLED = kernel.STATUS_BILLED
+    BASELINE = kernel.STATUS_BASELINE
+    DUPLICATE = kernel.STATUS_DUPLICATE
+    OUT_OF_ORDER = kernel.STATUS_OUT_OF_ORDER
+    REGISTER_BACKWARDS = kernel.STATUS_REGISTER_BACKWARDS
+    CONFLICT = kernel.STATUS_CONFLICT
+    NO_TARIFF = kernel.STATUS_NO_TARIFF
+    LIMIT = kernel.STATUS_LIMIT
+    OUTSIDE_WINDOW = kernel.STATUS_OUTSIDE_WINDOW
+
+
+class Crossing(enum.IntFlag):
+    """Thresholds a reading crossed, and notes about how it was priced."""
+
+    NONE = 0
+    LOW = kernel.FLAG_LOW
+    ZERO = kernel.FLAG_ZERO
+    DISCONNECT = kernel.FLAG_DISCONNECT
+    SPLIT = kernel.FLAG_SPLIT
+    CYCLE_RESET = kernel.FLAG_CYCLE_RESET
+
+
+@dataclass
+class AccountState:
+    """One account's billing state: plain integers, persisted by the gateway as they are.
+
+    ``cycle_id is None`` with a non-zero ``usage_milli`` is an opening usage for the cycle of the
+    first reading (an account moved in mid-cycle with a known year-to-date total).
+    """
+
+    balance_minor: int
+    class_name: str
+    low_minor: int = 0
+    disconnect_minor: int = 0
+    cycle_id: int | None = None
+    usage_milli: int = 0
+    net_acc: int = 0
+    tax_acc: int = 0
+    tax_rem: int = 0
+    last_ts: int | None = None
+    last_register_milli: int = 0
+    standing_day: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingResult:
+    """The outcome of one reading."""
+
+    status: ReadingStatus
+    deduction_minor: int
+    crossing: Crossing
+    balance_minor: int
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Per-reading outputs of `BillingEngine.bill_arrays` (same order as the input)."""
+
+    deduction_minor: Int64Array
+    status: Int64Array
+    flags: Int64Array
+    balance_minor: Int64Array
+
+
+def _opt(value: int | None) -> int:
+    return kernel.UNSET if value is None else value
+
+
+def _unopt(value: int) -> int | None:
+    return None if value == kernel.UNSET else int(value)
+
+
+class BillingEngine:
+    """Bills readings against accounts under one tariff."""
+
+    def __init__(self, tariff: Tariff) -> None:
+        self.tariff = tariff
+        self._compiled: CompiledTariff | None = None
+
+    @property
+    def compiled(self) -> CompiledTariff | None:
+        return self._compiled
+
+    def class_index(self, class_name: str) -> int:
+        """Index of ``class_name`` in the state arrays.
+
+        Raises:
+            KeyError: the tariff has no such class.
+        """
+        names = self.tariff.class_names
+        if class_name not in names:
+            raise KeyError(f"tariff {self.tariff.id} has no class {class_name!r}; it has {names}")
+        return names.index(class_name)
+
+    def pack(self, accounts: Sequence[AccountState]) -> Int64Array:
+        """Account states as the kernel's ``[n, STATE_WIDTH]`` int64 array."""
+        state = np.zeros((len(accounts), kernel.STATE_WIDTH), dtype=np.int64)
+        for i, acc in enumerate(accounts):
+            row = state[i]
+            row[kernel.STATE_BALANCE] = acc.balance_minor
+            row[kernel.STATE_CLASS] = self.class_index(acc.class_name)
+            row[kernel.STATE_CYCLE] = _opt(acc.cycle_id)
+            row[kernel.STATE_USAGE] = acc.usage_milli
+            row[kernel.STATE_NET] = acc.net_acc
+            row[kernel.STATE_TAX] = acc.tax_acc
+            row[kernel.STATE_TAX_REM] = acc.tax_rem
+            row[kernel.STATE_LAST_TS] = _opt(acc.last_ts)
+            row[kernel.STATE_LAST_REG] = acc.last_register_milli
+            row[kernel.STATE_STANDING_DAY] = _opt(acc.standing_day)
+            row[kernel.STATE_LOW] = acc.low_minor
+            row[kernel.STATE_DISCONNECT] = acc.disconnect_minor
+            row[kernel.STATE_HINT] = -1
+        return state
+
+    def unpack(self, state: Int64Array, accounts: Sequence[AccountState]) -> None:
+        """Copy kernel rows back into ``accounts`` (same order as `pack`)."""
+        names = self.tariff.class_names
+        for i, acc in enumerate(accounts):
+            row = state[i]
+            acc.balance_minor = int(row[kernel.STATE_BALANCE])
+            acc.class_name = names[int(row[kernel.STATE_CLASS])]
+            acc.cycle_id = _unopt(row[kernel.STATE_CYCLE])
+            acc.usage_milli = int(row[kernel.STATE_USAGE])
+            acc.net_acc = int(row[kernel.STATE_NET])
+            acc.tax_acc = int(row[kernel.STATE_TAX])
+            acc.tax_rem = int(row[kernel.STATE_TAX_REM])
+            acc.last_ts = _unopt(row[kernel.STATE_LAST_TS])
+            acc.last_register_milli = int(row[kernel.STATE_LAST_REG])
+            acc.standing_day = _unopt(row[kernel.STATE_STANDING_DAY])
+
+    def ensure_window(self, first_s: int, last_s: int) -> CompiledTariff:
+        """Compile (or widen) the timeline so it covers ``[first_s, last_s]``."""
+        compiled = self._compiled
+        if compiled is not None and compiled.covers(first_s, last_s):
+            return compiled
+        start = datetime.fromtimestamp(first_s, tz=UTC) - _WINDOW_MARGIN_BEFORE
+        end = datetime.fromtimestamp(last_s, tz=UTC) + _WINDOW_MARGIN_AFTER
+        if compiled is not None:
+            start = min(start, datetime.fromtimestamp(compiled.window_start, tz=UTC))
+            end = max(end, datetime.fromtimestamp(compiled.window_end, tz=UTC))
+        self._compiled = compile_tariff(self.tariff, start, end)
+        return self._compiled
+
+    def bill_arrays(
+        self,
+        state: Int64Array,
+        account: Int64Array,
+        ts_s: Int64Array,
+        register_milli: Int64Array,
+    ) -> BatchResult:
+        """Bill readings (parallel arrays, in order) against ``state`` (updated in place)."""
+        n = account.shape[0]
+        if n:
+            known = state[:, kernel.STATE_LAST_TS]
+            known = known[known != kernel.UNSET]
+            first = int(min(ts_s.min(), known.min())) if known.size else int(ts_s.min())
+            compiled = self.ensure_window(first, int(ts_s.max()))
+        else:
+            compiled = self.ensure_window(0, 0)
+        out = BatchResult(
+            np.zeros(n, dtype=np.int64),
+            np.zeros(n, dtype=np.int64),
+            np.zeros(n, dtype=np.int64),
+            np.zeros(n, dtype=np.int64),
+        )
+        kernel.bill_batch(
+            compiled.span_start,
+            compiled.span_version,
+            compiled.span_period,
+            compiled.span_cycle,
+            compiled.span_day,
+            compiled.window_end,
+            compiled.price_micro,
+            compiled.tier_limit_milli,
+            compiled.tier_adder_micro,
+            compiled.standing_micro,
+            compiled.tax_bp,
+            compiled.acc_per_minor,
+            state,
+            np.ascontiguousarray(account, dtype=np.int64),
+            np.ascontiguousarray(ts_s, dtype=np.int64),
+            np.ascontiguousarray(register_milli, dtype=np.int64),
+            out.deduction_minor,
+            out.status,
+            out.flags,
+            out.balance_minor,
+        )
+        return out
+
+    def bill(
+        self,
+        accounts: Sequence[AccountState],
+        readings: Sequence[tuple[int, datetime, int]],
+    ) -> list[ReadingResult]:
+        """Bill ``(account index, read_at, register_milli)`` readings; updates ``accounts``."""
+        state = self.pack(accounts)
+        account = np.array([r[0] for r in readings], dtype=np.int64)
+        ts_s = np.array([int(r[1].timestamp()) for r in readings], dtype=np.int64)
+        register = np.array([r[2] for r in readings], dtype=np.int64)
+        out = self.bill_arrays(state, account, ts_s, register)
+        self.unpack(state, accounts)
+        return [
+            ReadingResult(
+                ReadingStatus(int(out.status[i])),
+                int(out.deduction_minor[i]),
+                Crossing(int(out.flags[i])),
+                int(out.balance_minor[i]),
+            )
+            for i in range(len(readings))
+        ]

@@ -1,0 +1,287 @@
+"""The Numba billing kernel: a batch of readings against per-account states, in place.
+
+Pure integer arithmetic over arrays; no Python objects in the loop. The tariff arrives as the
+arrays `compile.py` builds once per tariff (a timeline of constant-price spans plus price and
+tier tables), the accounts as one int64 row each (``STATE_*`` columns: 16 x 8 bytes = two cache
+lines, so a reading touches one account row however the batch interleaves accounts).
+
+What a reading costs: the interval since the account's previous reading is cut at every
+timeline boundary (TOU period, local midnight, cycle start, tariff version); the quantity is
+split over the pieces pro rata by time, ``floor(dq * elapsed / span)`` cumulatively, so the
+pieces sum to ``dq`` exactly. Each piece is priced at ``period price + tier adder`` across the
+tiers it spans. The exact cycle cost (``acc`` units, 1e-9 major, plus tax) is kept, and the
+deduction is ``round(cost after) - round(cost before)``, half-up, per cycle; so the deductions of
+a cycle always sum to the rounded bill of the whole cycle, however the readings fall.
+
+`reference.py` is the oracle this must agree with to the last unit; `money.py` has the scales
+and the overflow argument. This module also runs as plain Python under ``NUMBA_DISABLE_JIT=1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numba
+import numpy as np
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Account state columns (int64 each).
+STATE_BALANCE = 0  # minor units, may be negative
+STATE_CLASS = 1  # index into the tariff's classes
+STATE_CYCLE = 2  # cycle id the accumulators below belong to; UNSET before the first reading
+STATE_USAGE = 3  # quantity used in the cycle, milli-units (selects the tier)
+STATE_NET = 4  # exact cost in the cycle before tax, acc units
+STATE_TAX = 5  # tax in the cycle, whole acc units
+STATE_TAX_REM = 6  # tax remainder, 1/10000 acc units (< 10000)
+STATE_LAST_TS = 7  # UTC seconds of the last billed reading; UNSET before the first
+STATE_LAST_REG = 8  # register of the last billed reading, milli-units
+STATE_STANDING_DAY = 9  # last local day (ordinal) whose standing charge is paid; UNSET: none
+STATE_LOW = 10  # low-balance threshold, minor units
+STATE_DISCONNECT = 11  # disconnection threshold, minor units
+STATE_HINT = 12  # timeline index of STATE_LAST_TS, a search hint (any value is safe)
+STATE_WIDTH = 16
+
+UNSET = -(2**63)
+
+# Reading status.
+STATUS_BILLED = 0
+STATUS_BASELINE = 1  # first reading of the account: sets the register, charges no energy
+STATUS_DUPLICATE = 2  # same instant and register as the last billed reading
+STATUS_OUT_OF_ORDER = 3  # older than the last billed reading: ignored
+STATUS_REGISTER_BACKWARDS = 4  # register below the last one: reported, not billed
+STATUS_CONFLICT = 5  # same instant as the last reading but another register
+STATUS_NO_TARIFF = 6  # before the first tariff version
+STATUS_LIMIT = 7  # beyond the overflow-safe limits (cycle quantity or reading span)
+STATUS_OUTSIDE_WINDOW = 8  # after the compiled timeline: the engine must recompile
+
+# Flags (bits).
+FLAG_LOW = 1  # balance went from >= low threshold to below it
+FLAG_ZERO = 2  # balance went from > 0 to <= 0: credit exhausted
+FLAG_DISCONNECT = 4  # balance went from >= disconnection threshold to below it
+FLAG_SPLIT = 8  # the interval crossed a price/day boundary: the split is an estimate
+FLAG_CYCLE_RESET = 16  # a billing cycle ended inside this reading
+
+TAX_SCALE = 10_000
+MAX_CYCLE_USAGE_MILLI = 2**35
+MAX_READING_SPAN_S = 3_000_000_000
+
+
+def _njit(signature: str) -> Callable[[F], F]:
+    """The one JIT policy: eager, explicit int64 signature, cached on disk, no Python objects."""
+    jit = numba.njit(signature, cache=True, nogil=True, error_model="numpy")
+    return jit  # type: ignore[return-value]  # a Dispatcher is called like the function
+
+
+@_njit("int64(int64, int64, int64)")
+def _split(quantity: int, elapsed: int, span: int) -> int:
+    """floor(quantity * elapsed / span) for 0 <= elapsed <= span, without int64 overflow."""
+    whole = quantity // span
+    rest = quantity - whole * span
+    return whole * elapsed + (rest * elapsed) // span
+
+
+@_njit("int64(int64, int64, int64)")
+def _rounded(net: int, tax: int, acc_per_minor: int) -> int:
+    # The tax remainder (< 1 acc) never changes the result: acc_per_minor is even, so the
+    # half-way point is a whole acc value (proof in money.py's docstring and the tests).
+    return (net + tax + acc_per_minor // 2) // acc_per_minor
+
+
+@_njit("int64(int64[:], int64)")
+def _find_span(starts: np.ndarray, at: int) -> int:
+    """Index of the timeline span containing ``at`` (-1 before the first)."""
+    lo = 0
+    hi = starts.shape[0]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if starts[mid] <= at:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@_njit("void(int64[:], int64, int64)")
+def _add_cost(row: np.ndarray, cost: int, tax_bp: int) -> None:
+    row[STATE_NET] += cost
+    if tax_bp != 0:
+        whole = cost // TAX_SCALE
+        row[STATE_TAX] += whole * tax_bp
+        rem = row[STATE_TAX_REM] + (cost - whole * TAX_SCALE) * tax_bp
+        row[STATE_TAX] += rem // TAX_SCALE
+        row[STATE_TAX_REM] = rem % TAX_SCALE
+
+
+@_njit("void(int64[:], int64)")
+def _start_cycle(row: np.ndarray, cycle: int) -> None:
+    row[STATE_CYCLE] = cycle
+    row[STATE_USAGE] = 0
+    row[STATE_NET] = 0
+    row[STATE_TAX] = 0
+    row[STATE_TAX_REM] = 0
+
+
+@_njit(
+    "void(int64[:], int64[:], int64[:], int64[:], int64[:], int64,"
+    " int64[:, :, :], int64[:, :, :], int64[:, :, :], int64[:, :], int64[:], int64,"
+    " int64[:, :], int64[:], int64[:], int64[:],"
+    " int64[:], int64[:], int64[:], int64[:])"
+)
+def bill_batch(  # noqa: PLR0917 - a numba kernel takes its arrays positionally
+    span_start: np.ndarray,
+    span_version: np.ndarray,
+    span_period: np.ndarray,
+    span_cycle: np.ndarray,
+    span_day: np.ndarray,
+    window_end: int,
+    price_micro: np.ndarray,
+    tier_limit_milli: np.ndarray,
+    tier_adder_micro: np.ndarray,
+    standing_micro: np.ndarray,
+    tax_bp: np.ndarray,
+    acc_per_minor: int,
+    state: np.ndarray,
+    reading_account: np.ndarray,
+    reading_ts: np.ndarray,
+    reading_register: np.ndarray,
+    out_deduction: np.ndarray,
+    out_status: np.ndarray,
+    out_flags: np.ndarray,
+    out_balance: np.ndarray,
+) -> None:
+    """Bill ``reading_*`` in order against ``state`` (updated in place); fill ``out_*``."""
+    n_spans = span_start.shape[0]
+    n_tiers = tier_limit_milli.shape[2]
+    for i in range(reading_account.shape[0]):
+        row = state[reading_account[i]]
+        ts = reading_ts[i]
+        register = reading_register[i]
+        balance_before = row[STATE_BALANCE]
+        deduction = 0
+        flags = 0
+        out_deduction[i] = 0
+        out_flags[i] = 0
+        out_balance[i] = balance_before
+        last_ts = row[STATE_LAST_TS]
+
+        if ts >= window_end:
+            out_status[i] = STATUS_OUTSIDE_WINDOW
+            continue
+        if last_ts == UNSET:
+            span = _find_span(span_start, ts)
+            if span < 0:
+                out_status[i] = STATUS_NO_TARIFF
+                continue
+            row[STATE_LAST_TS] = ts
+            row[STATE_LAST_REG] = register
+            row[STATE_HINT] = span
+            if row[STATE_CYCLE] == UNSET:
+                row[STATE_CYCLE] = span_cycle[span]  # keeps an opening usage given for it
+            elif row[STATE_CYCLE] != span_cycle[span]:
+                _start_cycle(row, span_cycle[span])  # the old cycle's rounding is already paid
+            before = _rounded(row[STATE_NET], row[STATE_TAX], acc_per_minor)
+            if row[STATE_STANDING_DAY] == UNSET:
+                row[STATE_STANDING_DAY] = span_day[span] - 1
+            if row[STATE_STANDING_DAY] < span_day[span]:
+                days = span_day[span] - row[STATE_STANDING_DAY]
+                version = span_version[span]
+                cost = days * standing_micro[version, row[STATE_CLASS]] * 1000
+                _add_cost(row, cost, tax_bp[version])
+                row[STATE_STANDING_DAY] = span_day[span]
+            deduction += _rounded(row[STATE_NET], row[STATE_TAX], acc_per_minor) - before
+            out_status[i] = STATUS_BASELINE
+        elif ts < last_ts:
+            out_status[i] = STATUS_OUT_OF_ORDER
+            continue
+        elif ts == last_ts:
+            same = register == row[STATE_LAST_REG]
+            out_status[i] = STATUS_DUPLICATE if same else STATUS_CONFLICT
+            continue
+        elif register < row[STATE_LAST_REG]:
+            out_status[i] = STATUS_REGISTER_BACKWARDS
+            continue
+        else:
+            quantity = register - row[STATE_LAST_REG]
+            duration = ts - last_ts
+            too_much = row[STATE_USAGE] + quantity > MAX_CYCLE_USAGE_MILLI
+            if duration > MAX_READING_SPAN_S or too_much:
+                out_status[i] = STATUS_LIMIT
+                continue
+            span = row[STATE_HINT]
+            if not (
+                0 <= span < n_spans
+                and span_start[span] <= last_ts
+                and (span + 1 == n_spans or last_ts < span_start[span + 1])
+            ):
+                span = _find_span(span_start, last_ts)
+                if span < 0:
+                    out_status[i] = STATUS_OUTSIDE_WINDOW
+                    continue
+            klass = row[STATE_CLASS]
+            before = _rounded(row[STATE_NET], row[STATE_TAX], acc_per_minor)
+            allocated = 0
+            spans = 0
+            while True:
+                piece_start = span_start[span] if span_start[span] > last_ts else last_ts
+                piece_end = span_start[span + 1] if span + 1 < n_spans else window_end
+                piece_end = min(piece_end, ts)
+                if piece_end > piece_start:
+                    spans += 1
+                    if span_cycle[span] != row[STATE_CYCLE]:
+                        after = _rounded(row[STATE_NET], row[STATE_TAX], acc_per_minor)
+                        deduction += after - before
+                        before = 0
+                        _start_cycle(row, span_cycle[span])
+                        flags |= FLAG_CYCLE_RESET
+                    version = span_version[span]
+                    bp = tax_bp[version]
+                    if span_day[span] > row[STATE_STANDING_DAY]:
+                        days = span_day[span] - row[STATE_STANDING_DAY]
+                        _add_cost(row, days * standing_micro[version, klass] * 1000, bp)
+                        row[STATE_STANDING_DAY] = span_day[span]
+                    upto = _split(quantity, piece_end - last_ts, duration)
+                    piece = upto - allocated
+                    allocated = upto
+                    if piece > 0:
+                        price = price_micro[version, klass, span_period[span]]
+                        used = row[STATE_USAGE]
+                        end_usage = used + piece
+                        cost = 0
+                        lower = 0
+                        for k in range(n_tiers):
+                            upper = tier_limit_milli[version, klass, k]
+                            lo = used if used > lower else lower
+                            hi = end_usage if end_usage < upper else upper
+                            if hi > lo:
+                                cost += (hi - lo) * (price + tier_adder_micro[version, klass, k])
+                            if upper >= end_usage:
+                                break
+                            lower = upper
+                        row[STATE_USAGE] = end_usage
+                        _add_cost(row, cost, bp)
+                if piece_end >= ts:
+                    break
+                span += 1
+            row[STATE_HINT] = span
+            row[STATE_LAST_TS] = ts
+            row[STATE_LAST_REG] = register
+            deduction += _rounded(row[STATE_NET], row[STATE_TAX], acc_per_minor) - before
+            if spans > 1:
+                flags |= FLAG_SPLIT
+            out_status[i] = STATUS_BILLED
+
+        balance_after = balance_before - deduction
+        row[STATE_BALANCE] = balance_after
+        low = row[STATE_LOW]
+        cut = row[STATE_DISCONNECT]
+        if balance_before >= low > balance_after:
+            flags |= FLAG_LOW
+        if balance_before > 0 >= balance_after:
+            flags |= FLAG_ZERO
+        if balance_before >= cut > balance_after:
+            flags |= FLAG_DISCONNECT
+        out_deduction[i] = deduction
+        out_flags[i] = flags
+        out_balance[i] = balance_after
