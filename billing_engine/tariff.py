@@ -158,11 +158,13 @@ class Schedule(_Model):
 
     months: tuple[Annotated[int, Field(ge=1, le=12)], ...] = ALL_MONTHS
     day_types: tuple[DayType, ...] = ALL_DAY_TYPES
-    windows: Annotated[tuple[Window, ...], Field(min_length=1)]
+    windows: tuple[Window, ...]
 
     @field_validator("windows")
     @classmethod
     def windows_cover_the_day_once(cls, windows: tuple[Window, ...]) -> tuple[Window, ...]:
+        if not windows:
+            raise ValueError("give at least one window")
         covered = [""] * MINUTES_PER_DAY
         for window in windows:
             for lo, hi in window.minutes():
@@ -223,13 +225,30 @@ class Tax(_Model):
 class ClassPrices(_Model):
     """Prices for one customer class in one version."""
 
-    energy: Price | dict[Name, Price]
-    tiers: Annotated[tuple[Tier, ...], Field(min_length=1)] = (Tier(),)
+    energy: Decimal | dict[Name, Decimal]  # one price for every period, or one per period
+    tiers: tuple[Tier, ...] = (Tier(),)
     standing_charge_per_day: Price = Decimal(0)
+
+    @field_validator("energy")
+    @classmethod
+    def energy_prices_valid(
+        cls, energy: Decimal | dict[str, Decimal]
+    ) -> Decimal | dict[str, Decimal]:
+        if isinstance(energy, dict):
+            for period, price in energy.items():
+                try:
+                    _check_price(price)
+                except ValueError as exc:
+                    raise ValueError(f"{period}: {exc}") from None
+        else:
+            _check_price(energy)
+        return energy
 
     @field_validator("tiers")
     @classmethod
     def tier_limits_increase(cls, tiers: tuple[Tier, ...]) -> tuple[Tier, ...]:
+        if not tiers:
+            raise ValueError("give at least one tier")
         for i, tier in enumerate(tiers[:-1]):
             if tier.up_to is None:
                 raise ValueError(f"tier {i + 1} has no up_to but is not the last tier")
@@ -264,7 +283,7 @@ class Version(_Model):
     holidays: tuple[date, ...] = ()
     workdays: tuple[date, ...] = ()  # weekend days worked as weekdays (China's 调休)
     tax: Tax = Tax()
-    classes: Annotated[dict[Name, ClassPrices], Field(min_length=1)]
+    classes: dict[Name, ClassPrices]
 
     @field_validator("effective_from")
     @classmethod
@@ -275,6 +294,8 @@ class Version(_Model):
 
     @model_validator(mode="after")
     def schedules_cover_every_day_once(self) -> Self:
+        if not self.classes:
+            raise ValueError("give at least one class")
         if not self.schedules:
             return self
         seen: dict[tuple[int, DayType], int] = {}
@@ -353,7 +374,7 @@ class Tariff(_Model):
     timezone: str
     cycle: Cycle
     source: str | None = None
-    versions: Annotated[tuple[Version, ...], Field(min_length=1)]
+    versions: tuple[Version, ...]
 
     @field_validator("currency")
     @classmethod
@@ -375,6 +396,8 @@ class Tariff(_Model):
     @field_validator("versions")
     @classmethod
     def effective_dates_increase(cls, versions: tuple[Version, ...]) -> tuple[Version, ...]:
+        if not versions:
+            raise ValueError("give at least one version")
         for i in range(1, len(versions)):
             if versions[i].effective_from <= versions[i - 1].effective_from:
                 raise ValueError(

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from billing_engine.errors import PrepayError
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Quality(enum.StrEnum):
@@ -55,7 +58,7 @@ class Reading:
     @property
     def reading_id(self) -> str:
         """The reading's identity: the same meter at the same instant is the same reading."""
-        micros = int(self.read_at.timestamp() * 1_000_000)
+        micros = (self.read_at - _EPOCH) // timedelta(microseconds=1)  # exact: no float
         return f"{self.meter_id}@{micros}"
 
 

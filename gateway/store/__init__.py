@@ -1,0 +1,61 @@
+"""The gateway's local store: one SQLite file (WAL) holding the reading journal, the prepaid
+ledger, the outbox, command results and receipts, events and per-account runtime state.
+
+Start at `Store` and `Store.transaction`.
+"""
+
+from __future__ import annotations
+
+from gateway.store.accounts import AccountState
+from gateway.store.commands import Receipt
+from gateway.store.errors import (
+    CommandConflictError,
+    IdempotencyConflictError,
+    InvalidEntryError,
+    JournalStateError,
+    LedgerConflictError,
+    LedgerKeyError,
+    ReceiptConflictError,
+    SchemaError,
+    StoreError,
+)
+from gateway.store.events import Event
+from gateway.store.journal import JournalRow, JournalState
+from gateway.store.ledger import (
+    ChainHead,
+    EntryKind,
+    LedgerEntry,
+    LedgerProblem,
+    LedgerReport,
+    ProblemKind,
+)
+from gateway.store.outbox import NOT_QUEUED, OutboxStats
+from gateway.store.store import Store, Transaction, verify_ledger
+
+__all__ = [
+    "NOT_QUEUED",
+    "AccountState",
+    "ChainHead",
+    "CommandConflictError",
+    "EntryKind",
+    "Event",
+    "IdempotencyConflictError",
+    "InvalidEntryError",
+    "JournalRow",
+    "JournalState",
+    "JournalStateError",
+    "LedgerConflictError",
+    "LedgerEntry",
+    "LedgerKeyError",
+    "LedgerProblem",
+    "LedgerReport",
+    "OutboxStats",
+    "ProblemKind",
+    "Receipt",
+    "ReceiptConflictError",
+    "SchemaError",
+    "Store",
+    "StoreError",
+    "Transaction",
+    "verify_ledger",
+]

@@ -1,0 +1,246 @@
+"""The SQLite file: connection settings, schema and forward migrations.
+
+One file in the state directory, in WAL mode with ``synchronous=FULL`` so that a returned COMMIT
+survives a power cut, not just a process crash. ``foreign_keys`` is on. Every table that holds
+money or identities checks its column types (SQLite would otherwise store ``1.5`` in an INTEGER
+column without complaint).
+
+Migrations only go forward: each is a list of statements applied in one ``BEGIN IMMEDIATE``
+transaction together with its ``schema_version`` row, so a crash mid-migration leaves the
+previous version intact. A file from a newer gateway is refused (`SchemaError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+from gateway.messages import MessageClass
+from gateway.store.errors import SchemaError, StoreError
+
+logger = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_S = 10.0
+
+_V1 = (
+    """CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    # --- reading journal -------------------------------------------------------------------
+    """CREATE TABLE readings (
+        row_id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        reading_id      TEXT    NOT NULL UNIQUE,
+        meter_id        TEXT    NOT NULL,
+        read_at_us      INTEGER NOT NULL CHECK (typeof(read_at_us) = 'integer'),
+        register_milli  INTEGER NOT NULL CHECK (typeof(register_milli) = 'integer'
+                                                AND register_milli >= 0),
+        source          TEXT    NOT NULL,
+        quality         TEXT    NOT NULL,
+        device_seq      INTEGER CHECK (device_seq IS NULL OR typeof(device_seq) = 'integer'),
+        received_at_us  INTEGER NOT NULL CHECK (typeof(received_at_us) = 'integer'),
+        state           TEXT    NOT NULL DEFAULT 'unbilled'
+                                CHECK (state IN ('unbilled', 'billed', 'held')),
+        bill_status     TEXT,
+        deduction_minor INTEGER CHECK (deduction_minor IS NULL
+                                       OR typeof(deduction_minor) = 'integer'),
+        detail_json     TEXT,
+        hold_reason     TEXT
+    )""",
+    # A journalled reading is never removed (pruning old billed rows will need a migration).
+    """CREATE TRIGGER readings_no_delete BEFORE DELETE ON readings
+       BEGIN SELECT RAISE(ABORT, 'the reading journal is append-only'); END""",
+    "CREATE INDEX readings_unbilled ON readings (row_id) WHERE state = 'unbilled'",
+    "CREATE INDEX readings_held ON readings (row_id) WHERE state = 'held'",
+    "CREATE INDEX readings_meter_time ON readings (meter_id, read_at_us)",
+    # --- prepaid ledger (append-only, HMAC-chained) -----------------------------------------
+    """CREATE TABLE ledger (
+        seq             INTEGER PRIMARY KEY,
+        account_id      TEXT    NOT NULL,
+        kind            TEXT    NOT NULL,
+        amount_minor    INTEGER NOT NULL CHECK (typeof(amount_minor) = 'integer'),
+        currency        TEXT    NOT NULL,
+        idempotency_key TEXT    NOT NULL,
+        ref             TEXT    NOT NULL,
+        detail_json     TEXT    NOT NULL,
+        created_at_us   INTEGER NOT NULL CHECK (typeof(created_at_us) = 'integer'),
+        mac             BLOB    NOT NULL,
+        UNIQUE (account_id, idempotency_key)
+    )""",
+    "CREATE INDEX ledger_account ON ledger (account_id, seq)",
+    # Defence in depth against our own bugs; someone with the file can drop these, which is
+    # what the MAC chain is for.
+    """CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+       BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END""",
+    """CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+       BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END""",
+    # Cached per-account balance, updated in the same transaction as each entry; verify
+    # checks it against the sum of entries.
+    """CREATE TABLE ledger_accounts (
+        account_id    TEXT    PRIMARY KEY,
+        currency      TEXT    NOT NULL,
+        balance_minor INTEGER NOT NULL CHECK (typeof(balance_minor) = 'integer'),
+        last_seq      INTEGER NOT NULL REFERENCES ledger (seq)
+    )""",
+    # --- outbox -----------------------------------------------------------------------------
+    # AUTOINCREMENT: a seq is never reused, so a late PUBACK cannot acknowledge a newer message.
+    """CREATE TABLE outbox (
+        seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic          TEXT    NOT NULL,
+        payload        BLOB    NOT NULL,
+        qos            INTEGER NOT NULL CHECK (qos IN (0, 1, 2)),
+        retain         INTEGER NOT NULL CHECK (retain IN (0, 1)),
+        message_class  TEXT    NOT NULL REFERENCES outbox_counters (message_class),
+        enqueued_at_us INTEGER NOT NULL
+    )""",
+    "CREATE INDEX outbox_class ON outbox (message_class, seq)",
+    "CREATE INDEX outbox_retained ON outbox (topic) WHERE retain = 1",
+    """CREATE TABLE outbox_counters (
+        message_class TEXT    PRIMARY KEY,
+        pending       INTEGER NOT NULL DEFAULT 0 CHECK (pending >= 0),
+        dropped       INTEGER NOT NULL DEFAULT 0,
+        coalesced     INTEGER NOT NULL DEFAULT 0
+    )""",
+    # --- commands and receipts ----------------------------------------------------------------
+    """CREATE TABLE commands (
+        command_id     TEXT    PRIMARY KEY,
+        kind           TEXT    NOT NULL,
+        result_json    TEXT    NOT NULL,
+        recorded_at_us INTEGER NOT NULL
+    )""",
+    """CREATE TABLE counters (
+        name  TEXT    PRIMARY KEY,
+        value INTEGER NOT NULL CHECK (typeof(value) = 'integer')
+    )""",
+    "INSERT INTO counters (name, value) VALUES ('receipt_seq', 0)",
+    """CREATE TABLE receipts (
+        seq         INTEGER PRIMARY KEY,
+        topup_id    TEXT    NOT NULL UNIQUE,
+        account_id  TEXT    NOT NULL,
+        payload     BLOB    NOT NULL,
+        signature   BLOB    NOT NULL
+    )""",
+    # --- state-change events and per-account runtime state ---------------------------------------
+    """CREATE TABLE events (
+        event_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id  TEXT,
+        kind        TEXT    NOT NULL,
+        detail_json TEXT    NOT NULL,
+        at_us       INTEGER NOT NULL CHECK (typeof(at_us) = 'integer')
+    )""",
+    "CREATE INDEX events_account ON events (account_id, event_id)",
+    """CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+       BEGIN SELECT RAISE(ABORT, 'the events journal is append-only'); END""",
+    """CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+       BEGIN SELECT RAISE(ABORT, 'the events journal is append-only'); END""",
+    """CREATE TABLE account_state (
+        account_id    TEXT    PRIMARY KEY,
+        state_json    TEXT    NOT NULL,
+        updated_at_us INTEGER NOT NULL
+    )""",
+)
+
+#: Forward migrations, in order: ``MIGRATIONS[n - 1]`` brings the file to version ``n``.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the database at ``path`` with the gateway's settings.
+
+    The connection is in autocommit mode: transactions are explicit ``BEGIN IMMEDIATE``.
+
+    Raises:
+        StoreError: the file cannot be opened, or WAL mode cannot be enabled on it.
+    """
+    try:
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open database: {exc}") from exc
+    if str(mode).lower() != "wal":
+        conn.close()
+        raise StoreError(f"{path}: cannot enable WAL mode (got {mode!r}); is it a local disk?")
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The version the file is at; 0 for a new, empty file."""
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    if exists is None:
+        return 0
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0]) if row[0] is not None else 0
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    now_us: int,
+    migrations: tuple[tuple[str, ...], ...] = MIGRATIONS,
+) -> int:
+    """Bring the file forward to the newest version, one transaction per migration.
+
+    Safe against a second process migrating at the same time: the version is re-read after
+    ``BEGIN IMMEDIATE`` takes the write lock.
+
+    Returns:
+        The version the file is at afterwards.
+
+    Raises:
+        SchemaError: the file is newer than ``migrations``.
+        StoreError: a migration failed (the file stays at the previous version).
+    """
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                done = _step(conn, now_us, migrations)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"schema migration failed: {exc}") from exc
+        if done is not None:
+            return done
+
+
+def _step(
+    conn: sqlite3.Connection, now_us: int, migrations: tuple[tuple[str, ...], ...]
+) -> int | None:
+    """Apply the next migration; return the version when there is nothing left to apply."""
+    target = len(migrations)
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        " version INTEGER PRIMARY KEY, applied_at_us INTEGER NOT NULL)"
+    )
+    current = schema_version(conn)
+    if current > target:
+        raise SchemaError(current, target)
+    if current == target:
+        _seed_outbox_counters(conn)
+        return current
+    for statement in migrations[current]:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO schema_version (version, applied_at_us) VALUES (?, ?)",
+        (current + 1, now_us),
+    )
+    logger.info("store schema migrated from version %d to %d", current, current + 1)
+    return None
+
+
+def _seed_outbox_counters(conn: sqlite3.Connection) -> None:
+    # A MessageClass added in code later gets its counter row without a migration.
+    conn.executemany(
+        "INSERT OR IGNORE INTO outbox_counters (message_class) VALUES (?)",
+        [(c.value,) for c in MessageClass],
+    )

@@ -1,0 +1,225 @@
+"""The reading journal: every accepted reading, written before it is billed.
+
+A reading is journalled once (its `Reading.reading_id` is unique), then moves from ``unbilled``
+to ``billed`` (in the same transaction as its ledger deduction) or to ``held`` (quarantined for
+an operator). After a restart `unbilled` returns, in journal order, exactly what was journalled
+but not billed, so nothing is lost and nothing is billed twice.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from drivers.ports import Quality, Reading
+from gateway.store import jsontext
+from gateway.store.errors import JournalStateError
+from gateway.store.jsontext import JsonObject
+from gateway.store.timestamps import from_micros, to_micros
+
+logger = logging.getLogger(__name__)
+
+
+class JournalState(enum.StrEnum):
+    """Where a journalled reading is in its life."""
+
+    UNBILLED = "unbilled"
+    BILLED = "billed"
+    HELD = "held"
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRow:
+    """One journalled reading and its billing outcome.
+
+    Attributes:
+        row_id: journal order; the id returned by `journal_readings`.
+        reading: the reading as received.
+        received_at: when the gateway accepted it.
+        state: see `JournalState`.
+        bill_status: the billing engine's status word, once billed.
+        deduction_minor: what was deducted (a positive count of minor units), once billed.
+        detail: the billing detail, once billed.
+        hold_reason: why it is held, when held.
+    """
+
+    row_id: int
+    reading: Reading
+    received_at: datetime
+    state: JournalState
+    bill_status: str | None = None
+    deduction_minor: int | None = None
+    detail: dict[str, Any] | None = None
+    hold_reason: str | None = None
+
+
+_COLUMNS = (
+    "row_id, meter_id, read_at_us, register_milli, source, quality, device_seq, received_at_us,"
+    " state, bill_status, deduction_minor, detail_json, hold_reason"
+)
+
+
+def _row(values: tuple[Any, ...]) -> JournalRow:
+    (
+        row_id,
+        meter_id,
+        read_at_us,
+        register_milli,
+        source,
+        quality,
+        device_seq,
+        received_at_us,
+        state,
+        bill_status,
+        deduction_minor,
+        detail_json,
+        hold_reason,
+    ) = values
+    reading = Reading(
+        meter_id=meter_id,
+        read_at=from_micros(read_at_us),
+        register_milli=register_milli,
+        source=source,
+        quality=Quality(quality),
+        seq=device_seq,
+    )
+    return JournalRow(
+        row_id=row_id,
+        reading=reading,
+        received_at=from_micros(received_at_us),
+        state=JournalState(state),
+        bill_status=bill_status,
+        deduction_minor=deduction_minor,
+        detail=jsontext.loads_object(detail_json) if detail_json is not None else None,
+        hold_reason=hold_reason,
+    )
+
+
+def journal_readings(
+    conn: sqlite3.Connection, readings: Sequence[Reading], received_at: datetime
+) -> list[int | None]:
+    """Insert readings; a reading whose id is already journalled is skipped.
+
+    Returns:
+        For each reading, in order, its new journal row id, or None when it was a duplicate
+        (already journalled earlier or earlier in the same batch).
+    """
+    received_at_us = to_micros(received_at)
+    ids: list[int | None] = []
+    for reading in readings:
+        # ON CONFLICT on the one column, not INSERT OR IGNORE: OR IGNORE would also silently
+        # skip a row that breaks a CHECK, and a skipped reading is a lost reading.
+        cursor = conn.execute(
+            "INSERT INTO readings (reading_id, meter_id, read_at_us, register_milli, source,"
+            " quality, device_seq, received_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (reading_id) DO NOTHING",
+            (
+                reading.reading_id,
+                reading.meter_id,
+                to_micros(reading.read_at),
+                reading.register_milli,
+                reading.source,
+                reading.quality.value,
+                reading.seq,
+                received_at_us,
+            ),
+        )
+        if cursor.rowcount == 1:
+            ids.append(cursor.lastrowid)
+            continue
+        ids.append(None)
+        existing = conn.execute(
+            "SELECT register_milli FROM readings WHERE reading_id = ?", (reading.reading_id,)
+        ).fetchone()
+        if existing is not None and existing[0] != reading.register_milli:
+            logger.warning(
+                "meter %s: conflicting duplicate reading %s: journalled register %d, now %d;"
+                " keeping the first",
+                reading.meter_id,
+                reading.reading_id,
+                existing[0],
+                reading.register_milli,
+            )
+    return ids
+
+
+def _state_of(conn: sqlite3.Connection, row_id: int) -> str:
+    row = conn.execute("SELECT state FROM readings WHERE row_id = ?", (row_id,)).fetchone()
+    return "missing" if row is None else str(row[0])
+
+
+def mark_billed(
+    conn: sqlite3.Connection,
+    row_id: int,
+    status: str,
+    deduction_minor: int,
+    detail: JsonObject | None,
+) -> None:
+    """Record the billing outcome of an unbilled (or held, once released) reading.
+
+    Raises:
+        JournalStateError: the row does not exist or is already billed; billing it again
+            would be a double charge.
+    """
+    if isinstance(deduction_minor, bool) or not isinstance(deduction_minor, int):
+        raise TypeError(f"deduction_minor must be an int, got {deduction_minor!r}")
+    cursor = conn.execute(
+        "UPDATE readings SET state = 'billed', bill_status = ?, deduction_minor = ?,"
+        " detail_json = ? WHERE row_id = ? AND state IN ('unbilled', 'held')",
+        (
+            str(status),
+            deduction_minor,
+            jsontext.dumps(detail) if detail is not None else None,
+            row_id,
+        ),
+    )
+    if cursor.rowcount != 1:
+        raise JournalStateError(row_id, _state_of(conn, row_id), JournalState.BILLED)
+
+
+def mark_held(conn: sqlite3.Connection, row_id: int, reason: str) -> None:
+    """Quarantine an unbilled reading for an operator; `unbilled` no longer returns it.
+
+    Raises:
+        JournalStateError: the row does not exist or is not unbilled.
+    """
+    cursor = conn.execute(
+        "UPDATE readings SET state = 'held', hold_reason = ?"
+        " WHERE row_id = ? AND state = 'unbilled'",
+        (reason, row_id),
+    )
+    if cursor.rowcount != 1:
+        raise JournalStateError(row_id, _state_of(conn, row_id), JournalState.HELD)
+
+
+def rows_in_state(conn: sqlite3.Connection, state: JournalState, limit: int) -> list[JournalRow]:
+    """Rows in ``state``, in journal order, at most ``limit``."""
+    cursor = conn.execute(
+        f"SELECT {_COLUMNS} FROM readings WHERE state = ? ORDER BY row_id LIMIT ?",  # noqa: S608
+        (state.value, limit),
+    )
+    return [_row(values) for values in cursor]
+
+
+def journal_row(conn: sqlite3.Connection, row_id: int) -> JournalRow | None:
+    """The journal row ``row_id``, or None when there is none."""
+    values = conn.execute(
+        f"SELECT {_COLUMNS} FROM readings WHERE row_id = ?",  # noqa: S608
+        (row_id,),
+    ).fetchone()
+    return None if values is None else _row(values)
+
+
+def last_reading(conn: sqlite3.Connection, meter_id: str) -> Reading | None:
+    """The journalled reading of ``meter_id`` with the latest ``read_at``, or None."""
+    values = conn.execute(
+        f"SELECT {_COLUMNS} FROM readings WHERE meter_id = ?"  # noqa: S608
+        " ORDER BY read_at_us DESC LIMIT 1",
+        (meter_id,),
+    ).fetchone()
+    return None if values is None else _row(values).reading

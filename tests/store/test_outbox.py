@@ -1,0 +1,168 @@
+"""The outbox: order, acknowledgement, the bound and its drop policy, coalescing, reopen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.messages import MessageClass, OutboxReader
+from gateway.store import NOT_QUEUED, Store
+from tests.store.conftest import KEY, abort_after
+
+LEDGER, STATE, TELEMETRY = MessageClass.LEDGER, MessageClass.STATE, MessageClass.TELEMETRY
+
+
+def put(
+    store: Store, payload: bytes, cls: MessageClass, topic: str = "t", retain: bool = False
+) -> int:
+    with store.transaction() as tx:
+        return tx.enqueue(topic, payload, 1, retain, cls)
+
+
+def payloads(store: Store) -> list[bytes]:
+    return [m.payload for m in store.pending(100)]
+
+
+def test_store_is_an_outbox_reader(store: Store) -> None:
+    reader: OutboxReader = store
+    assert reader.pending(10) == []
+
+
+def test_pending_oldest_first_with_fields(store: Store) -> None:
+    with store.transaction() as tx:
+        s1 = tx.enqueue("site/a/ledger", b"one", 1, False, LEDGER)
+        s2 = tx.enqueue("site/a/state", b"two", 0, True, STATE)
+    s3 = put(store, b"three", TELEMETRY)
+    assert s1 < s2 < s3
+    messages = store.pending(10)
+    assert [m.seq for m in messages] == [s1, s2, s3]
+    assert (messages[1].topic, messages[1].qos, messages[1].retain, messages[1].message_class) == (
+        "site/a/state",
+        0,
+        True,
+        STATE,
+    )
+    assert [m.seq for m in store.pending(2)] == [s1, s2]
+
+
+def test_acknowledge_removes_only_those(store: Store) -> None:
+    seqs = [put(store, bytes([i]), LEDGER) for i in range(4)]
+    store.acknowledge([seqs[0], seqs[2], 9999])  # 9999: a repeated or unknown PUBACK
+    assert [m.seq for m in store.pending(10)] == [seqs[1], seqs[3]]
+    store.acknowledge([seqs[0]])
+    assert store.outbox_stats().pending[LEDGER] == 2
+
+
+def test_seq_not_reused_after_acknowledge(store: Store) -> None:
+    first = put(store, b"a", LEDGER)
+    store.acknowledge([first])
+    second = put(store, b"b", LEDGER)
+    assert second > first
+    store.acknowledge([first])  # a late duplicate PUBACK must not remove the new message
+    assert payloads(store) == [b"b"]
+
+
+def test_enqueue_rolled_back_with_transaction(store: Store) -> None:
+    abort_after(store, lambda tx: tx.enqueue("t", b"x", 1, False, LEDGER))
+    assert store.pending(10) == []
+    assert store.outbox_stats().pending[LEDGER] == 0
+
+
+def test_full_outbox_drops_oldest_telemetry(store: Store) -> None:
+    # bound is 5 (conftest)
+    for i in range(5):
+        put(store, b"tel%d" % i, TELEMETRY)
+    put(store, b"tel5", TELEMETRY)
+    put(store, b"tel6", TELEMETRY)
+    assert payloads(store) == [b"tel2", b"tel3", b"tel4", b"tel5", b"tel6"]
+    stats = store.outbox_stats()
+    assert stats.dropped == {LEDGER: 0, STATE: 0, TELEMETRY: 2}
+    assert stats.pending == {LEDGER: 0, STATE: 0, TELEMETRY: 5}
+
+
+def test_full_outbox_ledger_displaces_telemetry(store: Store) -> None:
+    for i in range(5):
+        put(store, b"tel%d" % i, TELEMETRY)
+    put(store, b"led", LEDGER)
+    put(store, b"st", STATE)
+    assert payloads(store) == [b"tel2", b"tel3", b"tel4", b"led", b"st"]
+    assert store.outbox_stats().dropped[TELEMETRY] == 2
+
+
+def test_full_outbox_never_drops_ledger_or_state(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING")
+    for i in range(4):
+        put(store, b"led%d" % i, LEDGER)
+    put(store, b"st0", STATE)
+    put(store, b"led4", LEDGER)
+    put(store, b"st1", STATE, topic="other")
+    seq = put(store, b"tel", TELEMETRY)
+    assert seq == NOT_QUEUED
+    assert payloads(store) == [b"led0", b"led1", b"led2", b"led3", b"st0", b"led4", b"st1"]
+    stats = store.outbox_stats()
+    assert stats.dropped == {LEDGER: 0, STATE: 0, TELEMETRY: 1}
+    assert stats.total_pending == 7
+    over_bound = [r for r in caplog.records if "over its bound" in r.getMessage()]
+    assert len(over_bound) == 1  # logged once, not per message
+
+
+def test_over_bound_warning_again_after_recovery(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    seqs = [put(store, b"x", LEDGER) for _ in range(6)]
+    store.acknowledge(seqs)
+    assert "back under its bound" in caplog.text
+    for _ in range(6):
+        put(store, b"y", LEDGER)
+    assert sum("over its bound" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_retained_state_coalesced_on_same_topic(store: Store) -> None:
+    put(store, b"s1", STATE, topic="acct/a/state", retain=True)
+    put(store, b"other", STATE, topic="acct/b/state", retain=True)
+    put(store, b"not-retained", STATE, topic="acct/a/state")
+    put(store, b"s2", STATE, topic="acct/a/state", retain=True)
+    assert payloads(store) == [b"other", b"not-retained", b"s2"]
+    stats = store.outbox_stats()
+    assert stats.coalesced[STATE] == 1
+    assert stats.dropped[STATE] == 0
+    assert stats.pending[STATE] == 3
+
+
+def test_coalescing_can_be_turned_off(db_path: Path) -> None:
+    with Store(db_path, ledger_key=KEY, coalesce_retained_state=False) as store:
+        put(store, b"s1", STATE, topic="a", retain=True)
+        put(store, b"s2", STATE, topic="a", retain=True)
+        assert payloads(store) == [b"s1", b"s2"]
+
+
+def test_outbox_and_counters_survive_reopen(db_path: Path) -> None:
+    with Store(db_path, ledger_key=KEY, max_outbox_messages=2) as store:
+        put(store, b"t0", TELEMETRY)
+        put(store, b"l0", LEDGER)
+        put(store, b"t1", TELEMETRY)
+    with Store(db_path, ledger_key=KEY, max_outbox_messages=2) as store:
+        assert payloads(store) == [b"l0", b"t1"]
+        stats = store.outbox_stats()
+        assert stats.dropped[TELEMETRY] == 1
+        assert stats.pending == {LEDGER: 1, STATE: 0, TELEMETRY: 1}
+
+
+def test_lowered_bound_on_reopen_drops_down_to_it(db_path: Path) -> None:
+    with Store(db_path, ledger_key=KEY, max_outbox_messages=10) as store:
+        for i in range(6):
+            put(store, b"t%d" % i, TELEMETRY)
+    with Store(db_path, ledger_key=KEY, max_outbox_messages=3) as store:
+        put(store, b"t6", TELEMETRY)
+        assert payloads(store) == [b"t4", b"t5", b"t6"]
+        assert store.outbox_stats().dropped[TELEMETRY] == 4
+
+
+@pytest.mark.parametrize("qos", [-1, 3])
+def test_enqueue_bad_qos_raises(store: Store, qos: int) -> None:
+    with pytest.raises(ValueError, match="qos"), store.transaction() as tx:
+        tx.enqueue("t", b"x", qos, False, LEDGER)
