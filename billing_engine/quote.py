@@ -146,7 +146,8 @@ class Quote:
         unit = self.tariff.unit.value
         out = [
             f"{self.tariff.name} [{self.tariff.id}], class {self.class_name}",
-            f"{self.first.isoformat()} -> {self.last.isoformat()}: "
+            f"{self.first.astimezone(self.tariff.zone).isoformat()} -> "
+            f"{self.last.astimezone(self.tariff.zone).isoformat()}: "
             f"{money.format_scaled(self.quantity_milli, money.QTY_SCALE)} {unit}",
             "",
             f"{'cycle':>8} {'item':<22} {'quantity':>14} {'price':>10} {'amount':>16}",

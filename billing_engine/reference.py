@@ -32,7 +32,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 from billing_engine import kernel, money
-from billing_engine.tariff import Tariff
+from billing_engine.tariff import FLAT_PERIOD, Tariff
 
 
 @dataclass
@@ -124,6 +124,8 @@ class ReferenceBiller:
         version = self.tariff.versions[version_index]
         prices = version.classes[account.class_name]
         base = prices.price_for(period)
+        if isinstance(prices.energy, Decimal):
+            period = FLAT_PERIOD  # one price all day: the TOU period is not worth itemising
         lines: list[RefLine] = []
         lower = 0
         used = account.usage_milli

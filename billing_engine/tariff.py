@@ -227,7 +227,7 @@ class ClassPrices(_Model):
 
     energy: Decimal | dict[Name, Decimal]  # one price for every period, or one per period
     tiers: tuple[Tier, ...] = (Tier(),)
-    standing_charge_per_day: Price = Decimal(0)
+    standing_charge_per_day: Decimal = Decimal(0)
 
     @field_validator("energy")
     @classmethod
@@ -265,6 +265,9 @@ class ClassPrices(_Model):
     @field_validator("standing_charge_per_day")
     @classmethod
     def standing_limit(cls, value: Decimal) -> Decimal:
+        if value < 0:
+            raise ValueError(f"standing charge {value} is negative")
+        money.to_scaled(value, money.PRICE_SCALE, "standing charge")
         if value * money.PRICE_SCALE > money.MAX_STANDING_MICRO_PER_DAY:
             raise ValueError(f"standing charge {value} per day is above the maximum of 1000")
         return value
