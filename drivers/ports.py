@@ -17,7 +17,6 @@ from typing import Protocol, runtime_checkable
 
 from billing_engine.errors import PrepayError
 
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
