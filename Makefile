@@ -19,8 +19,8 @@ test: $(STAMP)
 	./scripts/system-packages.sh
 	rm -f .coverage .coverage.*
 	$(BIN)/pytest -q -p no:cacheprovider --cov --cov-report= tests
-	NUMBA_DISABLE_JIT=1 $(BIN)/pytest -q -p no:cacheprovider --cov --cov-report= -m "not slow" tests/billing
-	$(BIN)/coverage combine -q
+	NUMBA_DISABLE_JIT=1 $(BIN)/pytest -q -p no:cacheprovider --cov --cov-append --cov-report= \
+		-m "not slow" tests/billing
 	$(BIN)/coverage report --fail-under=85
 
 lint: $(STAMP)
