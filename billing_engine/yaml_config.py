@@ -57,6 +57,11 @@ def _node_for(root: yaml.Node, loc: Sequence[int | str]) -> yaml.Node:
     return node
 
 
+def line_of(root: yaml.Node | None, loc: Sequence[int | str]) -> int:
+    """1-based line of the node at ``loc`` (or of its deepest existing ancestor); 0 if unknown."""
+    return _node_for(root, loc).start_mark.line + 1 if root is not None else 0
+
+
 def _field_name(loc: Sequence[int | str]) -> str:
     # pydantic adds the validator's tag (e.g. "function-after[...]") for some errors; drop it.
     parts = [str(p) for p in loc if not (isinstance(p, str) and "[" in p)]
@@ -95,7 +100,7 @@ def errors_from_validation(
     found: list[ConfigError] = []
     for err in exc.errors(include_url=False):
         loc = err["loc"]
-        line = _node_for(node, loc).start_mark.line + 1 if node is not None else 0
+        line = line_of(node, loc)
         message = err["msg"].removeprefix("Value error, ")
         found.append(ConfigError(name, line, _field_name(loc), message))
     return InvalidConfigError(found)

@@ -1,0 +1,310 @@
+"""``prepay bench modbus``: the gateway's Modbus path against raw pymodbus, and 1,000 meters.
+
+Measures, in one run:
+
+1. transactions/s of raw ``AsyncModbusTcpClient.read_input_registers`` and of the gateway's
+   `ModbusBus.poll_device` (same request: 6 input registers of an SDM120, one per poll, plus
+   decoding to milli-units and building a `Reading`) over TCP loopback;
+2. the same two over a socat pty pair with RTU framing (the inter-frame gap is set to 0 here:
+   a pty has no line timing, and the gap would measure the RS485 spec, not our code);
+3. the sustained reading rate with 1,000 simulated meters (8 TCP servers x 125 unit ids)
+   polled every second by 8 buses.
+
+The simulators run as separate processes (``python -m firmware_sim.modbus_meter``) so the
+gateway's CPU is measured, not the simulator's. The last printed line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+
+from drivers.modbus.client import ModbusBus
+from drivers.modbus.config import DeviceProfile, ModbusBusConfig
+from drivers.modbus.profiles import load_profile
+from drivers.ports import DriverEvent, Reading
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES_DIR = ROOT / "configs" / "devices"
+PROFILE = "eastron_sdm120"
+
+
+class _NullSink:
+    """Counts readings; `reached` is set once ``target`` readings have arrived."""
+
+    def __init__(self, target: int = 0) -> None:
+        self.readings = 0
+        self.target = target
+        self.reached = asyncio.Event()
+
+    async def put(self, reading: Reading) -> None:
+        self.readings += 1
+        if self.readings >= self.target:
+            self.reached.set()
+
+    async def event(self, event: DriverEvent) -> None:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _bench_profile() -> DeviceProfile:
+    """The SDM120 profile without the voltage register: one 6-register request per poll."""
+    full = load_profile(PROFILES_DIR / f"{PROFILE}.yaml")
+    extra = {k: v for k, v in full.registers.items() if k != "voltage"}
+    return full.model_copy(update={"registers": extra})
+
+
+@contextlib.contextmanager
+def _sim_process(where: list[str], units: range) -> Iterator[subprocess.Popen[bytes]]:
+    meters = [arg for u in units for arg in ("--meter", f"{u}:{PROFILE}:{1000 + u}:3600")]
+    proc = subprocess.Popen(  # noqa: S603 - our own simulator, fixed arguments
+        [
+            sys.executable,
+            "-m",
+            "firmware_sim.modbus_meter",
+            *where,
+            "--profiles-dir",
+            str(PROFILES_DIR),
+            *meters,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def _wait_tcp(port: int) -> None:
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)  # the simulator process is still starting
+                continue
+            writer.close()
+            await writer.wait_closed()
+            return
+
+
+@contextlib.contextmanager
+def _pty_pair() -> Iterator[tuple[str, str]]:
+    socat = shutil.which("socat")
+    if socat is None:
+        raise RuntimeError("socat is not installed")
+    proc = subprocess.Popen(  # noqa: S603 - fixed arguments
+        [socat, "-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None  # noqa: S101 - Popen with PIPE
+    paths: list[str] = []
+    while len(paths) < 2:
+        line = proc.stderr.readline().decode()
+        if not line:
+            raise RuntimeError("socat failed")
+        if match := re.search(r"PTY is (\S+)", line):
+            paths.append(match.group(1))
+    try:
+        yield paths[0], paths[1]
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        proc.stderr.close()
+
+
+async def _rate(op: Callable[[], Awaitable[Any]], seconds: float) -> float:
+    loop = asyncio.get_running_loop()
+    for _ in range(20):  # warm up: connection, caches
+        await op()
+    count, start = 0, loop.time()
+    while (now := loop.time()) - start < seconds:
+        await op()
+        count += 1
+    return count / (now - start)
+
+
+@contextlib.asynccontextmanager
+async def _bus(cfg: dict[str, Any], profile: DeviceProfile) -> AsyncIterator[ModbusBus]:
+    async with ModbusBus(ModbusBusConfig.model_validate(cfg), {PROFILE: profile}) as bus:
+        yield bus
+
+
+def _device(unit: int, interval_s: float = 1.0) -> dict[str, Any]:
+    return {
+        "device_id": f"m{unit}",
+        "unit_id": unit,
+        "profile": PROFILE,
+        "meter_id": f"meter{unit}",
+        "poll_interval_s": interval_s,
+    }
+
+
+async def _compare(
+    raw_client: AsyncModbusTcpClient | AsyncModbusSerialClient,
+    bus_cfg: dict[str, Any],
+    profile: DeviceProfile,
+    seconds: float,
+) -> tuple[float, float]:
+    async def raw_op() -> None:
+        rr = await raw_client.read_input_registers(0x46, count=6, device_id=1)
+        if rr.isError():
+            raise RuntimeError("raw read failed")
+
+    await raw_client.connect()
+    try:
+        raw = await _rate(raw_op, seconds)
+    finally:
+        raw_client.close()
+    sink = _NullSink()
+    async with _bus(bus_cfg, profile) as bus:
+
+        async def gw_op() -> None:
+            if await bus.poll_device("m1", sink) is None:
+                raise RuntimeError(f"gateway poll failed: {bus.stats('m1').last_error}")
+
+        gateway = await _rate(gw_op, seconds)
+    return raw, gateway
+
+
+async def _fleet(profile: DeviceProfile, seconds: float, n_buses: int, per_bus: int) -> float:
+    ports = [_free_port() for _ in range(n_buses)]
+    with contextlib.ExitStack() as stack:
+        for port in ports:
+            stack.enter_context(_sim_process(["--tcp", f"127.0.0.1:{port}"], range(1, per_bus + 1)))
+        for port in ports:
+            await _wait_tcp(port)
+        sink = _NullSink(target=n_buses * per_bus)
+        buses = [
+            ModbusBus(
+                ModbusBusConfig.model_validate(
+                    {
+                        "name": f"fleet{i}",
+                        "kind": "tcp",
+                        "host": "127.0.0.1",
+                        "port": port,
+                        "timeout_s": 1.0,
+                        "devices": [_device(u) for u in range(1, per_bus + 1)],
+                    }
+                ),
+                {PROFILE: profile},
+            )
+            for i, port in enumerate(ports)
+        ]
+        loop = asyncio.get_running_loop()
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(b.run(sink), name=f"bench:{b.name}") for b in buses]
+            # the first round connects; measure steady state after it
+            async with asyncio.timeout(30):
+                await sink.reached.wait()
+            start_count, start = sink.readings, loop.time()
+            await asyncio.sleep(seconds)
+            rate = (sink.readings - start_count) / (loop.time() - start)
+            for task in tasks:
+                task.cancel()
+        return rate
+
+
+async def _run(seconds: float, fleet_seconds: float) -> dict[str, Any]:
+    profile = _bench_profile()
+    results: dict[str, Any] = {}
+
+    port = _free_port()
+    with _sim_process(["--tcp", f"127.0.0.1:{port}"], range(1, 2)):
+        await _wait_tcp(port)
+        raw, gw = await _compare(
+            AsyncModbusTcpClient("127.0.0.1", port=port, retries=0, reconnect_delay=0),
+            {
+                "name": "bench_tcp",
+                "kind": "tcp",
+                "host": "127.0.0.1",
+                "port": port,
+                "devices": [_device(1)],
+            },
+            profile,
+            seconds,
+        )
+    results["tcp_raw_tps"], results["tcp_gateway_tps"] = round(raw, 1), round(gw, 1)
+    print(f"TCP loopback : raw pymodbus {raw:8.1f} tx/s, gateway {gw:8.1f} tx/s")
+
+    with (
+        _pty_pair() as (gw_side, sim_side),
+        _sim_process(["--serial", sim_side, "--baudrate", "115200"], range(1, 2)),
+    ):
+        # wait for the simulator to answer on the line
+        probe = AsyncModbusSerialClient(gw_side, baudrate=115200, retries=0, timeout=0.2)
+        await probe.connect()
+        async with asyncio.timeout(20):
+            while True:
+                with contextlib.suppress(Exception):
+                    rr = await probe.read_input_registers(0x46, count=6, device_id=1)
+                    if not rr.isError():
+                        break
+        probe.close()
+        raw_pty, gw_pty = await _compare(
+            AsyncModbusSerialClient(gw_side, baudrate=115200, retries=0, reconnect_delay=0),
+            {
+                "name": "bench_pty",
+                "kind": "rtu",
+                "serial": {"port": gw_side, "baudrate": 115200, "inter_frame_gap_s": 0},
+                "devices": [_device(1)],
+            },
+            profile,
+            seconds,
+        )
+    results["pty_raw_tps"], results["pty_gateway_tps"] = round(raw_pty, 1), round(gw_pty, 1)
+    print(f"RTU over pty : raw pymodbus {raw_pty:8.1f} tx/s, gateway {gw_pty:8.1f} tx/s")
+
+    fleet = await _fleet(profile, fleet_seconds, n_buses=8, per_bus=125)
+    results["fleet_meters"] = 1000
+    results["fleet_poll_interval_s"] = 1.0
+    results["fleet_readings_per_s"] = round(fleet, 1)
+    print(f"1000 meters  : {fleet:8.1f} readings/s sustained (target 1000/s)")
+
+    # overhead = extra time per transaction, relative to raw pymodbus
+    results["tcp_overhead_ratio"] = round(raw / gw - 1, 3)
+    results["pty_overhead_ratio"] = round(raw_pty / gw_pty - 1, 3)
+    results["overhead_ratio"] = max(results["tcp_overhead_ratio"], results["pty_overhead_ratio"])
+    return results
+
+
+def main(argv: list[str]) -> int:
+    """Run the benchmark; print a summary and, last, one JSON line."""
+    parser = argparse.ArgumentParser(prog="prepay bench modbus")
+    parser.add_argument("--seconds", type=float, default=2.0, help="per raw/gateway measurement")
+    parser.add_argument("--fleet-seconds", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    # pymodbus logs a frame dump on every late reply; the numbers are what matter here
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    started = time.monotonic()
+    results = asyncio.run(_run(args.seconds, args.fleet_seconds))
+    results["wall_s"] = round(time.monotonic() - started, 1)
+    print(json.dumps(results, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

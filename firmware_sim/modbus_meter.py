@@ -1,0 +1,416 @@
+"""Simulated Modbus meters: real pymodbus servers built from the gateway's device profiles.
+
+Run as a program::
+
+    python -m firmware_sim.modbus_meter --tcp 127.0.0.1:5020 --meter 1:eastron_sdm120
+    python -m firmware_sim.modbus_meter --serial /dev/pts/7 --meter 3:water_xintai_valve:12345:600
+
+or import `SimMeter` / `MeterSimulator` in tests. Each `SimMeter` answers at one unit id with
+the register map of a `DeviceProfile`:
+
+* its billed register advances with a consumption curve (milli-units per hour as a function of
+  seconds since start) while the supply is on, in exact integer arithmetic;
+* its relay/valve follows writes to the profile's supply register or coil, and the state is
+  observable from the device side (`SimMeter.supply_on`, `SimMeter.supply_writes`);
+* faults can be switched on per meter: no answer (the master times out), a corrupted reply
+  (bad CRC on RTU, a short MBAP frame on TCP), a Modbus exception reply, or ignoring supply
+  writes while acknowledging them; each fault may be limited to the next N replies.
+
+Register values come from the same pure tables the gateway decodes with
+(`drivers.modbus.registers`), so a profile is tested against itself only through the wire.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import enum
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator.simutils import SimUtils
+
+from drivers.modbus.config import DeviceProfile, RegisterSpec
+from drivers.modbus.profiles import load_profile, profile_registers
+from drivers.modbus.registers import (
+    Table,
+    encode_value,
+    from_milli,
+    register_count,
+)
+
+logger = logging.getLogger(__name__)
+
+_TABLE_OF_FC: dict[int, Table] = {
+    1: Table.COIL,
+    5: Table.COIL,
+    15: Table.COIL,
+    2: Table.DISCRETE_INPUT,
+    3: Table.HOLDING,
+    6: Table.HOLDING,
+    16: Table.HOLDING,
+    4: Table.INPUT,
+}
+_NS_PER_HOUR = 3_600 * 1_000_000_000
+
+
+class Fault(enum.StrEnum):
+    """What a faulty meter does instead of answering normally."""
+
+    NO_ANSWER = "no_answer"
+    BAD_CRC = "bad_crc"
+    EXCEPTION = "exception"
+
+
+@dataclass
+class SimMeter:
+    """One simulated meter at one unit id.
+
+    Attributes:
+        unit_id: Modbus unit (slave) id, 1..247.
+        profile: the device profile whose register map is served.
+        energy_milli: the billed register in milli-units (Wh or L).
+        rate_milli_per_h: constant consumption when ``curve`` is None.
+        curve: consumption in milli-units per hour at t seconds after start.
+        supply_on: the relay/valve state as the device sees it.
+        extras: raw values of the profile's other registers (volts, amps, ...), default 0.
+        clock_ns: monotonic clock in nanoseconds (inject a fake one in tests).
+    """
+
+    unit_id: int
+    profile: DeviceProfile
+    energy_milli: int = 0
+    rate_milli_per_h: int = 0
+    curve: Callable[[float], int] | None = None
+    supply_on: bool = True
+    extras: dict[str, int | float] = field(default_factory=dict)
+    clock_ns: Callable[[], int] = time.monotonic_ns
+    fault: Fault | None = None
+    fault_budget: int | None = None  # None: until cleared; N: the next N replies only
+    exception_code: int = ExcCodes.DEVICE_FAILURE
+    ignore_writes: bool = False
+    requests: int = 0
+    supply_writes: list[bool] = field(default_factory=list)
+    _start_ns: int = 0
+    _last_ns: int = 0
+    _carry: int = 0  # milli-unit nanoseconds per hour not yet a whole milli-unit
+
+    def __post_init__(self) -> None:
+        self._start_ns = self._last_ns = self.clock_ns()
+
+    # -------------------------------------------------------------- faults
+
+    def set_fault(self, fault: Fault | None, *, count: int | None = None, code: int = 4) -> None:
+        """Start (or with None, stop) a fault, for ``count`` replies or until cleared."""
+        self.fault, self.fault_budget, self.exception_code = fault, count, code
+
+    def take_fault(self, kinds: set[Fault]) -> Fault | None:
+        if self.fault is None or self.fault not in kinds:
+            return None
+        fault = self.fault
+        if self.fault_budget is not None:
+            self.fault_budget -= 1
+            if self.fault_budget <= 0:
+                self.fault, self.fault_budget = None, None
+        return fault
+
+    # -------------------------------------------------------------- model
+
+    def advance(self) -> None:
+        """Bring the billed register up to the clock (only while the supply is on)."""
+        now = self.clock_ns()
+        elapsed = now - self._last_ns
+        self._last_ns = now
+        if elapsed <= 0 or not self.supply_on:
+            return
+        t_s = (now - self._start_ns) / 1e9
+        rate = self.curve(t_s) if self.curve is not None else self.rate_milli_per_h
+        self._carry += max(rate, 0) * elapsed
+        whole, self._carry = divmod(self._carry, _NS_PER_HOUR)
+        self.energy_milli += whole
+
+    def register_words(self, name: str, spec: RegisterSpec) -> list[int]:
+        """The words the meter serves for one profile register."""
+        if name == "energy":
+            value = from_milli(self.energy_milli, spec.scale, spec.type)
+        else:
+            value = self.extras.get(name, 0)
+        return encode_value(value, spec.type, spec.word_order, spec.byte_order)
+
+    def supply_readback(self) -> int:
+        """The raw read-back value of the relay/valve (bit as 0/1, or register value)."""
+        spec = self.profile.supply
+        if spec is None:
+            return 0
+        if spec.read_table in (Table.COIL, Table.DISCRETE_INPUT):
+            on_bit = spec.on_value
+            return on_bit if self.supply_on else 1 - on_bit
+        if spec.on_mask is not None and spec.off_mask is not None:
+            return spec.on_mask if self.supply_on else spec.off_mask
+        return spec.on_value if self.supply_on else spec.off_value
+
+    # -------------------------------------------------------------- pymodbus hook
+
+    def sim_device(self) -> SimDevice:
+        """A pymodbus `SimDevice` (4 separate tables) serving this meter."""
+        tables: dict[Table, int] = dict.fromkeys(Table, 0)  # highest address used + 1
+        for spec in profile_registers(self.profile).values():
+            end = spec.address + register_count(spec.type)
+            tables[spec.table] = max(tables[spec.table], end)
+        if (supply := self.profile.supply) is not None:
+            tables[supply.write_table] = max(tables[supply.write_table], supply.write_address + 1)
+            tables[supply.read_table] = max(tables[supply.read_table], supply.read_address + 1)
+
+        def block(table: Table) -> list[SimData]:
+            size = max(tables[table], 1)
+            if table in (Table.COIL, Table.DISCRETE_INPUT):
+                return [SimData(0, count=size, values=False, datatype=DataType.BITS)]
+            return [SimData(0, count=size, values=0, datatype=DataType.REGISTERS)]
+
+        return SimDevice(
+            self.unit_id,
+            simdata=(
+                block(Table.COIL),
+                block(Table.DISCRETE_INPUT),
+                block(Table.HOLDING),
+                block(Table.INPUT),
+            ),
+            action=self._action,
+        )
+
+    def _sync(self, table: Table, start: int, registers: list[int]) -> None:
+        """Write the model into pymodbus' register block of ``table``."""
+        if table in (Table.HOLDING, Table.INPUT):
+            for name, spec in profile_registers(self.profile).items():
+                if spec.table is table:
+                    words = self.register_words(name, spec)
+                    offset = spec.address - start
+                    registers[offset : offset + len(words)] = words
+        spec_s = self.profile.supply
+        if spec_s is None or spec_s.read_table is not table:
+            return
+        raw = self.supply_readback()
+        if table in (Table.COIL, Table.DISCRETE_INPUT):
+            index, bit = spec_s.read_address // 16 - start, spec_s.read_address % 16
+            registers[index] = (registers[index] & ~(1 << bit)) | (raw << bit)
+        else:
+            registers[spec_s.read_address - start] = raw
+
+    async def _action(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        _count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        self.requests += 1
+        if self.take_fault({Fault.EXCEPTION}) is not None:
+            return ExcCodes(self.exception_code)
+        table = _TABLE_OF_FC.get(function_code)
+        if table is None:
+            return ExcCodes.ILLEGAL_FUNCTION
+        self.advance()
+        self._sync(table, start_address, registers)
+        spec = self.profile.supply
+        if set_values is None or spec is None:
+            return None
+        if table is not spec.write_table or address != spec.write_address:
+            return None
+        requested_on = int(set_values[0]) == spec.on_value
+        self.supply_writes.append(requested_on)
+        if self.ignore_writes:
+            # acknowledge, but keep the current state: put it back into the values to store
+            if table is Table.COIL:
+                bits = SimUtils.registersToBits([registers[address // 16 - start_address]])
+                set_values[0] = bits[address % 16]
+            else:
+                set_values[0] = registers[address - start_address]  # type: ignore[call-overload]
+            return None
+        self.supply_on = requested_on
+        logger.info("sim unit %d: supply %s", self.unit_id, "on" if requested_on else "off")
+        return None
+
+
+class MeterSimulator:
+    """A Modbus server (TCP or serial) with one or more `SimMeter`s on it.
+
+    Use as an async context manager after `tcp` or `serial`::
+
+        async with MeterSimulator.tcp([meter], port=0) as sim:
+            port = sim.port
+    """
+
+    def __init__(self, meters: Sequence[SimMeter], *, framer_rtu: bool) -> None:
+        self.meters = {m.unit_id: m for m in meters}
+        if len(self.meters) != len(meters):
+            raise ValueError("two simulated meters share a unit id")
+        self._rtu = framer_rtu
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
+        self._start: Callable[[], ModbusTcpServer | ModbusSerialServer] = self._no_start
+        self.port = 0
+
+    @staticmethod
+    def _no_start() -> ModbusTcpServer:
+        raise RuntimeError("build the simulator with MeterSimulator.tcp() or .serial()")
+
+    @classmethod
+    def tcp(cls, meters: Sequence[SimMeter], host: str = "127.0.0.1", port: int = 0) -> Self:
+        """A Modbus TCP server; ``port=0`` picks a free port (read `port` after start)."""
+        sim = cls(meters, framer_rtu=False)
+        sim._start = lambda: ModbusTcpServer(
+            sim._devices(), address=(host, port), trace_packet=sim._trace_packet
+        )
+        return sim
+
+    @classmethod
+    def serial(
+        cls,
+        meters: Sequence[SimMeter],
+        port: str,
+        *,
+        baudrate: int = 9600,
+        parity: str = "N",
+        stopbits: int = 1,
+    ) -> Self:
+        """A Modbus RTU server on a serial device (a pty from socat in tests)."""
+        sim = cls(meters, framer_rtu=True)
+        sim._start = lambda: ModbusSerialServer(
+            sim._devices(),
+            port=port,
+            baudrate=baudrate,
+            parity=parity,
+            stopbits=stopbits,
+            trace_packet=sim._trace_packet,
+        )
+        return sim
+
+    def _devices(self) -> list[SimDevice]:
+        return [m.sim_device() for m in self.meters.values()]
+
+    def _trace_packet(self, sending: bool, packet: bytes) -> bytes:
+        """Apply reply faults on the wire: silence or a corrupted frame."""
+        if not sending or not packet:
+            return packet
+        unit = packet[0] if self._rtu else packet[6] if len(packet) > 6 else -1
+        meter = self.meters.get(unit)
+        if meter is None:
+            return packet
+        fault = meter.take_fault({Fault.NO_ANSWER, Fault.BAD_CRC})
+        if fault is Fault.NO_ANSWER:
+            return b""
+        if fault is Fault.BAD_CRC:
+            if self._rtu:
+                return packet[:-1] + bytes([packet[-1] ^ 0xFF])
+            return packet[:-1]  # MBAP length now promises a byte that never comes
+        return packet
+
+    async def start(self) -> None:
+        """Start listening.
+
+        Raises:
+            RuntimeError: the port or device could not be opened.
+        """
+        server = self._start()
+        await server.serve_forever(background=True)
+        self._server = server
+        if isinstance(server, ModbusTcpServer):
+            sockets = getattr(server.transport, "sockets", None) or []
+            if sockets:
+                self.port = int(sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop the server and close its connections."""
+        if self._server is not None:
+            await self._server.shutdown()  # type: ignore[no-untyped-call]
+            self._server = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+# ------------------------------------------------------------------ program
+
+
+def _parse_meter(text: str, profiles_dir: Path) -> SimMeter:
+    parts = text.split(":")
+    if not 2 <= len(parts) <= 4:
+        raise argparse.ArgumentTypeError(f"--meter wants UNIT:PROFILE[:MILLI[:RATE]], got {text}")
+    profile = load_profile(profiles_dir / f"{parts[1]}.yaml")
+    return SimMeter(
+        unit_id=int(parts[0]),
+        profile=profile,
+        energy_milli=int(parts[2]) if len(parts) > 2 else 0,
+        rate_milli_per_h=int(parts[3]) if len(parts) > 3 else 0,
+    )
+
+
+async def _serve(sim: MeterSimulator) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with sim:
+        logger.info("serving %d meter(s); port %s", len(sim.meters), sim.port or "serial")
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m firmware_sim.modbus_meter``."""
+    parser = argparse.ArgumentParser(prog="python -m firmware_sim.modbus_meter")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--tcp", metavar="HOST:PORT")
+    where.add_argument("--serial", metavar="DEVICE")
+    parser.add_argument("--baudrate", type=int, default=9600)
+    parser.add_argument("--parity", choices=["N", "E", "O"], default="N")
+    parser.add_argument("--stopbits", type=int, choices=[1, 2], default=1)
+    parser.add_argument("--profiles-dir", type=Path, default=Path("configs/devices"))
+    parser.add_argument(
+        "--meter",
+        action="append",
+        required=True,
+        metavar="UNIT:PROFILE[:MILLI[:RATE_PER_H]]",
+        help="a meter to serve (repeat for several units on one bus)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    meters = [_parse_meter(m, args.profiles_dir) for m in args.meter]
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        sim = MeterSimulator.tcp(meters, host or "127.0.0.1", int(port))
+    else:
+        sim = MeterSimulator.serial(
+            meters,
+            args.serial,
+            baudrate=args.baudrate,
+            parity=args.parity,
+            stopbits=args.stopbits,
+        )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(sim))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
