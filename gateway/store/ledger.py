@@ -387,6 +387,16 @@ def balance(conn: sqlite3.Connection, account_id: str) -> int:
     return 0 if row[0] is None else int(row[0])
 
 
+def debt(conn: sqlite3.Connection, account_id: str) -> int:
+    """The debt register: negative balance moved into debt (``debt`` entries, positive) less
+    what was recovered (``debt_recovery`` entries, negative)."""
+    row = conn.execute(
+        "SELECT SUM(amount_minor) FROM ledger WHERE account_id = ? AND kind IN (?, ?)",
+        (account_id, EntryKind.DEBT.value, EntryKind.DEBT_RECOVERY.value),
+    ).fetchone()
+    return 0 if row[0] is None else int(row[0])
+
+
 def entries(
     conn: sqlite3.Connection, account_id: str | None, after_seq: int, limit: int
 ) -> list[LedgerEntry]:

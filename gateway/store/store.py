@@ -363,6 +363,11 @@ class Store:
         with self._locked() as conn:
             return ledger.balance(conn, account_id)
 
+    def debt(self, account_id: str) -> int:
+        """The account's debt register (see `ledger.debt`)."""
+        with self._locked() as conn:
+            return ledger.debt(conn, account_id)
+
     def entries(
         self, account_id: str | None = None, after_seq: int = 0, limit: int = 1000
     ) -> list[LedgerEntry]:

@@ -1,0 +1,225 @@
+"""Real peers for the MQTT link tests: an in-memory outbox, a TCP proxy that can cut or stall the
+link's connection, and a subscriber that records what the broker delivers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+
+from gateway.messages import MessageClass, OutboxMessage
+
+
+class MemoryOutbox:
+    """An `OutboxReader` in a dict. ``hold`` hides everything from `pending` (a paused producer)."""
+
+    def __init__(self) -> None:
+        self._messages: dict[int, OutboxMessage] = {}
+        self._seq = itertools.count(1)
+        self.acknowledged: list[int] = []
+        self.hold = False
+        self.emptied = asyncio.Event()
+
+    def add(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        message_class: MessageClass = MessageClass.LEDGER,
+    ) -> int:
+        seq = next(self._seq)
+        self._messages[seq] = OutboxMessage(seq, topic, payload, 1, retain, message_class)
+        self.emptied.clear()
+        return seq
+
+    def pending(self, limit: int) -> list[OutboxMessage]:
+        if self.hold:
+            return []
+        return list(itertools.islice(self._messages.values(), limit))
+
+    def acknowledge(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            del self._messages[seq]  # KeyError = acknowledged twice or never stored: a bug
+        self.acknowledged.extend(seqs)
+        if not self._messages:
+            self.emptied.set()
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+
+class TcpProxy:
+    """A loopback TCP proxy in front of the broker.
+
+    - `cut` aborts every proxied connection (the broker sees the client vanish: Last Will).
+    - `stall` stops broker -> client bytes (PUBACKs withheld) until `resume`.
+    - ``refuse`` closes new connections at once; ``v3_only`` answers an MQTT 5 CONNECT the way an
+      MQTT 3.1.1-only broker does (CONNACK 0x01, unacceptable protocol version) and closes.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self.refuse = False
+        self.v3_only = False
+        self.connections = 0
+        self.port = 0
+
+    async def __aenter__(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def cut(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refuse:
+            writer.transport.abort()
+            return
+        first = b""
+        if self.v3_only:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                first = await _read_packet(reader)
+            # CONNECT: 2-byte length, "MQTT", then the protocol level byte.
+            if len(first) < 9 or first[8] == 5:
+                writer.write(b"\x20\x02\x00\x01")
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+                writer.close()
+                return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()  # broker down: the client sees its connection drop
+            return
+        self.connections += 1
+        self._writers.update((writer, up_writer))
+        up_writer.write(first)
+        self._spawn(self._pump(reader, up_writer, stallable=False))
+        self._spawn(self._pump(up_reader, writer, stallable=True))
+
+    async def _pump(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, stallable: bool
+    ) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await source.read(65536):
+                if stallable:
+                    await self._flowing.wait()
+                sink.write(data)
+                await sink.drain()
+        sink.transport.abort()
+
+
+async def _read_packet(reader: asyncio.StreamReader) -> bytes:
+    header = await reader.readexactly(1)
+    length, multiplier, raw_length = 0, 1, b""
+    while True:
+        byte = await reader.readexactly(1)
+        raw_length += byte
+        length += (byte[0] & 0x7F) * multiplier
+        multiplier *= 128
+        if not byte[0] & 0x80:
+            break
+    return header + raw_length + await reader.readexactly(length)
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+@dataclass
+class Recorder:
+    """Subscribes to ``topic_filter`` and records every delivery; reconnects if the broker goes.
+
+    ``until`` is checked after each message; `done` is set when it returns True.
+    """
+
+    host: str
+    port: int
+    topic_filter: str
+    qos: int = 0
+    tls: aiomqtt.TLSParameters | None = None
+    until: Callable[[list[Received]], bool] = lambda _: False
+    messages: list[Received] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+    new_message: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client(self.host, self.port, tls_params=self.tls) as client:
+                    await client.subscribe(self.topic_filter, qos=self.qos)
+                    self.subscribed.set()
+                    async for message in client.messages:
+                        payload = message.payload
+                        assert isinstance(payload, bytes)
+                        self.messages.append(
+                            Received(message.topic.value, payload, bool(message.retain))
+                        )
+                        self.new_message.set()
+                        if self.until(self.messages):
+                            self.done.set()
+            except aiomqtt.MqttError:
+                self.subscribed.clear()
+                await asyncio.sleep(0.05)  # retry pace while the broker restarts
+
+    async def next_matching(
+        self, predicate: Callable[[Received], bool], start: int = 0, timeout_s: float = 10.0
+    ) -> int:
+        """Index of the first message at or after ``start`` matching ``predicate``."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for index in range(start, len(self.messages)):
+                    if predicate(self.messages[index]):
+                        return index
+                start = len(self.messages)
+                self.new_message.clear()
+                await self.new_message.wait()
+
+
+async def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for a condition on state that has no event of its own (counters)."""
+    async with asyncio.timeout(timeout_s):
+        while not predicate():  # noqa: ASYNC110 - counters have no event of their own
+            await asyncio.sleep(0.01)

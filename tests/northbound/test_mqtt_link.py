@@ -1,0 +1,376 @@
+"""MqttLink against a real mosquitto (through a TCP proxy where the test must cut or stall it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+
+import aiomqtt
+import pytest
+
+from gateway.northbound.mqtt import MqttLink, MqttSettings, TlsSettings
+from gateway.northbound.topics import ReadingPayload, SiteTopics
+from tests.fixtures.mosquitto import Broker
+from tests.fixtures.mosquitto_tls import TlsBroker
+from tests.northbound.peers import MemoryOutbox, Received, Recorder, TcpProxy, eventually
+
+pytestmark = pytest.mark.integration
+
+SITE = "s1"
+TOPICS = SiteTopics(SITE)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+async def _ignore(kind: str, payload: bytes) -> None:
+    pass
+
+
+def _settings(port: int, **overrides: object) -> MqttSettings:
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "backoff_initial_s": 0.05,
+        "backoff_max_s": 0.2,
+        "connect_timeout_s": 2.0,
+        "publish_timeout_s": 10.0,
+    }
+    values.update(overrides)
+    return MqttSettings.model_validate(values)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    link: MqttLink,
+    outbox: MemoryOutbox,
+    *recorders: Recorder,
+    on_command: Callable[[str, bytes], Awaitable[None]] = _ignore,
+) -> AsyncIterator[asyncio.Event]:
+    """Run recorders (subscribed first) and the link; yield the link's wake event."""
+    wake = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(r.run()) for r in recorders]
+        for recorder in recorders:
+            async with asyncio.timeout(10):
+                await recorder.subscribed.wait()
+        tasks.append(tg.create_task(link.run(outbox, wake, on_command)))
+        try:
+            yield wake
+        finally:
+            for task in tasks:
+                task.cancel()
+
+
+def _ledger(outbox: MemoryOutbox, account: str, n: int) -> None:
+    topic = TOPICS.account_event(account)
+    outbox.add(topic, json.dumps({"event_id": f"{account}:{n}"}).encode())
+
+
+def _reading(outbox: MemoryOutbox, meter: str, n: int) -> None:
+    payload = ReadingPayload.model_validate(
+        {
+            "meter": meter,
+            "reading_id": f"{meter}:{n}",
+            "read_at": T0,
+            "register": n,
+            "delta": 1,
+            "unit": "Wh",
+            "quality": "good",
+            "ts": T0,
+        }
+    )
+    message = TOPICS.reading_message(payload)
+    outbox.add(message.topic, message.payload, message_class=message.message_class)
+
+
+def _identities(received: list[Received]) -> list[tuple[str, str]]:
+    """(stream, identity) of every delivered contract message, batches expanded, in order."""
+    out: list[tuple[str, str]] = []
+    for message in received:
+        body = message.json()
+        if message.topic.endswith("/readings"):
+            out.extend((f"meter:{r['meter']}", r["reading_id"]) for r in body["readings"])
+        elif message.topic.endswith("/reading"):
+            out.append((f"meter:{body['meter']}", body["reading_id"]))
+        elif message.topic.endswith("/event"):
+            out.append((message.topic, body["event_id"]))
+    return out
+
+
+class _Seen:
+    """An ``until`` for a Recorder: True once every expected identity was delivered.
+
+    Incremental, so a long stream costs O(n) and the recorder keeps up with the link.
+    """
+
+    def __init__(self, expected: set[tuple[str, str]]) -> None:
+        self.missing = set(expected)
+        self._checked = 0
+
+    def __call__(self, received: list[Received]) -> bool:
+        self.missing.difference_update(_identities(received[self._checked :]))
+        self._checked = len(received)
+        return not self.missing
+
+
+def _first_seen_per_stream(received: list[Received]) -> dict[str, list[int]]:
+    """Per stream, the numbers of its messages in the order first delivered (duplicates dropped)."""
+    seen: set[tuple[str, str]] = set()
+    streams: dict[str, list[int]] = {}
+    for stream, identity in _identities(received):
+        if (stream, identity) not in seen:
+            seen.add((stream, identity))
+            streams.setdefault(stream, []).append(int(identity.rsplit(":", 1)[1]))
+    return streams
+
+
+def _is_status(status: str) -> Callable[[Received], bool]:
+    return lambda m: m.topic == TOPICS.status and m.json()["status"] == status
+
+
+async def test_link_status_online_retained_and_last_will_when_connection_dies(
+    mosquitto: Broker,
+) -> None:
+    async with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
+        link = MqttLink(_settings(proxy.port), SITE, "1.2.3")
+        async with running(link, MemoryOutbox()):
+            await asyncio.wait_for(link.connected.wait(), 10)
+            # A subscriber arriving later gets the retained online status.
+            late = Recorder(mosquitto.host, mosquitto.port, TOPICS.status)
+            async with asyncio.TaskGroup() as tg:
+                task = tg.create_task(late.run())
+                first = await late.next_matching(lambda m: True)
+                assert late.messages[first].retain
+                assert late.messages[first].json()["status"] == "online"
+                assert late.messages[first].json()["version"] == "1.2.3"
+                proxy.cut()  # the link's TCP connection vanishes without DISCONNECT
+                await late.next_matching(_is_status("offline"), first + 1)
+                await late.next_matching(_is_status("online"), first + 1)  # it came back
+                task.cancel()
+            assert link.counters.reconnects == 1
+            assert link.counters.last_error is not None
+
+
+async def test_link_commands_reach_handler_including_those_sent_while_offline(
+    mosquitto: Broker,
+) -> None:
+    received: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    async def on_command(kind: str, payload: bytes) -> None:
+        if payload == b"boom":
+            raise RuntimeError("handler bug")
+        await received.put((kind, payload))
+
+    async with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
+        link = MqttLink(_settings(proxy.port), SITE, "1")
+        async with (
+            running(link, MemoryOutbox(), on_command=on_command),
+            aiomqtt.Client(mosquitto.host, mosquitto.port) as backend,
+        ):
+            await asyncio.wait_for(link.connected.wait(), 10)
+            await backend.publish(TOPICS.command("topup"), b"boom", qos=1)
+            await backend.publish(TOPICS.command("topup"), b'{"id":"a"}', qos=1)
+            await backend.publish(TOPICS.command("tariff"), b'{"id":"b"}', qos=1)
+            await backend.publish(f"prepay/{SITE}/cmd/topup/result", b"not ours", qos=1)
+            assert await asyncio.wait_for(received.get(), 10) == ("topup", b'{"id":"a"}')
+            assert await asyncio.wait_for(received.get(), 10) == ("tariff", b'{"id":"b"}')
+            assert link.counters.command_errors == 1
+
+            # Offline: the persistent session keeps the command at the broker.
+            proxy.refuse = True
+            proxy.cut()
+            await eventually(lambda: not link.connected.is_set())
+            await backend.publish(TOPICS.command("refund"), b'{"id":"c"}', qos=1)
+            proxy.refuse = False
+            # QoS 1: a command whose PUBACK died with the connection comes again (the gateway
+            # answers it `duplicate` by id); the one sent while offline must arrive.
+            redelivered = []
+            while (item := await asyncio.wait_for(received.get(), 10)) != ("refund", b'{"id":"c"}'):
+                redelivered.append(item)
+            assert set(redelivered) <= {("topup", b'{"id":"a"}'), ("tariff", b'{"id":"b"}')}
+
+
+async def test_link_acknowledges_only_after_puback_and_drains_in_order(
+    mosquitto: Broker,
+) -> None:
+    outbox = MemoryOutbox()
+    for n in range(300):
+        _ledger(outbox, f"a{n % 3}", n)
+    outbox.hold = True
+    window = 20
+    recorder = Recorder(
+        mosquitto.host,
+        mosquitto.port,
+        f"prepay/{SITE}/account/#",
+        until=lambda msgs: len(msgs) >= 300,
+    )
+    async with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
+        link = MqttLink(_settings(proxy.port, max_inflight=window), SITE, "1")
+        async with running(link, outbox, recorder) as wake:
+            await asyncio.wait_for(link.connected.wait(), 10)
+            proxy.stall()  # PUBLISHes reach the broker; its PUBACKs do not reach the link
+            outbox.hold = False
+            wake.set()
+            await recorder.next_matching(
+                lambda m: m.json()["event_id"] == f"a{(window - 1) % 3}:{window - 1}"
+            )
+            # The broker has the first window of messages, yet none is acknowledged.
+            assert outbox.acknowledged == []
+            assert len(outbox) == 300
+            proxy.resume()
+            await asyncio.wait_for(outbox.emptied.wait(), 20)
+            await asyncio.wait_for(recorder.done.wait(), 10)
+    assert outbox.acknowledged == list(range(1, 301))
+    streams = _first_seen_per_stream(recorder.messages)
+    for account in ("a0", "a1", "a2"):
+        assert streams[TOPICS.account_event(account)] == list(range(int(account[1]), 300, 3))
+    assert link.counters.published == 300
+
+
+async def test_link_broker_restart_mid_stream_loses_nothing_and_keeps_order(
+    mosquitto: Broker,
+) -> None:
+    outbox = MemoryOutbox()
+    total = 3000
+    for n in range(total):
+        if n % 4 == 0:
+            _ledger(outbox, f"a{n % 3}", n)
+        else:
+            _reading(outbox, f"m{n % 5}", n)
+    expected = {
+        (f"meter:m{n % 5}", f"m{n % 5}:{n}")
+        if n % 4
+        else (TOPICS.account_event(f"a{n % 3}"), f"a{n % 3}:{n}")
+        for n in range(total)
+    }
+    recorder = Recorder(
+        mosquitto.host,
+        mosquitto.port,
+        f"prepay/{SITE}/#",
+        until=_Seen(expected),
+    )
+    link = MqttLink(_settings(mosquitto.port, max_inflight=10, batch_max=5), SITE, "1")
+    async with running(link, outbox, recorder) as wake:
+        # Mid-stream: some messages delivered, many still in the outbox.
+        await recorder.next_matching(
+            lambda m: m.topic.endswith(("/reading", "/readings", "/event"))
+        )
+        await eventually(lambda: len(outbox.acknowledged) >= 200)
+        assert len(outbox) > 0
+        outbox.hold = True  # the producer pauses until the subscriber is back on the new broker
+        mosquitto.restart()  # SIGKILL, then a fresh process (no persistence)
+        await eventually(lambda: link.counters.connects >= 2 and recorder.subscribed.is_set())
+        outbox.hold = False
+        wake.set()
+        await asyncio.wait_for(outbox.emptied.wait(), 20)
+        await asyncio.wait_for(recorder.done.wait(), 10)
+    assert link.counters.reconnects >= 1
+    assert sorted(outbox.acknowledged) == list(range(1, total + 1))
+    for stream, numbers in _first_seen_per_stream(recorder.messages).items():
+        assert numbers == sorted(numbers), stream
+    assert link.counters.batches > 0
+
+
+async def test_link_batches_reading_backlog_per_meter(mosquitto: Broker) -> None:
+    outbox = MemoryOutbox()
+    for n in range(1000):
+        _reading(outbox, f"m{n % 2}", n)
+    _ledger(outbox, "a0", 1000)
+    recorder = Recorder(
+        mosquitto.host,
+        mosquitto.port,
+        f"prepay/{SITE}/#",
+        until=_Seen(
+            {(f"meter:m{n % 2}", f"m{n % 2}:{n}") for n in range(1000)}
+            | {(TOPICS.account_event("a0"), "a0:1000")}
+        ),
+    )
+    link = MqttLink(_settings(mosquitto.port, batch_max=100), SITE, "1")
+    async with running(link, outbox, recorder):
+        await asyncio.wait_for(recorder.done.wait(), 20)
+    batches = [m for m in recorder.messages if m.topic.endswith("/readings")]
+    assert batches
+    assert all(len(m.json()["readings"]) <= 100 for m in batches)
+    streams = _first_seen_per_stream(recorder.messages)
+    assert streams["meter:m0"] == list(range(0, 1000, 2))
+    assert streams["meter:m1"] == list(range(1, 1000, 2))
+
+
+async def test_link_stop_drains_outbox_then_says_offline(mosquitto: Broker) -> None:
+    outbox = MemoryOutbox()
+    recorder = Recorder(mosquitto.host, mosquitto.port, f"prepay/{SITE}/#")
+    link = MqttLink(_settings(mosquitto.port), SITE, "1")
+    async with running(link, outbox, recorder) as wake:
+        await asyncio.wait_for(link.connected.wait(), 10)
+        for n in range(50):
+            _ledger(outbox, "a0", n)
+        wake.set()
+        link.request_stop()
+        run_task = asyncio.current_task()
+        assert run_task is not None
+        await asyncio.wait_for(outbox.emptied.wait(), 10)
+        await recorder.next_matching(_is_status("offline"))
+    assert len(outbox) == 0
+    assert not link.connected.is_set()
+
+
+async def test_link_forced_mqtt311(mosquitto: Broker) -> None:
+    outbox = MemoryOutbox()
+    _ledger(outbox, "a0", 1)
+    link = MqttLink(_settings(mosquitto.port, protocol="3.1.1"), SITE, "1")
+    async with running(link, outbox):
+        await asyncio.wait_for(outbox.emptied.wait(), 10)
+    assert link.protocol_in_use == "3.1.1"
+
+
+async def test_link_auto_prefers_mqtt5(mosquitto: Broker) -> None:
+    link = MqttLink(_settings(mosquitto.port), SITE, "1")
+    async with running(link, MemoryOutbox()):
+        await asyncio.wait_for(link.connected.wait(), 10)
+    assert link.protocol_in_use == "5"
+
+
+async def test_link_auto_falls_back_to_mqtt311_when_broker_refuses_5(mosquitto: Broker) -> None:
+    outbox = MemoryOutbox()
+    _ledger(outbox, "a0", 1)
+    async with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
+        proxy.v3_only = True
+        link = MqttLink(_settings(proxy.port), SITE, "1")
+        async with running(link, outbox):
+            await asyncio.wait_for(outbox.emptied.wait(), 10)
+    assert link.protocol_in_use == "3.1.1"
+
+
+async def test_link_tls_with_client_certificate(mosquitto_tls: TlsBroker) -> None:
+    tls = TlsSettings(
+        ca_file=mosquitto_tls.ca_file,
+        cert_file=mosquitto_tls.client_cert,
+        key_file=mosquitto_tls.client_key,
+    )
+    outbox = MemoryOutbox()
+    _ledger(outbox, "a0", 7)
+    recorder = Recorder(
+        mosquitto_tls.host,
+        mosquitto_tls.port,
+        f"prepay/{SITE}/account/#",
+        tls=aiomqtt.TLSParameters(
+            ca_certs=str(mosquitto_tls.ca_file),
+            certfile=str(mosquitto_tls.client_cert),
+            keyfile=str(mosquitto_tls.client_key),
+        ),
+        until=lambda msgs: len(msgs) >= 1,
+    )
+    link = MqttLink(_settings(mosquitto_tls.port, tls=tls), SITE, "1")
+    async with running(link, outbox, recorder):
+        await asyncio.wait_for(recorder.done.wait(), 10)
+    assert recorder.messages[0].json() == {"event_id": "a0:7"}
+
+
+async def test_link_tls_without_client_certificate_is_refused(mosquitto_tls: TlsBroker) -> None:
+    tls = TlsSettings(ca_file=mosquitto_tls.ca_file)
+    link = MqttLink(_settings(mosquitto_tls.port, tls=tls, connect_timeout_s=0.5), SITE, "1")
+    async with running(link, MemoryOutbox()):
+        await eventually(lambda: link.counters.last_error is not None)
+    assert link.counters.connects == 0
