@@ -129,7 +129,7 @@ def _start_cycle(row: np.ndarray, cycle: int) -> None:
     " int64[:, :], int64[:], int64[:], int64[:],"
     " int64[:], int64[:], int64[:], int64[:])"
 )
-def bill_batch(  # noqa: PLR0917 - a numba kernel takes its arrays positionally
+def bill_batch(
     span_start: np.ndarray,
     span_version: np.ndarray,
     span_period: np.ndarray,

@@ -65,6 +65,129 @@ def _tariff_quote(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_errors(exc: InvalidConfigError) -> int:
+    for error in exc.errors:
+        print(error, file=sys.stderr)
+    return EXIT_INVALID
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from gateway.config import load_site  # noqa: PLC0415 - keeps `prepay tariff` light
+
+    try:
+        site = load_site(Path(args.config))
+    except InvalidConfigError as exc:
+        return _print_errors(exc)
+    cfg = site.config
+    print(
+        f"{args.config}: ok (site {cfg.site}: {len(cfg.accounts)} accounts, "
+        f"{len(site.tariffs)} tariffs, {len(cfg.devices.modbus_buses)} Modbus buses, "
+        f"{len(cfg.devices.lns)} network servers, {len(cfg.devices.ble_dispensers)} dispensers)"
+    )
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+
+    from gateway.daemon import serve  # noqa: PLC0415
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(serve(Path(args.config)))
+    except InvalidConfigError as exc:
+        print("refusing to start: the configuration is invalid", file=sys.stderr)
+        return _print_errors(exc)
+
+
+def _ledger_verify(args: argparse.Namespace) -> int:
+    from gateway.daemon import STATE_FILE, read_ledger_key  # noqa: PLC0415
+    from gateway.store import verify_ledger  # noqa: PLC0415
+
+    key = read_ledger_key(Path(args.key))
+    report = verify_ledger(Path(args.state) / STATE_FILE, key)
+    if report.ok:
+        print(f"ledger ok: {report.entries_checked} entries, chain intact")
+        return EXIT_OK
+    for problem in report.problems:
+        print(f"seq {problem.seq}: {problem.kind.value}: {problem.message}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+def _keys_init(args: argparse.Namespace) -> int:
+    from gateway.keys import init_keys  # noqa: PLC0415
+
+    for path in init_keys(Path(args.directory), with_backend=args.with_backend):
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _topup(args: argparse.Namespace) -> int:
+    import time  # noqa: PLC0415
+    import uuid  # noqa: PLC0415
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from gateway.config import load_site  # noqa: PLC0415
+    from gateway.northbound.commands import (  # noqa: PLC0415
+        load_private_key,
+        new_command,
+        sign_command,
+    )
+    from gateway.northbound.topics import CommandKind  # noqa: PLC0415
+    from gateway.spool import result_path, submit  # noqa: PLC0415
+
+    try:
+        site = load_site(Path(args.config))
+    except InvalidConfigError as exc:
+        return _print_errors(exc)
+    account = next((a for a in site.config.accounts if a.id == args.account), None)
+    if account is None:
+        print(f"unknown account {args.account!r}", file=sys.stderr)
+        return EXIT_INVALID
+    currency = account.currency or site.tariffs[account.tariff].currency
+    try:
+        amount = money.to_scaled(
+            Decimal(args.amount), 10 ** money.currency_exponent(currency), "amount"
+        )
+    except ValueError as exc:
+        print(f"--amount: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    key = load_private_key(Path(args.operator_key).read_bytes())
+    fields = {
+        "account": account.id,
+        "amount_minor": amount,
+        "currency": currency,
+        "payment_ref": f"operator:{args.reference}",
+    }
+    body = new_command(
+        CommandKind.TOPUP,
+        site.config.site,
+        fields,
+        now=datetime.now(UTC),
+        command_id=f"op-{uuid.uuid4()}",
+    )
+    command = sign_command(body, key)
+    submit(site.state_dir, "topup", command)
+    print(f"top-up {command['id']} queued for {account.id}: {money.format_minor(amount, currency)}")
+    deadline = time.monotonic() + args.wait
+    result = result_path(site.state_dir, command["id"])
+    while time.monotonic() < deadline:
+        if result.exists():
+            doc = json.loads(result.read_text())
+            print(json.dumps(doc, ensure_ascii=False))
+            return EXIT_OK if doc.get("status") in ("applied", "duplicate") else EXIT_INVALID
+        time.sleep(0.2)
+    print("the gateway has not applied it yet (is it running?); it stays queued", file=sys.stderr)
+    return EXIT_OK
+
+
+def _sim(args: argparse.Namespace) -> int:
+    # firmware_sim is not a dependency of the gateway (import contract): load it by name.
+    module = importlib.import_module("firmware_sim.__main__")
+    return int(module.main(args.rest))
+
+
 def _bench(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"bench.{args.name}")
     return int(module.main(args.rest))
@@ -96,6 +219,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--json", action="store_true", help="end with one JSON line")
     q.set_defaults(func=_tariff_quote)
+
+    check_cfg = commands.add_parser("check-config", help="validate a site file")
+    check_cfg.add_argument("-c", "--config", required=True, metavar="SITE.yaml")
+    check_cfg.set_defaults(func=_check_config)
+
+    run = commands.add_parser("run", help="run the gateway daemon")
+    run.add_argument("-c", "--config", required=True, metavar="SITE.yaml")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=_run)
+
+    ledger = commands.add_parser("ledger", help="ledger tools")
+    ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True)
+    verify = ledger_commands.add_parser("verify", help="check the HMAC chain of the ledger")
+    verify.add_argument("--state", required=True, metavar="DIR")
+    verify.add_argument("--key", required=True, metavar="LEDGER.key")
+    verify.set_defaults(func=_ledger_verify)
+
+    keys = commands.add_parser("keys", help="key files")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    init = keys_commands.add_parser("init", help="generate a site's key set")
+    init.add_argument("directory", metavar="DIR")
+    init.add_argument(
+        "--with-backend",
+        action="store_true",
+        help="also a stand-in backend key pair (demos, tests)",
+    )
+    init.set_defaults(func=_keys_init)
+
+    topup = commands.add_parser("topup", help="apply a local, operator-signed top-up")
+    topup.add_argument("-c", "--config", required=True, metavar="SITE.yaml")
+    topup.add_argument("--account", required=True)
+    topup.add_argument("--amount", required=True, help="in major units, e.g. 50.00")
+    topup.add_argument("--operator-key", required=True, metavar="OPERATOR.pem")
+    topup.add_argument("--reference", default="counter", help="receipt / payment reference")
+    topup.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the result")
+    topup.set_defaults(func=_topup)
+
+    sim = commands.add_parser("sim", help="run simulated devices (firmware_sim)")
+    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    sim.set_defaults(func=_sim)
 
     bench = commands.add_parser("bench", help="run a benchmark from bench/")
     bench.add_argument("name", choices=["billing", "gateway", "modbus"])

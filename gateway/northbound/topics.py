@@ -115,10 +115,17 @@ AccountStateName = Literal[
 AccountEventName = Literal[
     "low_balance",
     "grace_started",
+    "emergency_credit_offered",
+    "emergency_credit_accepted",
+    "emergency_credit_repaid",
+    "cutoff_deferred",
     "cutoff",
     "restored",
     "topup_applied",
+    "debt_accrued",
     "debt_recovered",
+    "override_applied",
+    "override_expired",
     "alarm",
 ]
 ResultStatus = Literal["applied", "duplicate", "rejected"]

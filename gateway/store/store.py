@@ -342,6 +342,15 @@ class Store:
         with self._locked() as conn:
             return journal.rows_in_state(conn, JournalState.UNBILLED, limit)
 
+    def billed(self, limit: int, after_row: int = 0) -> list[JournalRow]:
+        """Billed readings after ``after_row``, in journal order, at most ``limit``."""
+        with self._locked() as conn:
+            return [
+                r
+                for r in journal.rows_in_state(conn, JournalState.BILLED, limit + after_row)
+                if r.row_id > after_row
+            ][:limit]
+
     def held(self, limit: int) -> list[JournalRow]:
         """Readings held for an operator, in journal order, at most ``limit``."""
         with self._locked() as conn:

@@ -1,0 +1,120 @@
+"""The gateway's in-memory view of its accounts: config, billing state and policy state.
+
+Loaded once from the site config and the store at start (and on SIGHUP); mutated only by the
+pipeline and the command handler, both under the daemon's state lock, and persisted by them in
+the same transaction as the ledger entries that changed it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from billing_engine.engine import AccountState, BillingEngine
+from gateway.config import AccountConfig, Site
+from gateway.decisions import PolicyConfig, PolicyState
+
+logger = logging.getLogger(__name__)
+
+_BILLING_FIELDS = (
+    "cycle_id", "usage_milli", "net_acc", "tax_acc", "tax_rem", "last_ts",
+    "last_register_milli", "standing_day",
+)  # fmt: skip
+
+
+@dataclass
+class Account:
+    """One account at run time."""
+
+    config: AccountConfig
+    policy: PolicyConfig
+    currency: str
+    billing: AccountState
+    policy_state: PolicyState
+    debt_minor: int = 0  # the ledger's debt register, kept in step by `effects.apply_decision`
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    @property
+    def balance_minor(self) -> int:
+        return self.billing.balance_minor
+
+    def to_record(self) -> dict[str, int | str | None]:
+        """Flat record the store persists (exact integers)."""
+        record: dict[str, int | str | None] = {
+            "tariff": self.config.tariff,
+            "class": self.billing.class_name,
+            "balance_minor": self.billing.balance_minor,
+        }
+        for name in _BILLING_FIELDS:
+            record[f"billing.{name}"] = getattr(self.billing, name)
+        for key, value in self.policy_state.to_dict().items():
+            record[f"policy.{key}"] = value
+        return record
+
+
+def _billing_from(
+    record: dict[str, Any] | None, config: AccountConfig, balance: int
+) -> AccountState:
+    state = AccountState(balance, config.class_name, usage_milli=config.opening_usage)
+    if record is None or record.get("tariff") != config.tariff:
+        return state  # new account, or moved to another tariff: starts a fresh baseline
+    for name in _BILLING_FIELDS:
+        key = f"billing.{name}"
+        if key in record:
+            setattr(state, name, record[key])
+    return state
+
+
+class AccountBook:
+    """All accounts of the site, by id and by meter, and one engine per tariff."""
+
+    def __init__(
+        self,
+        site: Site,
+        records: dict[str, dict[str, Any]],
+        balances: dict[str, int],
+        debts: dict[str, int],
+    ) -> None:
+        self.engines = {tid: BillingEngine(t) for tid, t in site.tariffs.items()}
+        self.by_id: dict[str, Account] = {}
+        self.by_meter: dict[str, Account] = {}
+        for config in site.config.accounts:
+            policy = site.config.policies[config.policy]
+            record = records.get(config.id)
+            balance = balances.get(config.id, 0)
+            billing = _billing_from(record, config, balance)
+            if record is not None and record.get("balance_minor") != balance:
+                logger.error(
+                    "account %s: saved balance %s differs from the ledger's %d; the ledger wins",
+                    config.id,
+                    record.get("balance_minor"),
+                    balance,
+                )
+            policy_record = {
+                k.removeprefix("policy."): v
+                for k, v in (record or {}).items()
+                if k.startswith("policy.")
+            }
+            policy_state = (
+                PolicyState.from_dict(policy_record)
+                if policy_record
+                else PolicyState.initial(policy, balance)
+            )
+            tariff = site.tariffs[config.tariff]
+            account = Account(
+                config,
+                policy,
+                config.currency or tariff.currency,
+                billing,
+                policy_state,
+                debts.get(config.id, 0),
+            )
+            self.by_id[config.id] = account
+            self.by_meter[config.meter] = account
+
+    def engine_for(self, account: Account) -> BillingEngine:
+        return self.engines[account.config.tariff]

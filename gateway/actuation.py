@@ -1,0 +1,161 @@
+"""Supply switching: send, confirm by reading back, retry with backoff, alarm when stuck.
+
+One worker task per device. Callers only say what they want (`request`); the latest wish wins,
+so a cut followed quickly by a restore never leaves a stale command queued. A change counts as
+done only when the device's own state, read back, matches; until then the device is ``pending``
+and the worker retries with exponential backoff. After ``confirm_tries`` failed rounds it raises
+one alarm and keeps trying at the capped interval (a valve stuck open is the utility's problem to
+know about, not a reason to stop).
+
+Every outcome (sent, confirmed, alarm) is journalled and published through `ActuationJournal`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from drivers.ports import Actuator, DriverError, SupplyState
+from gateway.config import ActuationConfig
+
+logger = logging.getLogger(__name__)
+
+
+class ActuationJournal(Protocol):
+    """Where the manager reports (the daemon journals and publishes these)."""
+
+    async def supply_pending(self, device_id: str, on: bool, reason: str) -> None: ...
+
+    async def supply_confirmed(self, device_id: str, on: bool, reason: str) -> None: ...
+
+    async def supply_alarm(self, device_id: str, on: bool, tries: int, error: str) -> None: ...
+
+
+@dataclass
+class _Device:
+    actuator: Actuator
+    desired: bool | None = None
+    reason: str = ""
+    confirmed: bool | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    sent_at: dict[bool, float] = field(default_factory=dict)
+
+
+class ActuationManager:
+    """Drives every supply device toward the state the policy wants."""
+
+    def __init__(
+        self,
+        actuators: Sequence[Actuator],
+        journal: ActuationJournal,
+        config: ActuationConfig,
+        device_ids: Sequence[str],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._journal = journal
+        self._config = config
+        self._clock = clock
+        self._devices: dict[str, _Device] = {}
+        self.sent = 0
+        self.confirmed = 0
+        self.alarms = 0
+        for device_id in device_ids:
+            actuator = next((a for a in actuators if a.handles(device_id)), None)
+            if actuator is None:
+                logger.warning(
+                    "device %s: no driver handles it; supply cannot be switched", device_id
+                )
+                continue
+            self._devices[device_id] = _Device(actuator)
+
+    def handles(self, device_id: str) -> bool:
+        return device_id in self._devices
+
+    def request(self, device_id: str, on: bool, reason: str) -> None:
+        """Ask for supply ``on``/off at ``device_id``; returns at once."""
+        device = self._devices.get(device_id)
+        if device is None:
+            logger.error(
+                "device %s: supply %s wanted (%s) but no driver handles it",
+                device_id,
+                "on" if on else "off",
+                reason,
+            )
+            return
+        if device.desired == on and device.confirmed == on:
+            return
+        device.desired = on
+        device.reason = reason
+        device.changed.set()
+
+    def first_sent_at(self, device_id: str, on: bool) -> float | None:
+        """Loop time when a command toward ``on`` last left for the device (benchmarks)."""
+        device = self._devices.get(device_id)
+        return None if device is None else device.sent_at.get(on)
+
+    async def run(self) -> None:
+        """One worker per device, until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            for device_id, device in self._devices.items():
+                group.create_task(self._work(device_id, device), name=f"actuation[{device_id}]")
+
+    async def _attempt(self, device_id: str, device: _Device, on: bool) -> bool:
+        timeout = self._config.io_timeout_s
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            device.sent_at[on] = loop.time()
+            await device.actuator.set_supply(device_id, on)
+        self.sent += 1
+        async with asyncio.timeout(timeout):
+            state = await device.actuator.read_supply(device_id)
+        return state == (SupplyState.ON if on else SupplyState.OFF)
+
+    async def _work(self, device_id: str, device: _Device) -> None:
+        while True:
+            await device.changed.wait()
+            device.changed.clear()
+            on = device.desired
+            if on is None:
+                continue
+            reason = device.reason
+            await self._journal.supply_pending(device_id, on, reason)
+            delay = self._config.backoff_initial_s
+            tries = 0
+            alarmed = False
+            while True:
+                tries += 1
+                error = "state read back does not match"
+                try:
+                    ok = await self._attempt(device_id, device, on)
+                except (DriverError, TimeoutError) as exc:
+                    ok = False
+                    error = str(exc) or type(exc).__name__
+                if ok:
+                    device.confirmed = on
+                    self.confirmed += 1
+                    await self._journal.supply_confirmed(device_id, on, reason)
+                    break
+                logger.warning(
+                    "device %s: supply %s not confirmed (try %d): %s",
+                    device_id,
+                    "on" if on else "off",
+                    tries,
+                    error,
+                )
+                if tries >= self._config.confirm_tries and not alarmed:
+                    alarmed = True
+                    self.alarms += 1
+                    await self._journal.supply_alarm(device_id, on, tries, error)
+                try:
+                    async with asyncio.timeout(delay):
+                        await device.changed.wait()
+                except TimeoutError:
+                    pass
+                if device.changed.is_set() and device.desired != on:
+                    break  # a newer wish replaces this one; the outer loop picks it up
+                device.changed.clear()
+                delay = min(delay * 2, self._config.backoff_max_s)

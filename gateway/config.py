@@ -1,0 +1,197 @@
+"""The site configuration: one YAML file per gateway, validated as a whole.
+
+``prepay check-config -c SITE.yaml`` and the daemon both call `load_site`; any problem is a
+``FILE:LINE: field: message`` line and nothing is loaded. Paths inside the file (tariffs, keys,
+the state directory, profiles, codecs) are relative to the site file's directory.
+
+The file names the site, how to reach the utility's broker, the keys, the tariffs, the policies
+per account class, the devices (grouped by driver), and the accounts: which meter bills which
+account, which device cuts it, under which tariff, class and policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from billing_engine.errors import ConfigError, InvalidConfigError
+from billing_engine.tariff import Tariff, load_tariff
+from billing_engine.yaml_config import errors_from_validation, line_of, parse_yaml
+from drivers.ble.config import BleDispenserConfig
+from drivers.lorawan.config import LnsConfig
+from drivers.modbus.config import ModbusBusConfig
+from gateway.decisions import PolicyConfig
+from gateway.northbound.mqtt import MqttSettings
+
+Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KeysConfig(_Model):
+    """Key files. Generate a set with ``prepay keys init DIR``."""
+
+    ledger_key_file: Path  # HMAC key of the ledger chain, hex, >= 32 bytes
+    gateway_private_key: Path  # Ed25519 PEM: signs receipts
+    backend_public_key: Path  # Ed25519 PEM: verifies backend commands
+    operator_public_key: Path | None = None  # Ed25519 PEM: verifies local `prepay topup`
+
+
+class OutboxConfig(_Model):
+    """How much the outbox may hold while the broker is away (ledger and state never drop)."""
+
+    max_messages: Annotated[int, Field(ge=100)] = 200_000
+
+
+class ActuationConfig(_Model):
+    """How supply commands are confirmed."""
+
+    confirm_tries: Annotated[int, Field(ge=1, le=100)] = 5
+    backoff_initial_s: Annotated[float, Field(gt=0)] = 1.0
+    backoff_max_s: Annotated[float, Field(gt=0)] = 60.0
+    io_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+
+
+class DevicesConfig(_Model):
+    """Southbound devices, grouped by driver."""
+
+    modbus_buses: tuple[ModbusBusConfig, ...] = ()
+    lns: tuple[LnsConfig, ...] = ()
+    ble_dispensers: tuple[BleDispenserConfig, ...] = ()
+    profiles_dir: Path = Path("../devices")
+    codecs_dir: Path = Path("../codecs")
+
+
+class AccountConfig(_Model):
+    """One prepaid account."""
+
+    id: Ident
+    meter: Ident
+    actuator: Ident | None = None  # device id of the relay / valve / dispenser lock
+    tariff: Ident
+    class_name: Annotated[str, Field(alias="class")]
+    policy: Ident
+    opening_usage: Annotated[int, Field(ge=0)] = 0  # milli-units already used this cycle
+    currency: str | None = None  # defaults to the tariff's
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SiteConfig(_Model):
+    """A whole site file."""
+
+    site: Ident
+    state_dir: Path
+    mqtt: MqttSettings
+    keys: KeysConfig
+    tariffs: tuple[Path, ...]
+    policies: dict[Ident, PolicyConfig]
+    accounts: tuple[AccountConfig, ...] = ()
+    devices: DevicesConfig = DevicesConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    actuation: ActuationConfig = ActuationConfig()
+    reading_queue: Annotated[int, Field(ge=10)] = 10_000
+    batch_max: Annotated[int, Field(ge=1)] = 500
+
+    @model_validator(mode="after")
+    def accounts_unique(self) -> Self:
+        seen_ids: set[str] = set()
+        seen_meters: dict[str, str] = {}
+        for acc in self.accounts:
+            if acc.id in seen_ids:
+                raise ValueError(f"account {acc.id} is defined twice")
+            seen_ids.add(acc.id)
+            if acc.meter in seen_meters:
+                raise ValueError(
+                    f"meter {acc.meter} bills both {seen_meters[acc.meter]} and {acc.id}; "
+                    "a meter bills one account"
+                )
+            seen_meters[acc.meter] = acc.id
+            if acc.policy not in self.policies:
+                raise ValueError(
+                    f"account {acc.id}: unknown policy {acc.policy!r}; "
+                    f"the site defines {sorted(self.policies)}"
+                )
+        return self
+
+
+@dataclass(frozen=True)
+class Site:
+    """A loaded site: the validated config, its tariffs by id, and where it came from."""
+
+    config: SiteConfig
+    path: Path
+    tariffs: dict[str, Tariff]
+
+    def resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() else (self.path.parent / path).resolve()
+
+    @property
+    def state_dir(self) -> Path:
+        return self.resolve(self.config.state_dir)
+
+
+def load_site(path: Path) -> Site:
+    """Load and validate a site file and the tariffs it names, all or nothing.
+
+    Raises:
+        InvalidConfigError: one ``FILE:LINE: field: message`` per problem, across the site file
+            and its tariff files.
+    """
+    data, node = parse_yaml(path)
+    name = str(path)
+    if not isinstance(data, dict):
+        raise InvalidConfigError([ConfigError(name, 1, "<document>", "expected a mapping")])
+    try:
+        config = SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        raise errors_from_validation(name, node, exc) from exc
+    errors: list[ConfigError] = []
+    tariffs: dict[str, Tariff] = {}
+    for i, tariff_path in enumerate(config.tariffs):
+        full = tariff_path if tariff_path.is_absolute() else path.parent / tariff_path
+        try:
+            tariff = load_tariff(full)
+        except InvalidConfigError as exc:
+            errors.extend(exc.errors)
+            continue
+        if tariff.id in tariffs:
+            errors.append(
+                ConfigError(
+                    name,
+                    line_of(node, ("tariffs", i)),
+                    f"tariffs.{i}",
+                    f"two tariff files have the id {tariff.id}",
+                )
+            )
+        tariffs[tariff.id] = tariff
+    if not errors:
+        for i, acc in enumerate(config.accounts):
+            tariff_found = tariffs.get(acc.tariff)
+            if tariff_found is None:
+                errors.append(
+                    ConfigError(
+                        name,
+                        line_of(node, ("accounts", i, "tariff")),
+                        f"accounts.{i}.tariff",
+                        f"unknown tariff {acc.tariff!r}; the site loads {sorted(tariffs)}",
+                    )
+                )
+            elif acc.class_name not in tariff_found.class_names:
+                errors.append(
+                    ConfigError(
+                        name,
+                        line_of(node, ("accounts", i, "class")),
+                        f"accounts.{i}.class",
+                        f"tariff {acc.tariff} has no class {acc.class_name!r}; "
+                        f"it has {list(tariff_found.class_names)}",
+                    )
+                )
+    if errors:
+        raise InvalidConfigError(errors)
+    return Site(config=config, path=path.resolve(), tariffs=tariffs)

@@ -1,0 +1,305 @@
+"""Ingest -> journal -> bill -> decide -> persist -> actuate -> publish.
+
+Readings arrive through `Pipeline.put` (the drivers' `ReadingSink`) into a bounded queue: a
+full queue makes the driver wait, which is the back-pressure. The pipeline takes them in
+batches and, for each batch:
+
+1. **journals** them in one transaction and commits (a reading is on disk before anything else
+   happens to it; a re-delivered reading is recognised by its identity and goes no further);
+2. **bills** the new ones with the engine of each account's tariff;
+3. in **one transaction**: the ledger deductions (idempotency key ``deduct:<reading id>``), the
+   journal rows marked billed or held, the policy's decisions and events, the accounts' new
+   billing and policy state, and the outgoing messages;
+4. hands supply changes to actuation and wakes the MQTT link.
+
+A crash between 1 and 3 leaves journalled, unbilled rows: `start` bills them again from the
+state saved with the last committed batch, which gives the same result, so nothing is lost or
+charged twice. If step 3 fails, the in-memory state is reloaded from the store before the next
+batch (the daemon restarts the task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from billing_engine.engine import ReadingStatus
+from drivers.ports import DriverEvent, Reading
+from gateway.accounts import Account, AccountBook
+from gateway.decisions import Decision, on_balance
+from gateway.effects import Effects, apply_decision, enqueue_account_state, enqueue_event
+from gateway.northbound.topics import ReadingPayload, SiteTopics
+from gateway.store import EntryKind, Store, Transaction
+
+logger = logging.getLogger(__name__)
+
+_HELD = {
+    ReadingStatus.REGISTER_BACKWARDS: "register_backwards",
+    ReadingStatus.CONFLICT: "conflicting_register",
+    ReadingStatus.NO_TARIFF: "before_tariff",
+    ReadingStatus.LIMIT: "beyond_limits",
+    ReadingStatus.OUTSIDE_WINDOW: "outside_window",
+}
+_UNIT_OF = {"kWh": "Wh", "m3": "L", "L": "mL"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    row_id: int
+    reading: Reading
+    account: Account
+    status: ReadingStatus
+    deduction: int
+    delta: int
+
+
+@dataclass
+class PipelineStats:
+    """Counters for status and benchmarks."""
+
+    received: int = 0
+    journalled: int = 0
+    duplicates: int = 0
+    billed: int = 0
+    held: int = 0
+    batches: int = 0
+    deducted_minor: int = 0
+    by_status: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class Pipeline:
+    """The reading path; also the `ReadingSink` handed to every driver."""
+
+    def __init__(
+        self,
+        store: Store,
+        book: AccountBook,
+        topics: SiteTopics,
+        clock: Callable[[], datetime],
+        effects: Effects,
+        state_lock: asyncio.Lock,
+        *,
+        queue_size: int = 10_000,
+        batch_max: int = 500,
+    ) -> None:
+        self._store = store
+        self._book = book
+        self._topics = topics
+        self._clock = clock
+        self._effects = effects
+        self._lock = state_lock
+        self._queue: asyncio.Queue[Reading] = asyncio.Queue(maxsize=queue_size)
+        self._events: asyncio.Queue[DriverEvent] = asyncio.Queue(maxsize=1_000)
+        self._batch_max = batch_max
+        self._unknown_meters: set[str] = set()
+        self.stats = PipelineStats()
+
+    def set_book(self, book: AccountBook) -> None:
+        """Swap in a reloaded account book (SIGHUP); takes effect at the next batch."""
+        self._book = book
+
+    # ReadingSink
+
+    async def put(self, reading: Reading) -> None:
+        self.stats.received += 1
+        await self._queue.put(reading)
+
+    async def event(self, event: DriverEvent) -> None:
+        await self._events.put(event)
+
+    # The loop
+
+    async def run(self) -> None:
+        """Bill what was journalled but not billed, then process batches until cancelled."""
+        await self._drain_unbilled()
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            async with self._lock:
+                await asyncio.to_thread(self._process, batch)
+            self._effects.flush()
+            while not self._events.empty():
+                await self._handle_event(self._events.get_nowait())
+
+    async def drain(self, timeout_s: float) -> None:
+        """Process what is already queued (shutdown); gives up after ``timeout_s``."""
+        async with asyncio.timeout(timeout_s):
+            while not self._queue.empty():
+                batch = [
+                    self._queue.get_nowait()
+                    for _ in range(min(self._batch_max, self._queue.qsize()))
+                ]
+                async with self._lock:
+                    await asyncio.to_thread(self._process, batch)
+                self._effects.flush()
+
+    async def _drain_unbilled(self) -> None:
+        while True:
+            rows = await asyncio.to_thread(self._store.unbilled, self._batch_max)
+            if not rows:
+                return
+            logger.info("billing %d journalled readings left unbilled by the last run", len(rows))
+            async with self._lock:
+                await asyncio.to_thread(self._bill_rows, [(r.row_id, r.reading) for r in rows])
+            self._effects.flush()
+
+    async def _handle_event(self, event: DriverEvent) -> None:
+        logger.warning("device %s: %s %s", event.device_id, event.kind.value, event.detail)
+        account = next(
+            (
+                a
+                for a in self._book.by_id.values()
+                if event.device_id in (a.config.meter, a.config.actuator)
+            ),
+            None,
+        )
+        async with self._lock:
+            await asyncio.to_thread(self._journal_event, event, account)
+        self._effects.flush()
+
+    def _journal_event(self, event: DriverEvent, account: Account | None) -> None:
+        detail = {str(k): str(v) for k, v in event.detail.items()}
+        with self._store.transaction() as tx:
+            if account is None:
+                tx.record_event(
+                    None,
+                    f"device_{event.kind.value}",
+                    {"device": event.device_id, **detail},
+                    event.at,
+                )
+                return
+            text = f"{event.device_id}: {detail}" if detail else event.device_id
+            enqueue_event(
+                tx,
+                self._topics,
+                account,
+                "alarm",
+                event.at,
+                alarm=f"device_{event.kind.value}",
+                detail=text,
+            )
+
+    # Batch processing (runs in a worker thread, under the state lock)
+
+    def _process(self, batch: Sequence[Reading]) -> None:
+        now = self._clock()
+        with self._store.transaction() as tx:
+            row_ids = tx.journal_readings(batch, now)
+        self.stats.batches += 1
+        fresh = [(i, r) for i, r in zip(row_ids, batch, strict=True) if i is not None]
+        self.stats.journalled += len(fresh)
+        self.stats.duplicates += len(batch) - len(fresh)
+        if fresh:
+            self._bill_rows(fresh)
+
+    def _bill_rows(self, rows: Sequence[tuple[int, Reading]]) -> None:
+        now = self._clock()
+        book = self._book
+        per_engine: dict[str, list[tuple[int, Reading, Account]]] = defaultdict(list)
+        unknown: list[tuple[int, Reading]] = []
+        for row_id, reading in rows:
+            account = book.by_meter.get(reading.meter_id)
+            if account is None:
+                unknown.append((row_id, reading))
+            else:
+                per_engine[account.config.tariff].append((row_id, reading, account))
+
+        outcomes: list[_Outcome] = []
+        for tariff_id, items in per_engine.items():
+            engine = book.engines[tariff_id]
+            accounts: list[Account] = []
+            index: dict[str, int] = {}
+            for _, _, account in items:
+                if account.id not in index:
+                    index[account.id] = len(accounts)
+                    accounts.append(account)
+            previous = {a.id: a.billing.last_register_milli for a in accounts}
+            results = engine.bill(
+                [a.billing for a in accounts],
+                [(index[a.id], r.read_at, r.register_milli) for _, r, a in items],
+            )
+            for (row_id, reading, account), result in zip(items, results, strict=True):
+                delta = 0
+                if result.status is ReadingStatus.BILLED:
+                    delta = reading.register_milli - previous[account.id]
+                if result.status in (ReadingStatus.BILLED, ReadingStatus.BASELINE):
+                    previous[account.id] = reading.register_milli
+                outcomes.append(
+                    _Outcome(row_id, reading, account, result.status, result.deduction_minor, delta)
+                )
+        outcomes.sort(key=lambda o: o.row_id)
+
+        with self._store.transaction() as tx:
+            touched: dict[str, Account] = {}
+            for row_id, reading in unknown:
+                tx.mark_held(row_id, "unknown_meter")
+                self.stats.held += 1
+                if reading.meter_id not in self._unknown_meters:
+                    self._unknown_meters.add(reading.meter_id)
+                    logger.warning(
+                        "meter %s: readings held, no account is billed by it", reading.meter_id
+                    )
+            for outcome in outcomes:
+                self.stats.by_status[outcome.status.name.lower()] += 1
+                self._record_outcome(tx, now, outcome)
+                touched[outcome.account.id] = outcome.account
+            for account in touched.values():
+                tx.save_account_state(account.id, account.to_record())
+                enqueue_account_state(tx, self._topics, account, now)
+
+    def _record_outcome(self, tx: Transaction, now: datetime, outcome: _Outcome) -> None:
+        row_id, reading, account = outcome.row_id, outcome.reading, outcome.account
+        status, deduction = outcome.status, outcome.deduction
+        name = status.name.lower()
+        if status in _HELD:
+            tx.mark_held(row_id, _HELD[status])
+            self.stats.held += 1
+            enqueue_event(
+                tx,
+                self._topics,
+                account,
+                "alarm",
+                now,
+                alarm=_HELD[status],
+                detail=f"reading {reading.reading_id} held: {name}",
+            )
+            return
+        if deduction:
+            tx.append_entry(
+                account.id,
+                EntryKind.DEDUCTION,
+                -deduction,
+                account.currency,
+                f"deduct:{reading.reading_id}",
+                created_at=now,
+                ref=reading.reading_id,
+            )
+            self.stats.deducted_minor += deduction
+        tx.mark_billed(row_id, name, deduction)
+        if status in (ReadingStatus.DUPLICATE, ReadingStatus.OUT_OF_ORDER):
+            return
+        self.stats.billed += 1
+        tariff = self._book.engines[account.config.tariff].tariff
+        out = self._topics.reading_message(
+            ReadingPayload(
+                meter=reading.meter_id,
+                reading_id=reading.reading_id,
+                read_at=reading.read_at,
+                register=reading.register_milli,
+                delta=outcome.delta,
+                unit=_UNIT_OF[tariff.unit.value],
+                quality=reading.quality.value,
+                ts=now,
+            )
+        )
+        tx.enqueue(out.topic, out.payload, out.qos, out.retain, out.message_class)
+        decision: Decision = on_balance(
+            account.policy, account.policy_state, account.billing.balance_minor, now
+        )
+        apply_decision(tx, self._topics, account, decision, now, self._effects)
