@@ -99,6 +99,8 @@ class ActuationManager:
 
     async def run(self) -> None:
         """One worker per device, until cancelled."""
+        if not self._devices:
+            await asyncio.Event().wait()  # nothing to drive; stay up like every other task
         async with asyncio.TaskGroup() as group:
             for device_id, device in self._devices.items():
                 group.create_task(self._work(device_id, device), name=f"actuation[{device_id}]")

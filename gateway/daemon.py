@@ -38,6 +38,7 @@ from gateway.northbound.commands import load_private_key, load_public_key
 from gateway.northbound.mqtt import MqttLink
 from gateway.northbound.topics import DeviceStatePayload, SiteTopics
 from gateway.pipeline import Pipeline
+from gateway.spool import Spool
 from gateway.store import Store
 
 logger = logging.getLogger(__name__)
@@ -290,6 +291,9 @@ class Gateway:
             if connect_mqtt
             else None
         )
+        self.spool = Spool(
+            site.state_dir, site.config.site, self.keys.operator, self.commands.apply, clock
+        )
         self.supervisor = Supervisor(self._report_failure)
         self.ready = asyncio.Event()
         self._tick = asyncio.Event()
@@ -386,6 +390,7 @@ class Gateway:
                     group.create_task(sup("pipeline", self.pipeline.run), name="pipeline"),
                     group.create_task(sup("actuation", self.actuation.run), name="actuation"),
                     group.create_task(sup("policy-clock", self._policy_clock), name="policy-clock"),
+                    group.create_task(sup("spool", self.spool.run), name="spool"),
                 ]
                 link_task = None
                 if self.link is not None:

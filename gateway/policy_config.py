@@ -92,7 +92,7 @@ class PolicyConfig(_Model):
     friendly_holidays: tuple[date, ...] = ()
     timezone: str = "UTC"
     exempt: bool = False
-    debt_recovery_percent: Annotated[int, Field(strict=True, ge=0, le=100)] = 0
+    debt_recovery_percent: Annotated[int, Field(strict=True, ge=0, le=100)] = 100
     min_dwell_s: NonNegative = 0
 
     @model_validator(mode="after")

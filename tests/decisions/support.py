@@ -23,6 +23,7 @@ def policy(**changes: Any) -> PolicyConfig:
         "disconnect_threshold_minor": 0,
         "restore_threshold_minor": 500,
         "grace_s": 3600,
+        "debt_recovery_percent": 0,  # debt stays put unless a test says otherwise
     }
     fields.update(changes)
     return PolicyConfig.model_validate(fields)
