@@ -60,8 +60,10 @@ def _billing_from(
     record: dict[str, Any] | None, config: AccountConfig, balance: int
 ) -> AccountState:
     state = AccountState(balance, config.class_name, usage_milli=config.opening_usage)
-    if record is None or record.get("tariff") != config.tariff:
-        return state  # new account, or moved to another tariff: starts a fresh baseline
+    if record is None:
+        return state  # a new account: its first reading is its baseline
+    # A tariff or class change keeps the meter's baseline and the cycle's usage: the new tariff
+    # prices from the next reading on (a different cycle definition starts a new cycle).
     for name in _BILLING_FIELDS:
         key = f"billing.{name}"
         if key in record:

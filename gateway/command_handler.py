@@ -18,16 +18,22 @@ from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import ValidationError
 
+from billing_engine.errors import PrepayError
+from billing_engine.tariff import Tariff
 from gateway.accounts import Account, AccountBook
+from gateway.config import AccountConfig, Site
 from gateway.decisions import on_balance, on_topup, set_override
 from gateway.effects import Effects, apply_decision, enqueue_account_state, enqueue_event
 from gateway.errors import CommandRejectedError
 from gateway.northbound.commands import (
+    AccountCommand,
     Command,
     ReceiptCommand,
     RefundCommand,
     SupplyCommand,
+    TariffCommand,
     TopupCommand,
     canonical_json,
     command_id_of,
@@ -35,6 +41,7 @@ from gateway.northbound.commands import (
     parse_and_verify,
 )
 from gateway.northbound.topics import CommandKind, SiteTopics, result_payload
+from gateway.overlay import OVERLAY_KEY, Overlay, apply_overlay, derived_tariff_id
 from gateway.store import EntryKind, Store, Transaction
 
 logger = logging.getLogger(__name__)
@@ -54,6 +61,9 @@ class CommandHandler:
         *,
         backend_key: Ed25519PublicKey,
         gateway_key: Ed25519PrivateKey,
+        site: Callable[[], Site],
+        overlay: Callable[[], Overlay],
+        on_overlay: Callable[[], None],
     ) -> None:
         self._store = store
         self._book = book
@@ -63,6 +73,10 @@ class CommandHandler:
         self._lock = state_lock
         self._backend_key = backend_key
         self._gateway_key = gateway_key
+        self._site = site
+        self._overlay = overlay
+        self._on_overlay = on_overlay
+        self._overlay_changed = False
         self.applied = 0
         self.rejected = 0
         self.duplicates = 0
@@ -86,11 +100,14 @@ class CommandHandler:
         """Apply a verified command (also used by the local ``prepay topup``); returns the
         result payload as a dict."""
         async with self._lock:
+            self._overlay_changed = False
             try:
                 result = await asyncio.to_thread(self._apply, command, now)
             except BaseException:
                 self._effects.discard()
                 raise
+            if self._overlay_changed:
+                await asyncio.to_thread(self._on_overlay)
         self._effects.flush()
         return result
 
@@ -168,9 +185,146 @@ class CommandHandler:
         if isinstance(command, SupplyCommand):
             self._supply(tx, command, now)
             return None
-        raise CommandRejectedError(
-            "not_supported", f"{command.kind} commands are not applied by this version yet"
+        if isinstance(command, TariffCommand):
+            self._save_overlay(tx, self._tariff_overlay(command, now))
+            return None
+        self._save_overlay(tx, self._account_overlay(command))
+        return None
+
+    def _save_overlay(self, tx: Transaction, overlay: Overlay) -> None:
+        try:
+            apply_overlay(self._site(), overlay)  # everything must still load
+        except (ValidationError, PrepayError, ValueError) as exc:
+            raise CommandRejectedError("invalid_config", str(exc).splitlines()[0]) from None
+        tx.save_account_state(OVERLAY_KEY, overlay.to_record())
+        self._overlay_changed = True
+
+    def _tariff_overlay(self, command: TariffCommand, now: datetime) -> Overlay:
+        try:
+            new = Tariff.model_validate(command.tariff)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in error["loc"])
+            raise CommandRejectedError("invalid_tariff", f"{where}: {error['msg']}") from None
+        if command.effective_at < now:
+            raise CommandRejectedError(
+                "effective_in_past", "readings already billed cannot be re-priced"
+            )
+        if any(v.effective_from < command.effective_at for v in new.versions):
+            raise CommandRejectedError(
+                "invalid_tariff", "every version must start at or after effective_at"
+            )
+        book = self._book()
+        base = book.engines.get(new.id)
+        if base is None:
+            raise CommandRejectedError("unknown_tariff", f"no tariff {new.id!r} on this site")
+        old = base.tariff
+        for name in ("currency", "unit", "timezone", "cycle"):
+            if getattr(old, name) != getattr(new, name):
+                raise CommandRejectedError("incompatible_tariff", f"{name} cannot change")
+        kept = tuple(v for v in old.versions if v.effective_from < command.effective_at)
+        overlay = self._overlay().copy()
+        if command.scope == "site":
+            merged_id = old.id
+            targets: list[str] = []
+        else:
+            merged_id = derived_tariff_id(old.id, command.tariff_version)
+            targets = [
+                a.id
+                for a in book.by_id.values()
+                if a.config.tariff == old.id
+                and (
+                    a.id == command.target
+                    if command.scope == "account"
+                    else a.config.class_name == command.target
+                )
+            ]
+            if not targets:
+                raise CommandRejectedError(
+                    "unknown_account" if command.scope == "account" else "unknown_class",
+                    f"no account on tariff {old.id} matches {command.scope} {command.target}",
+                )
+        doc = {
+            **old.model_dump(mode="json"),
+            "id": merged_id,
+            "versions": [v.model_dump(mode="json") for v in (*kept, *new.versions)],
+        }
+        try:
+            Tariff.model_validate(doc)
+        except ValidationError as exc:
+            raise CommandRejectedError("invalid_tariff", str(exc).splitlines()[0]) from None
+        overlay.tariffs[merged_id] = doc
+        for account_id in targets:
+            config = book.by_id[account_id].config
+            overlay.accounts[account_id] = {
+                **config.model_dump(mode="json", by_alias=True),
+                "tariff": merged_id,
+            }
+        return overlay
+
+    def _account_overlay(self, command: AccountCommand) -> Overlay:
+        book = self._book()
+        overlay = self._overlay().copy()
+        existing = book.by_id.get(command.account)
+        if command.action == "create":
+            if existing is not None:
+                raise CommandRejectedError("account_exists", f"{command.account} exists")
+            site = self._site()
+            candidates = [t for t in site.tariffs.values() if command.tariff_class in t.class_names]
+            if len(candidates) != 1:
+                raise CommandRejectedError(
+                    "ambiguous_class", f"{len(candidates)} tariffs price {command.tariff_class}"
+                )
+            if not command.meters:
+                raise CommandRejectedError("malformed", "create needs at least one meter")
+            policy = (
+                command.tariff_class
+                if command.tariff_class in site.config.policies
+                else next(iter(site.config.policies))
+            )
+            config = AccountConfig.model_validate(
+                {
+                    "id": command.account,
+                    "meter": command.meters[0],
+                    "actuator": command.devices[0] if command.devices else None,
+                    "tariff": candidates[0].id,
+                    "class": command.tariff_class,
+                    "policy": policy,
+                    "currency": command.currency,
+                }
+            )
+        else:
+            if existing is None:
+                raise CommandRejectedError("unknown_account", f"no account {command.account!r}")
+            changes: dict[str, Any] = {}
+            if command.tariff_class is not None:
+                changes["class"] = command.tariff_class
+            if command.meters:
+                changes["meter"] = command.meters[0]
+            if command.devices is not None:
+                changes["actuator"] = command.devices[0] if command.devices else None
+            config = AccountConfig.model_validate(
+                {**existing.config.model_dump(mode="json", by_alias=True), **changes}
+            )
+            policy_changes = dict(overlay.policies.get(command.account, {}))
+            if command.low_balance_minor is not None:
+                policy_changes["low_thresholds_minor"] = [command.low_balance_minor]
+            if command.exempt is not None:
+                policy_changes["exempt"] = command.exempt
+            if policy_changes:
+                overlay.policies[command.account] = policy_changes
+        other = next(
+            (
+                a
+                for a in book.by_id.values()
+                if a.config.meter == config.meter and a.id != config.id
+            ),
+            None,
         )
+        if other is not None:
+            raise CommandRejectedError("meter_in_use", f"{config.meter} bills {other.id}")
+        overlay.accounts[config.id] = config.model_dump(mode="json", by_alias=True)
+        return overlay
 
     def _topup(self, tx: Transaction, command: TopupCommand, now: datetime) -> dict[str, Any]:
         account = self._account(command.account)

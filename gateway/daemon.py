@@ -37,6 +37,7 @@ from gateway.effects import Effects, apply_decision, enqueue_account_state, enqu
 from gateway.northbound.commands import load_private_key, load_public_key
 from gateway.northbound.mqtt import MqttLink
 from gateway.northbound.topics import DeviceStatePayload, SiteTopics
+from gateway.overlay import OVERLAY_KEY, Overlay, apply_overlay
 from gateway.pipeline import Pipeline
 from gateway.spool import Spool
 from gateway.store import Store
@@ -102,14 +103,19 @@ def open_store(site: Site, keys: Keys) -> Store:
     )
 
 
-def load_book(site: Site, store: Store) -> AccountBook:
-    ids = [a.id for a in site.config.accounts]
-    return AccountBook(
-        site,
-        store.load_account_states(),
+def load_book(site: Site, store: Store) -> tuple[AccountBook, Overlay]:
+    """The account book of ``site`` with the backend's overlay merged in, from the store."""
+    records = store.load_account_states()
+    overlay = Overlay.from_record(records.pop(OVERLAY_KEY, None))
+    effective = apply_overlay(site, overlay)
+    ids = [a.id for a in effective.config.accounts]
+    book = AccountBook(
+        effective,
+        records,
         {i: store.balance(i) for i in ids},
         {i: store.debt(i) for i in ids},
     )
+    return book, overlay
 
 
 def build_drivers(site: Site) -> tuple[list[ReadingSource], list[Actuator]]:
@@ -249,7 +255,7 @@ class Gateway:
         self.keys = load_keys(site)
         self.store = open_store(site, self.keys)
         self.topics = SiteTopics(site.config.site)
-        self.book = load_book(site, self.store)
+        self.book, self.overlay = load_book(site, self.store)
         built_sources, built_actuators = ([], []) if sources is not None else build_drivers(site)
         self.sources = list(sources) if sources is not None else built_sources
         self.actuators = list(actuators) if actuators is not None else built_actuators
@@ -285,6 +291,9 @@ class Gateway:
             self.state_lock,
             backend_key=self.keys.backend,
             gateway_key=self.keys.gateway,
+            site=lambda: self.site,
+            overlay=lambda: self.overlay,
+            on_overlay=self._rebuild,
         )
         self.link = (
             MqttLink(site.config.mqtt, site.config.site, version(), clock=clock)
@@ -317,7 +326,7 @@ class Gateway:
             )
             return
         self.site = site
-        self.book = load_book(site, self.store)
+        self.book, self.overlay = load_book(site, self.store)
         self.pipeline.set_book(self.book)
         self._tick.set()
         logger.info(
@@ -326,6 +335,12 @@ class Gateway:
             len(self.book.by_id),
             len(site.tariffs),
         )
+
+    def _rebuild(self) -> None:
+        """A tariff or account command changed the overlay (called under the state lock)."""
+        self.book, self.overlay = load_book(self.site, self.store)
+        self.pipeline.set_book(self.book)
+        self._tick.set()
 
     def _reconcile_supply(self) -> None:
         """After a start, drive every device to what its account's policy wants."""

@@ -1,0 +1,287 @@
+"""Backend ``tariff`` and ``account`` commands: applied once, persisted, survive a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from drivers.ports import Reading
+from gateway.config import Site, load_site
+from gateway.daemon import Gateway
+from gateway.northbound.commands import load_private_key, new_command, sign_command
+from gateway.northbound.topics import CommandKind
+from tests.fixtures.mosquitto import free_port
+from tests.gateway.site import write_site
+
+T0 = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)
+
+
+@dataclass
+class Clock:
+    now: datetime = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def make_site(tmp_path: Path) -> Site:
+    accounts = [
+        {
+            "id": "A1",
+            "meter": "m1",
+            "tariff": "beijing_residential_water",
+            "class": "resident",
+            "policy": "resident",
+        },
+        {
+            "id": "A2",
+            "meter": "m2",
+            "tariff": "beijing_residential_water",
+            "class": "special",
+            "policy": "resident",
+        },
+    ]
+    return load_site(write_site(tmp_path, mqtt_port=free_port(), accounts=accounts))
+
+
+class Running:
+    def __init__(self, gateway: Gateway, tmp_path: Path, clock: Clock) -> None:
+        self.gateway = gateway
+        self.key = load_private_key((tmp_path / "keys" / "backend.pem").read_bytes())
+        self.clock = clock
+
+    async def command(self, kind: str, fields: dict[str, Any], command_id: str) -> dict[str, Any]:
+        body = new_command(
+            CommandKind(kind), "test-site", fields, now=self.clock.now, command_id=command_id
+        )
+        raw = json.dumps(sign_command(body, self.key)).encode()
+        await self.gateway.commands.handle(kind, raw)
+        results = [
+            json.loads(m.payload)
+            for m in self.gateway.store.pending(100_000)
+            if m.topic.endswith(f"cmd/{kind}/result")
+        ]
+        return next(r for r in reversed(results) if r.get("id") == command_id)
+
+    async def reading(self, meter: str, minutes: int, register_l: int) -> None:
+        billed = self.gateway.pipeline.stats.batches
+        await self.gateway.pipeline.put(
+            Reading(meter, T0 + timedelta(minutes=minutes), register_l, source="test")
+        )
+        async with asyncio.timeout(10):
+            while self.gateway.pipeline.stats.batches == billed:  # noqa: ASYNC110 - counter
+                await asyncio.sleep(0.01)
+
+
+async def running(site: Site, tmp_path: Path, clock: Clock) -> AsyncIterator[Running]:
+    gateway = Gateway(site, clock=clock, sources=[], actuators=[], connect_mqtt=False)
+    stop = asyncio.Event()
+    task = asyncio.create_task(gateway.run(stop.wait))
+    await gateway.ready.wait()
+    try:
+        yield Running(gateway, tmp_path, clock)
+    finally:
+        stop.set()
+        await task
+
+
+def version(price: str, special: str, at: datetime) -> dict[str, Any]:
+    return {
+        "effective_from": at.isoformat(),
+        "classes": {"resident": {"energy": price}, "special": {"energy": special}},
+    }
+
+
+def tariff_doc(*versions: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "beijing_residential_water",
+        "name": "Beijing water",
+        "currency": "CNY",
+        "unit": "m3",
+        "timezone": "Asia/Shanghai",
+        "cycle": {"reset": "annual", "start_month": 1, "start_day": 1},
+        "versions": list(versions),
+    }
+
+
+async def test_tariff_command_site_scope_reprices_from_effective_instant(tmp_path: Path) -> None:
+    clock = Clock()
+    site = make_site(tmp_path)
+    gen = running(site, tmp_path, clock)
+    run = await anext(gen)
+    try:
+        await run.command(
+            "topup", {"account": "A1", "amount_minor": 100_000, "currency": "CNY"}, "top-1"
+        )
+        await run.reading("m1", 1, 0)
+        await run.reading("m1", 2, 1_000)  # 1 m3 at 5.00 = 500 fen
+        change_at = T0 + timedelta(hours=1)
+        result = await run.command(
+            "tariff",
+            {
+                "tariff_version": "2026-06",
+                "effective_at": change_at.isoformat(),
+                "scope": "site",
+                "tariff": tariff_doc(version("6.00", "7.00", change_at)),
+            },
+            "tariff-1",
+        )
+        assert result["status"] == "applied"
+        # 1000 L over 00:02-02:00 (118 min), split at 01:00: floor(1000 x 58/118) = 491 L at
+        # 5.00 = 2.455; 509 L at 6.00 = 3.054. Cycle: 5 + 2.455 + 3.054 = 10.509 -> 1051 fen,
+        # so this reading deducts 1051 - 500 = 551.
+        await run.reading("m1", 120, 2_000)
+        assert run.gateway.book.by_id["A1"].balance_minor == 100_000 - 1051
+
+        # Repricing the past is refused, and so is a broken tariff; nothing changes.
+        clock.now = T0 + timedelta(hours=3)
+        past = await run.command(
+            "tariff",
+            {
+                "tariff_version": "old",
+                "effective_at": T0.isoformat(),
+                "scope": "site",
+                "tariff": tariff_doc(version("1.00", "1.00", T0)),
+            },
+            "tariff-past",
+        )
+        assert (past["status"], past["reason"]) == ("rejected", "effective_in_past")
+        later = T0 + timedelta(hours=4)
+        broken = await run.command(
+            "tariff",
+            {
+                "tariff_version": "bad",
+                "effective_at": later.isoformat(),
+                "scope": "site",
+                "tariff": tariff_doc(version("-1.00", "7.00", later)),
+            },
+            "tariff-bad",
+        )
+        assert (broken["status"], broken["reason"]) == ("rejected", "invalid_tariff")
+    finally:
+        await gen.aclose()
+
+    # After a restart the new version is still in force (the overlay is in the store).
+    clock.now = T0 + timedelta(hours=5)
+    gen = running(load_site(site.path), tmp_path, clock)
+    run = await anext(gen)
+    try:
+        tariff = run.gateway.book.engines["beijing_residential_water"].tariff
+        assert [v.effective_from for v in tariff.versions][-1] == T0 + timedelta(hours=1)
+        assert run.gateway.book.by_id["A1"].balance_minor == 100_000 - 1051
+    finally:
+        await gen.aclose()
+
+
+async def test_tariff_command_class_scope_only_moves_that_class(tmp_path: Path) -> None:
+    clock = Clock()
+    gen = running(make_site(tmp_path), tmp_path, clock)
+    run = await anext(gen)
+    try:
+        at = T0 + timedelta(hours=1)
+        result = await run.command(
+            "tariff",
+            {
+                "tariff_version": "special-2026",
+                "effective_at": at.isoformat(),
+                "scope": "class",
+                "target": "special",
+                "tariff": tariff_doc(version("5.00", "8.00", at)),
+            },
+            "tariff-class",
+        )
+        assert result["status"] == "applied"
+        book = run.gateway.book
+        assert book.by_id["A2"].config.tariff == "beijing_residential_water__special_2026"
+        assert book.by_id["A1"].config.tariff == "beijing_residential_water"
+    finally:
+        await gen.aclose()
+
+
+async def test_account_command_create_update_and_rejections(tmp_path: Path) -> None:
+    clock = Clock()
+    site = make_site(tmp_path)
+    gen = running(site, tmp_path, clock)
+    run = await anext(gen)
+    try:
+        created = await run.command(
+            "account",
+            {
+                "action": "create",
+                "account": "A3",
+                "currency": "CNY",
+                "tariff_class": "resident",
+                "meters": ["m3"],
+            },
+            "acc-1",
+        )
+        assert created["status"] == "applied"
+        await run.command(
+            "topup", {"account": "A3", "amount_minor": 1_000, "currency": "CNY"}, "top-3"
+        )
+        await run.reading("m3", 1, 0)
+        await run.reading("m3", 2, 100)  # 0.1 m3 at 5.00 = 50 fen
+        assert run.gateway.book.by_id["A3"].balance_minor == 950
+
+        again = await run.command(
+            "account",
+            {
+                "action": "create",
+                "account": "A3",
+                "currency": "CNY",
+                "tariff_class": "resident",
+                "meters": ["m9"],
+            },
+            "acc-2",
+        )
+        assert (again["status"], again["reason"]) == ("rejected", "account_exists")
+        stolen = await run.command(
+            "account",
+            {
+                "action": "create",
+                "account": "A4",
+                "currency": "CNY",
+                "tariff_class": "resident",
+                "meters": ["m1"],
+            },
+            "acc-3",
+        )
+        assert (stolen["status"], stolen["reason"]) == ("rejected", "meter_in_use")
+        update = await run.command(
+            "account",
+            {
+                "action": "update",
+                "account": "A3",
+                "low_balance_minor": 700,
+                "exempt": True,
+            },
+            "acc-4",
+        )
+        assert update["status"] == "applied"
+        policy = run.gateway.book.by_id["A3"].policy
+        assert (policy.low_thresholds_minor, policy.exempt) == ((700,), True)
+        duplicate = await run.command(
+            "account",
+            {
+                "action": "update",
+                "account": "A3",
+                "low_balance_minor": 700,
+                "exempt": True,
+            },
+            "acc-4",
+        )
+        assert duplicate["status"] == "duplicate"
+    finally:
+        await gen.aclose()
+    gen = running(load_site(site.path), tmp_path, clock)
+    run = await anext(gen)
+    try:
+        assert run.gateway.book.by_id["A3"].balance_minor == 950
+        assert run.gateway.book.by_id["A3"].policy.exempt is True
+    finally:
+        await gen.aclose()
