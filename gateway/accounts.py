@@ -14,6 +14,7 @@ from typing import Any
 from billing_engine.engine import AccountState, BillingEngine
 from gateway.config import AccountConfig, Site
 from gateway.decisions import PolicyConfig, PolicyState
+from gateway.quality import MeterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class Account:
     billing: AccountState
     policy_state: PolicyState
     debt_minor: int = 0  # the ledger's debt register, kept in step by `effects.apply_decision`
+    meter: MeterConfig | None = None  # data-quality settings of the account's meter
+    wraps: int = 0  # how often the meter's register rolled over (see `gateway.quality`)
 
     @property
     def id(self) -> str:
@@ -48,6 +51,7 @@ class Account:
             "tariff": self.config.tariff,
             "class": self.billing.class_name,
             "balance_minor": self.billing.balance_minor,
+            "meter.wraps": self.wraps,
         }
         for name in _BILLING_FIELDS:
             record[f"billing.{name}"] = getattr(self.billing, name)
@@ -84,6 +88,7 @@ class AccountBook:
         self.engines = {tid: BillingEngine(t) for tid, t in site.tariffs.items()}
         self.by_id: dict[str, Account] = {}
         self.by_meter: dict[str, Account] = {}
+        meters = {m.id: m for m in site.config.meters}
         for config in site.config.accounts:
             policy = site.config.policies[config.policy]
             record = records.get(config.id)
@@ -114,6 +119,8 @@ class AccountBook:
                 billing,
                 policy_state,
                 debts.get(config.id, 0),
+                meters.get(config.meter),
+                int((record or {}).get("meter.wraps") or 0),
             )
             self.by_id[config.id] = account
             self.by_meter[config.meter] = account

@@ -25,6 +25,7 @@ from drivers.lorawan.config import LnsConfig
 from drivers.modbus.config import ModbusBusConfig
 from gateway.decisions import PolicyConfig
 from gateway.northbound.mqtt import MqttSettings
+from gateway.quality import MeterConfig
 
 Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 
@@ -92,6 +93,7 @@ class SiteConfig(_Model):
     tariffs: tuple[Path, ...]
     policies: dict[Ident, PolicyConfig]
     accounts: tuple[AccountConfig, ...] = ()
+    meters: tuple[MeterConfig, ...] = ()  # optional data-quality settings per meter
     devices: DevicesConfig = DevicesConfig()
     outbox: OutboxConfig = OutboxConfig()
     actuation: ActuationConfig = ActuationConfig()

@@ -28,7 +28,7 @@ from drivers.ble.dispenser import build_ble
 from drivers.lorawan.adapter import build_lns
 from drivers.modbus import build_modbus
 from drivers.ports import Actuator, ReadingSource
-from gateway.accounts import AccountBook
+from gateway.accounts import Account, AccountBook
 from gateway.actuation import ActuationManager
 from gateway.command_handler import CommandHandler
 from gateway.config import Site, load_site
@@ -371,6 +371,30 @@ class Gateway:
                 tx.save_account_state(account.id, account.to_record())
                 enqueue_account_state(tx, self.topics, account, now)
 
+    def _journal_stale(self, changes: list[tuple[Account, bool]], now: datetime) -> None:
+        with self.store.transaction() as tx:
+            for account, stale in changes:
+                alarm = "meter_stale" if stale else "meter_reporting"
+                enqueue_event(
+                    tx, self.topics, account, "alarm", now, alarm=alarm, detail=account.config.meter
+                )
+
+    async def _stale_watch(self) -> None:
+        """Raises ``meter_stale`` once when a meter stops reporting, ``meter_reporting`` back."""
+        while True:
+            limits = [m.stale_after_s for m in self.site.config.meters if m.stale_after_s]
+            period = min(max(min(limits) / 4, 1.0), 60.0) if limits else 60.0
+            await asyncio.sleep(period)
+            if not limits:
+                continue
+            now = self.clock()
+            async with self.state_lock:
+                changes = self.pipeline.stale_check(now)
+                if changes:
+                    await asyncio.to_thread(self._journal_stale, changes, now)
+            if changes:
+                self.wake.set()
+
     async def _policy_clock(self) -> None:
         """Runs `on_tick` when an account's grace, window, dwell or override time comes."""
         while True:
@@ -406,6 +430,7 @@ class Gateway:
                     group.create_task(sup("actuation", self.actuation.run), name="actuation"),
                     group.create_task(sup("policy-clock", self._policy_clock), name="policy-clock"),
                     group.create_task(sup("spool", self.spool.run), name="spool"),
+                    group.create_task(sup("stale-watch", self._stale_watch), name="stale-watch"),
                 ]
                 link_task = None
                 if self.link is not None:

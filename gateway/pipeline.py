@@ -25,10 +25,11 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from billing_engine.engine import ReadingStatus
 from drivers.ports import DriverEvent, Reading
+from gateway import quality
 from gateway.accounts import Account, AccountBook
 from gateway.decisions import Decision, on_balance
 from gateway.effects import Effects, apply_decision, enqueue_account_state, enqueue_event
@@ -96,6 +97,7 @@ class Pipeline:
         self._events: asyncio.Queue[DriverEvent] = asyncio.Queue(maxsize=1_000)
         self._batch_max = batch_max
         self._unknown_meters: set[str] = set()
+        self._stale: set[str] = set()
         self.stats = PipelineStats()
 
     def set_book(self, book: AccountBook) -> None:
@@ -201,38 +203,60 @@ class Pipeline:
     def _bill_rows(self, rows: Sequence[tuple[int, Reading]]) -> None:
         now = self._clock()
         book = self._book
-        per_engine: dict[str, list[tuple[int, Reading, Account]]] = defaultdict(list)
         unknown: list[tuple[int, Reading]] = []
+        held: list[tuple[int, Reading, Account, str]] = []
+        notes: list[tuple[Account, str, str]] = []
+        pending: list[tuple[int, Reading, Account, int]] = []
+        outcomes: list[_Outcome] = []
+        last: dict[str, tuple[int, datetime]] = {}
         for row_id, reading in rows:
             account = book.by_meter.get(reading.meter_id)
             if account is None:
                 unknown.append((row_id, reading))
-            else:
-                per_engine[account.config.tariff].append((row_id, reading, account))
-
-        outcomes: list[_Outcome] = []
-        for tariff_id, items in per_engine.items():
-            engine = book.engines[tariff_id]
-            accounts: list[Account] = []
-            index: dict[str, int] = {}
-            for _, _, account in items:
-                if account.id not in index:
-                    index[account.id] = len(accounts)
-                    accounts.append(account)
-            previous = {a.id: a.billing.last_register_milli for a in accounts}
-            results = engine.bill(
-                [a.billing for a in accounts],
-                [(index[a.id], r.read_at, r.register_milli) for _, r, a in items],
-            )
-            for (row_id, reading, account), result in zip(items, results, strict=True):
-                delta = 0
-                if result.status is ReadingStatus.BILLED:
-                    delta = reading.register_milli - previous[account.id]
-                if result.status in (ReadingStatus.BILLED, ReadingStatus.BASELINE):
-                    previous[account.id] = reading.register_milli
-                outcomes.append(
-                    _Outcome(row_id, reading, account, result.status, result.deduction_minor, delta)
+                continue
+            billing = account.billing
+            previous = last.get(account.id)
+            if previous is None and billing.last_ts is not None:
+                previous = (
+                    billing.last_register_milli,
+                    datetime.fromtimestamp(billing.last_ts, tz=UTC),
                 )
+            checked = quality.check(
+                account.meter,
+                raw_milli=reading.register_milli,
+                read_at=reading.read_at,
+                wraps=account.wraps,
+                last_register_milli=previous[0] if previous else None,
+                last_read_at=previous[1] if previous else None,
+            )
+            if checked.verdict is quality.Verdict.JUMP:
+                held.append((row_id, reading, account, "implausible_jump"))
+                continue
+            if checked.verdict is quality.Verdict.REBASE:
+                # Bill what came before the swap, then start the new meter from a baseline.
+                outcomes += self._bill(pending)
+                pending = []
+                billing.last_ts = None
+                billing.last_register_milli = 0
+                notes.append(
+                    (
+                        account,
+                        "meter_replaced",
+                        f"{reading.meter_id}: new baseline {reading.register_milli}",
+                    )
+                )
+            elif checked.verdict is quality.Verdict.ROLLOVER:
+                notes.append(
+                    (
+                        account,
+                        "meter_rollover",
+                        f"{reading.meter_id}: register wrapped ({checked.wraps} times)",
+                    )
+                )
+            account.wraps = checked.wraps
+            last[account.id] = (checked.register_milli, reading.read_at)
+            pending.append((row_id, reading, account, checked.register_milli))
+        outcomes += self._bill(pending)
         outcomes.sort(key=lambda o: o.row_id)
 
         with self._store.transaction() as tx:
@@ -245,6 +269,21 @@ class Pipeline:
                     logger.warning(
                         "meter %s: readings held, no account is billed by it", reading.meter_id
                     )
+            for row_id, reading, account, reason in held:
+                tx.mark_held(row_id, reason)
+                self.stats.held += 1
+                enqueue_event(
+                    tx,
+                    self._topics,
+                    account,
+                    "alarm",
+                    now,
+                    alarm=reason,
+                    detail=f"reading {reading.reading_id} held: {reason}",
+                )
+            for account, alarm, detail in notes:
+                enqueue_event(tx, self._topics, account, "alarm", now, alarm=alarm, detail=detail)
+                touched[account.id] = account
             for outcome in outcomes:
                 self.stats.by_status[outcome.status.name.lower()] += 1
                 self._record_outcome(tx, now, outcome)
@@ -252,6 +291,56 @@ class Pipeline:
             for account in touched.values():
                 tx.save_account_state(account.id, account.to_record())
                 enqueue_account_state(tx, self._topics, account, now)
+
+    def _bill(self, pending: Sequence[tuple[int, Reading, Account, int]]) -> list[_Outcome]:
+        """Bill readings (with their checked registers) with each tariff's engine."""
+        per_engine: dict[str, list[tuple[int, Reading, Account, int]]] = defaultdict(list)
+        for item in pending:
+            per_engine[item[2].config.tariff].append(item)
+        outcomes: list[_Outcome] = []
+        for tariff_id, items in per_engine.items():
+            engine = self._book.engines[tariff_id]
+            accounts: list[Account] = []
+            index: dict[str, int] = {}
+            for _, _, account, _ in items:
+                if account.id not in index:
+                    index[account.id] = len(accounts)
+                    accounts.append(account)
+            previous = {a.id: a.billing.last_register_milli for a in accounts}
+            results = engine.bill(
+                [a.billing for a in accounts],
+                [(index[a.id], r.read_at, register) for _, r, a, register in items],
+            )
+            for (row_id, reading, account, register), result in zip(items, results, strict=True):
+                delta = 0
+                if result.status is ReadingStatus.BILLED:
+                    delta = register - previous[account.id]
+                if result.status in (ReadingStatus.BILLED, ReadingStatus.BASELINE):
+                    previous[account.id] = register
+                outcomes.append(
+                    _Outcome(row_id, reading, account, result.status, result.deduction_minor, delta)
+                )
+        return outcomes
+
+    def stale_check(self, now: datetime) -> list[tuple[Account, bool]]:
+        """Meters that went stale (True) or came back (False) since the last check."""
+        book = self._book
+        last_seen = {
+            a.config.meter: (
+                datetime.fromtimestamp(a.billing.last_ts, tz=UTC)
+                if a.billing.last_ts is not None
+                else None
+            )
+            for a in book.by_id.values()
+        }
+        meters = {a.config.meter: a.meter for a in book.by_id.values() if a.meter is not None}
+        stale = quality.stale_meters(meters, last_seen, now)
+        changes = [(book.by_meter[m], True) for m in sorted(stale - self._stale)]
+        changes += [
+            (book.by_meter[m], False) for m in sorted(self._stale - stale) if m in book.by_meter
+        ]
+        self._stale = stale
+        return changes
 
     def _record_outcome(self, tx: Transaction, now: datetime, outcome: _Outcome) -> None:
         row_id, reading, account = outcome.row_id, outcome.reading, outcome.account
