@@ -161,7 +161,7 @@ class ReadingPayload(_Payload):
         strict=True, alias="register", description="cumulative register, in `unit`"
     )
     delta: Annotated[int, Field(strict=True, description="consumption billed by this reading")]
-    unit: Literal["Wh", "L"]
+    unit: Literal["Wh", "L", "mL"]
     quality: Literal["good", "estimated", "suspect"]
     ts: UtcDatetime
 
