@@ -104,7 +104,10 @@ class CommandHandler:
             try:
                 result = await asyncio.to_thread(self._apply, command, now)
             except BaseException:
+                # The transaction rolled back but the accounts in memory may have moved on:
+                # reload them from the store before anything else uses them.
                 self._effects.discard()
+                await asyncio.to_thread(self._on_overlay)
                 raise
             if self._overlay_changed:
                 await asyncio.to_thread(self._on_overlay)

@@ -281,6 +281,7 @@ class Gateway:
             self.state_lock,
             queue_size=site.config.reading_queue,
             batch_max=site.config.batch_max,
+            reload=self._rebuild,
         )
         self.commands = CommandHandler(
             self.store,
@@ -306,6 +307,7 @@ class Gateway:
         self.supervisor = Supervisor(self._report_failure)
         self.ready = asyncio.Event()
         self._tick = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def _report_failure(self, name: str, exc: BaseException) -> None:
         def write() -> None:
@@ -337,10 +339,13 @@ class Gateway:
         )
 
     def _rebuild(self) -> None:
-        """A tariff or account command changed the overlay (called under the state lock)."""
+        """Reload the accounts from the store (under the state lock, in a worker thread):
+        after a command changed the overlay, or after a failed transaction left the accounts
+        in memory ahead of the store."""
         self.book, self.overlay = load_book(self.site, self.store)
         self.pipeline.set_book(self.book)
-        self._tick.set()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._tick.set)
 
     def _reconcile_supply(self) -> None:
         """After a start, drive every device to what its account's policy wants."""
@@ -406,7 +411,12 @@ class Gateway:
             ]
             if wakeups and min(wakeups) <= now:
                 async with self.state_lock:
-                    await asyncio.to_thread(self._tick_due, now)
+                    try:
+                        await asyncio.to_thread(self._tick_due, now)
+                    except BaseException:
+                        self.effects.discard()
+                        await asyncio.to_thread(self._rebuild)
+                        raise
                 self.effects.flush()
                 continue
             wait_s = _MAX_TICK_S
@@ -423,6 +433,7 @@ class Gateway:
     async def run(self, shutdown_trigger: Callable[[], Awaitable[object]]) -> None:
         """Run until ``shutdown_trigger`` returns, then shut down in order."""
         sup = self.supervisor.supervise
+        self._loop = asyncio.get_running_loop()
         try:
             async with asyncio.TaskGroup() as group:
                 core = [

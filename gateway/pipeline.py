@@ -86,6 +86,7 @@ class Pipeline:
         *,
         queue_size: int = 10_000,
         batch_max: int = 500,
+        reload: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._book = book
@@ -98,6 +99,8 @@ class Pipeline:
         self._batch_max = batch_max
         self._unknown_meters: set[str] = set()
         self._stale: set[str] = set()
+        self._reload = reload
+        self._runs = 0
         self.stats = PipelineStats()
 
     def set_book(self, book: AccountBook) -> None:
@@ -116,18 +119,31 @@ class Pipeline:
     # The loop
 
     async def run(self) -> None:
-        """Bill what was journalled but not billed, then process batches until cancelled."""
-        await self._drain_unbilled()
-        while True:
-            first = await self._queue.get()
-            batch = [first]
-            while len(batch) < self._batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+        """Bill what was journalled but not billed, then process batches until cancelled.
+
+        After a failure (the supervisor restarts this), the in-memory accounts may be ahead of
+        the store, so they are reloaded from it first.
+        """
+        self._runs += 1
+        if self._runs > 1 and self._reload is not None:
             async with self._lock:
-                await asyncio.to_thread(self._process, batch)
-            self._effects.flush()
-            while not self._events.empty():
-                await self._handle_event(self._events.get_nowait())
+                await asyncio.to_thread(self._reload)
+            self._effects.discard()
+        await self._drain_unbilled()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._events_loop(), name="pipeline.events")
+            while True:
+                first = await self._queue.get()
+                batch = [first]
+                while len(batch) < self._batch_max and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                async with self._lock:
+                    await asyncio.to_thread(self._process, batch)
+                self._effects.flush()
+
+    async def _events_loop(self) -> None:
+        while True:
+            await self._handle_event(await self._events.get())
 
     async def drain(self, timeout_s: float) -> None:
         """Process what is already queued (shutdown); gives up after ``timeout_s``."""
