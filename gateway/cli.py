@@ -268,7 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `prepay sim` and `prepay bench NAME` hand their options to another program's parser.
+    args, extra = parser.parse_known_args(argv)
+    if args.command in {"sim", "bench"}:
+        args.rest = [*extra, *args.rest]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.func(args))
 
 

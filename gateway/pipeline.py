@@ -4,8 +4,9 @@ Readings arrive through `Pipeline.put` (the drivers' `ReadingSink`) into a bound
 full queue makes the driver wait, which is the back-pressure. The pipeline takes them in
 batches and, for each batch:
 
-1. **journals** them in one transaction and commits (a reading is on disk before anything else
-   happens to it; a re-delivered reading is recognised by its identity and goes no further);
+1. **journals** them in one transaction and commits; only then does `put` return (a reading is
+   on disk before it is billed or acknowledged; a re-delivered reading is recognised by its
+   identity and goes no further);
 2. **bills** the new ones with the engine of each account's tariff;
 3. in **one transaction**: the ledger deductions (idempotency key ``deduct:<reading id>``), the
    journal rows marked billed or held, the policy's decisions and events, the accounts' new
@@ -40,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 _HELD = {
     ReadingStatus.REGISTER_BACKWARDS: "register_backwards",
-    ReadingStatus.CONFLICT: "conflicting_register",
     ReadingStatus.NO_TARIFF: "before_tariff",
     ReadingStatus.LIMIT: "beyond_limits",
     ReadingStatus.OUTSIDE_WINDOW: "outside_window",
@@ -67,7 +67,8 @@ class PipelineStats:
     duplicates: int = 0
     billed: int = 0
     held: int = 0
-    batches: int = 0
+    batches: int = 0  # journal commits
+    billed_batches: int = 0
     deducted_minor: int = 0
     by_status: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -94,7 +95,10 @@ class Pipeline:
         self._clock = clock
         self._effects = effects
         self._lock = state_lock
-        self._queue: asyncio.Queue[Reading] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[tuple[Reading, asyncio.Future[None]]] = asyncio.Queue(
+            maxsize=queue_size
+        )
+        self._journalled: asyncio.Queue[list[tuple[int, Reading]]] = asyncio.Queue()
         self._events: asyncio.Queue[DriverEvent] = asyncio.Queue(maxsize=1_000)
         self._batch_max = batch_max
         self._unknown_meters: set[str] = set()
@@ -110,52 +114,100 @@ class Pipeline:
     # ReadingSink
 
     async def put(self, reading: Reading) -> None:
-        self.stats.received += 1
-        await self._queue.put(reading)
+        """Hand over one reading; returns once it is committed to the journal.
+
+        Raises:
+            StoreError: the journal could not be written (the driver should retry).
+        """
+        await self.put_many([reading])
+
+    async def put_many(self, readings: Sequence[Reading]) -> None:
+        """Hand over several readings at once (one journal commit for all, when they fit)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for reading in readings:
+            self.stats.received += 1
+            future: asyncio.Future[None] = loop.create_future()
+            await self._queue.put((reading, future))
+            futures.append(future)
+        await asyncio.gather(*futures)
 
     async def event(self, event: DriverEvent) -> None:
         await self._events.put(event)
 
-    # The loop
+    # The loops
 
     async def run(self) -> None:
-        """Bill what was journalled but not billed, then process batches until cancelled.
+        """Bill what was journalled but not billed, then journal and bill until cancelled.
 
-        After a failure (the supervisor restarts this), the in-memory accounts may be ahead of
-        the store, so they are reloaded from it first.
+        Journalling and billing are two stages: a reading is committed to the journal (and its
+        `put` returns) without waiting for the billing of the batch before it. After a failure
+        (the supervisor restarts this), the in-memory accounts may be ahead of the store, so
+        they are reloaded from it first, and journalled rows waiting in memory are dropped:
+        they are unbilled in the store and billed from there.
         """
         self._runs += 1
         if self._runs > 1 and self._reload is not None:
             async with self._lock:
                 await asyncio.to_thread(self._reload)
             self._effects.discard()
+        while not self._journalled.empty():
+            self._journalled.get_nowait()
         await self._drain_unbilled()
         async with asyncio.TaskGroup() as group:
             group.create_task(self._events_loop(), name="pipeline.events")
+            group.create_task(self._journal_loop(), name="pipeline.journal")
             while True:
-                first = await self._queue.get()
-                batch = [first]
-                while len(batch) < self._batch_max and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                async with self._lock:
-                    await asyncio.to_thread(self._process, batch)
-                self._effects.flush()
+                rows = await self._journalled.get()
+                while len(rows) < self._batch_max and not self._journalled.empty():
+                    rows += self._journalled.get_nowait()
+                await self._bill_batch(rows)
+
+    async def _take_batch(self) -> list[tuple[Reading, asyncio.Future[None]]]:
+        batch = [await self._queue.get()]
+        while len(batch) < self._batch_max and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        return batch
+
+    async def _journal(self, batch: list[tuple[Reading, asyncio.Future[None]]]) -> None:
+        try:
+            fresh = await asyncio.to_thread(self._write_journal, [r for r, _ in batch])
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            raise
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+        if fresh:
+            self._journalled.put_nowait(fresh)
+
+    async def _journal_loop(self) -> None:
+        while True:
+            await self._journal(await self._take_batch())
+
+    async def _bill_batch(self, rows: list[tuple[int, Reading]]) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self._bill_rows, rows)
+        self.stats.billed_batches += 1
+        self._effects.flush()
 
     async def _events_loop(self) -> None:
         while True:
             await self._handle_event(await self._events.get())
 
     async def drain(self, timeout_s: float) -> None:
-        """Process what is already queued (shutdown); gives up after ``timeout_s``."""
+        """Journal and bill what is already queued (shutdown); gives up after ``timeout_s``."""
         async with asyncio.timeout(timeout_s):
             while not self._queue.empty():
                 batch = [
                     self._queue.get_nowait()
                     for _ in range(min(self._batch_max, self._queue.qsize()))
                 ]
-                async with self._lock:
-                    await asyncio.to_thread(self._process, batch)
-                self._effects.flush()
+                await self._journal(batch)
+            while not self._journalled.empty():
+                await self._bill_batch(self._journalled.get_nowait())
 
     async def _drain_unbilled(self) -> None:
         while True:
@@ -205,16 +257,15 @@ class Pipeline:
 
     # Batch processing (runs in a worker thread, under the state lock)
 
-    def _process(self, batch: Sequence[Reading]) -> None:
-        now = self._clock()
+    def _write_journal(self, batch: Sequence[Reading]) -> list[tuple[int, Reading]]:
+        """Commit a batch to the journal; returns the new rows (duplicates go no further)."""
         with self._store.transaction() as tx:
-            row_ids = tx.journal_readings(batch, now)
+            row_ids = tx.journal_readings(batch, self._clock())
         self.stats.batches += 1
         fresh = [(i, r) for i, r in zip(row_ids, batch, strict=True) if i is not None]
         self.stats.journalled += len(fresh)
         self.stats.duplicates += len(batch) - len(fresh)
-        if fresh:
-            self._bill_rows(fresh)
+        return fresh
 
     def _bill_rows(self, rows: Sequence[tuple[int, Reading]]) -> None:
         now = self._clock()
@@ -387,7 +438,9 @@ class Pipeline:
             )
             self.stats.deducted_minor += deduction
         tx.mark_billed(row_id, name, deduction)
-        if status in (ReadingStatus.DUPLICATE, ReadingStatus.OUT_OF_ORDER):
+        if status in (ReadingStatus.DUPLICATE, ReadingStatus.OUT_OF_ORDER, ReadingStatus.CONFLICT):
+            # A conflict is a second reading within the same whole second (the engine's time
+            # unit): registers are cumulative, so the next reading bills what this one saw.
             return
         self.stats.billed += 1
         tariff = self._book.engines[account.config.tariff].tariff
@@ -407,4 +460,12 @@ class Pipeline:
         decision: Decision = on_balance(
             account.policy, account.policy_state, account.billing.balance_minor, now
         )
-        apply_decision(tx, self._topics, account, decision, now, self._effects)
+        apply_decision(
+            tx,
+            self._topics,
+            account,
+            decision,
+            now,
+            self._effects,
+            key_base=f"reading:{reading.reading_id}",
+        )

@@ -69,12 +69,12 @@ class Running:
         return next(r for r in reversed(results) if r.get("id") == command_id)
 
     async def reading(self, meter: str, minutes: int, register_l: int) -> None:
-        billed = self.gateway.pipeline.stats.batches
+        billed = self.gateway.pipeline.stats.billed_batches
         await self.gateway.pipeline.put(
             Reading(meter, T0 + timedelta(minutes=minutes), register_l, source="test")
         )
         async with asyncio.timeout(10):
-            while self.gateway.pipeline.stats.batches == billed:  # noqa: ASYNC110 - counter
+            while self.gateway.pipeline.stats.billed_batches == billed:  # noqa: ASYNC110 - counter
                 await asyncio.sleep(0.01)
 
 

@@ -1,0 +1,688 @@
+"""A running simulated site: the servers, links and schedules a `Scenario` describes.
+
+`SimulatedSite` is an async context manager. Entering it opens every Modbus TCP server, makes a
+socat pty pair per RS485 line and serves the line's meters on the simulator's end; `run` then
+publishes LoRa uplinks (reconnecting to the broker when it goes away), applies scheduled faults,
+takes control commands, and keeps the status file current until cancelled. Leaving it stops
+the servers and socat.
+
+The status file (``--status``) is JSON, replaced atomically (write, then rename) whenever a
+relay or valve changes or a fault is applied, and at least every `STATUS_REFRESH_S`::
+
+    {"scenario": "demo", "updated_at": "...Z",
+     "modbus_tcp": {"tcp0": {"host": "127.0.0.1", "port": 5020}},
+     "modbus_rtu": {"rs485a": {"gateway_port": "/dev/pts/7", "device_port": "/dev/pts/8"}},
+     "devices": {"flat-101-water": {"family": "modbus", "supply_on": false,
+                 "register_milli": 1234, "supply_writes": 1, "fault": null, ...}}}
+
+Control commands (a line each, from ``--control FILE`` or stdin) apply a `FaultAction` now:
+``DEVICE FAULT [COUNT] [option=value ...]``, e.g. ``flat-101-elec timeout 3`` or
+``lora-meter-201 repeat_uplinks 1 copies=3``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import aiomqtt
+from pydantic import ValidationError
+from pymodbus.constants import ExcCodes
+
+from drivers.modbus.config import DeviceProfile
+from drivers.modbus.registers import DataType, register_count
+from firmware_sim.lns_uplink import LnsSimulator, SimDevice
+from firmware_sim.modbus_meter import Fault, MeterSimulator, SimMeter
+from firmware_sim.scenario import (
+    FaultAction,
+    LoraDevice,
+    LoraNetwork,
+    ModbusMeter,
+    Scenario,
+    check_fault,
+    rate_function,
+)
+
+logger = logging.getLogger(__name__)
+
+STATUS_REFRESH_S = 1.0
+CONTROL_POLL_S = 0.2
+RECONNECT_S = 2.0
+SOCAT_START_TIMEOUT_S = 10.0
+LORA_COUNTER_WRAP = 2**32
+_NS_PER_HOUR = 3_600 * 1_000_000_000
+_FLOAT_ROLLOVER_UNITS = 10**6  # a float register "wraps" where a 6-digit display would
+
+Announce = Callable[[str], None]
+
+
+def default_rollover_milli(profile: DeviceProfile) -> int:
+    """Where the billed register of ``profile`` wraps, in milli-units."""
+    spec = profile.energy
+    if spec.type in (DataType.FLOAT32, DataType.FLOAT64):
+        units = _FLOAT_ROLLOVER_UNITS
+    else:
+        bits = 16 * register_count(spec.type)
+        units = 2 ** (bits - 1) if spec.type.value.startswith("s") else 2**bits
+    return int(units * spec.scale)
+
+
+@dataclass
+class SiteMeter(SimMeter):
+    """A `SimMeter` whose register wraps and which reports relay/valve changes."""
+
+    device_id: str = ""
+    rollover_milli: int = 0
+    on_change: Callable[[], None] | None = None
+
+    def advance(self) -> None:
+        super().advance()
+        if self.rollover_milli and self.energy_milli >= self.rollover_milli:
+            self.energy_milli %= self.rollover_milli
+
+    async def _action(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        _count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        before = (self.supply_on, len(self.supply_writes))
+        result = await super()._action(
+            function_code, start_address, address, _count, registers, set_values
+        )
+        if (self.supply_on, len(self.supply_writes)) != before and self.on_change is not None:
+            self.on_change()
+        return result
+
+
+class Accumulator:
+    """Integrates a rate (units per wall-clock hour at t seconds) into whole units, exactly."""
+
+    def __init__(
+        self, rate: Callable[[float], int] | None, clock_ns: Callable[[], int] = time.monotonic_ns
+    ) -> None:
+        self._rate = rate
+        self._clock_ns = clock_ns
+        self._start_ns = self._last_ns = clock_ns()
+        self._carry = 0
+
+    def take(self, *, running: bool = True) -> int:
+        """Whole units used since the last call (none while not ``running``)."""
+        now = self._clock_ns()
+        elapsed, self._last_ns = now - self._last_ns, now
+        if elapsed <= 0 or not running or self._rate is None:
+            return 0
+        self._carry += max(self._rate((now - self._start_ns) / 1e9), 0) * elapsed
+        whole, self._carry = divmod(self._carry, _NS_PER_HOUR)
+        return whole
+
+
+@dataclass
+class LoraUnit:
+    """One simulated LoRa device with its consumption and pending uplink faults."""
+
+    spec: LoraDevice
+    network: LoraNetwork
+    device: SimDevice
+    consumption: Accumulator
+    lose: int = 0
+    repeat: int = 0
+    copies: int = 2
+    pending_reset: bool | None = None  # join flag of a counter reset to do on the next uplink
+    active: LnsSimulator | None = None
+
+    @property
+    def meters_while_closed(self) -> bool:
+        return self.device.model == "em300-di"
+
+    def fault_name(self) -> str | None:
+        if self.lose:
+            return f"lose_uplinks x{self.lose}"
+        if self.repeat:
+            return f"repeat_uplinks x{self.repeat}"
+        return None
+
+
+@dataclass
+class RtuLink:
+    """A socat pty pair: the gateway opens ``gateway_port``, the simulator ``device_port``."""
+
+    process: asyncio.subprocess.Process
+    gateway_port: str
+    device_port: str
+    link: Path | None
+    drain: asyncio.Task[None] | None = None
+
+
+async def open_pty_pair(link: Path | None) -> RtuLink:
+    """Start ``socat -d -d pty,raw,echo=0[,link=LINK] pty,raw,echo=0`` and wait until it runs.
+
+    Raises:
+        RuntimeError: socat is missing or did not set the pair up.
+    """
+    socat = shutil.which("socat")
+    if socat is None:
+        raise RuntimeError("socat is not installed (Debian package socat); RTU lines need it")
+    gateway_end = "pty,raw,echo=0"
+    if link is not None:
+        _prepare_link(link)
+        gateway_end += f",link={link}"
+    proc = await asyncio.create_subprocess_exec(
+        socat,
+        "-d",
+        "-d",
+        gateway_end,
+        "pty,raw,echo=0",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None  # noqa: S101 - stderr=PIPE above
+    try:
+        async with asyncio.timeout(SOCAT_START_TIMEOUT_S):
+            paths = await _socat_ptys(proc.stderr)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    rtu = RtuLink(proc, str(link) if link is not None else paths[0], paths[1], link)
+    rtu.drain = asyncio.create_task(_drain(proc.stderr), name="sim.socat.stderr")
+    return rtu
+
+
+def _prepare_link(link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink():
+        link.unlink()  # a stale link from a killed run: socat would not replace it
+
+
+async def _socat_ptys(stderr: asyncio.StreamReader) -> list[str]:
+    """The two pty paths socat reports, once it says the transfer loop runs.
+
+    Raises:
+        RuntimeError: socat exited first.
+    """
+    paths: list[str] = []
+    while True:
+        line = (await stderr.readline()).decode(errors="replace")
+        if not line:
+            raise RuntimeError("socat exited before creating the pty pair")
+        if match := re.search(r"PTY is (\S+)", line):
+            paths.append(match.group(1))
+        if "starting data transfer loop" in line and len(paths) == 2:
+            return paths
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while line := await stream.readline():
+        logger.debug("socat: %s", line.decode(errors="replace").rstrip())
+
+
+async def close_pty_pair(rtu: RtuLink) -> None:
+    """Stop socat (it removes its link) and wait for it."""
+    with contextlib.suppress(ProcessLookupError):
+        rtu.process.terminate()
+    await rtu.process.wait()
+    if rtu.drain is not None:
+        await rtu.drain
+
+
+def parse_command(line: str) -> FaultAction | None:
+    """A control line as a `FaultAction`; None for a blank line or a ``#`` comment.
+
+    Raises:
+        ValueError: the line does not read as ``DEVICE FAULT [COUNT] [option=value ...]``.
+    """
+    words = line.split("#", 1)[0].split()
+    if not words:
+        return None
+    if len(words) < 2:
+        raise ValueError("want DEVICE FAULT [COUNT] [option=value ...]")
+    data: dict[str, str] = {"device": words[0], "fault": words[1]}
+    for word in words[2:]:
+        key, sep, value = word.partition("=")
+        if sep:
+            data[key] = value
+        else:
+            data["count"] = word
+    try:
+        return FaultAction.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'command'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise ValueError(problems) from exc
+
+
+def _read_from(path: Path, offset: int | None) -> tuple[bytes, int]:
+    """The bytes of ``path`` after ``offset`` and the new offset; None: create it empty.
+
+    A file that shrank (the operator truncated it) is read again from the start.
+    """
+    if offset is None:
+        path.write_bytes(b"")
+        return b"", 0
+    try:
+        with path.open("rb") as handle:
+            if handle.seek(0, os.SEEK_END) < offset:
+                offset = 0
+            handle.seek(offset)
+            chunk = handle.read()
+    except FileNotFoundError:
+        return b"", 0
+    return chunk, offset + len(chunk)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class SimulatedSite:
+    """Every simulated device of a scenario, its servers, and its status file."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        profiles: Mapping[str, DeviceProfile],
+        *,
+        base_dir: Path,
+        status_path: Path | None = None,
+        announce: Announce = lambda line: None,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.scenario = scenario
+        self.status_path = status_path
+        self._announce = announce
+        self._base_dir = base_dir
+        self._families: dict[str, Literal["modbus", "lora"]] = dict(scenario.devices())
+        self._changed = asyncio.Event()
+        self.meters: dict[str, SiteMeter] = {}
+        self._bus_of: dict[str, str] = {}
+        self.tcp: dict[str, MeterSimulator] = {}
+        self.rtu: dict[str, tuple[RtuLink, MeterSimulator]] = {}
+        self.lora: dict[str, LoraUnit] = {}
+        for server in scenario.modbus_servers():
+            for meter in server.meters:
+                self.meters[meter.device_id] = self._site_meter(meter, profiles, clock_ns)
+                self._bus_of[meter.device_id] = server.name
+        for network in scenario.lora:
+            for spec in network.devices:
+                self.lora[spec.device_id] = self._lora_unit(network, spec, clock_ns)
+        self._stack = contextlib.AsyncExitStack()
+
+    def _site_meter(
+        self,
+        meter: ModbusMeter,
+        profiles: Mapping[str, DeviceProfile],
+        clock_ns: Callable[[], int],
+    ) -> SiteMeter:
+        profile = profiles[meter.profile]
+        curve = None
+        if meter.curve is not None:
+            speed = meter.speed or self.scenario.speed
+            curve = rate_function(meter.curve, speed=speed, start_hour=self.scenario.start_hour)
+        return SiteMeter(
+            unit_id=meter.unit_id,
+            profile=profile,
+            energy_milli=meter.start,
+            curve=curve,
+            supply_on=meter.supply_on,
+            clock_ns=clock_ns,
+            device_id=meter.device_id,
+            rollover_milli=meter.rollover_at or default_rollover_milli(profile),
+            on_change=self.changed,
+        )
+
+    def _lora_unit(
+        self, network: LoraNetwork, spec: LoraDevice, clock_ns: Callable[[], int]
+    ) -> LoraUnit:
+        rate = None
+        if spec.curve is not None:
+            speed = spec.speed or self.scenario.speed
+            rate = rate_function(spec.curve, speed=speed, start_hour=self.scenario.start_hour)
+        device = SimDevice(
+            spec.dev_eui.lower(),
+            spec.device_id,
+            "em300-di" if spec.kind == "meter" else "uc511",
+            pulse=spec.start,
+            valve_open=spec.valve_open,
+        )
+        return LoraUnit(spec, network, device, Accumulator(rate, clock_ns))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+        self.write_status()
+
+    async def _start(self) -> None:
+        for server in self.scenario.modbus_tcp:
+            meters = [self.meters[m.device_id] for m in server.meters]
+            sim = MeterSimulator.tcp(meters, server.host, server.port)
+            await self._stack.enter_async_context(sim)
+            self.tcp[server.name] = sim
+            self._announce(
+                f"modbus_tcp {server.name}: {server.host}:{sim.port} "
+                f"(units {', '.join(str(m.unit_id) for m in server.meters)})"
+            )
+        for line in self.scenario.modbus_rtu:
+            link = line.link
+            if link is not None and not link.is_absolute():
+                link = self._base_dir / link
+            rtu = await open_pty_pair(link)
+            self._stack.push_async_callback(close_pty_pair, rtu)
+            meters = [self.meters[m.device_id] for m in line.meters]
+            sim = MeterSimulator.serial(
+                meters,
+                rtu.device_port,
+                baudrate=line.baudrate,
+                parity=line.parity,
+                stopbits=line.stopbits,
+            )
+            await self._stack.enter_async_context(sim)
+            self.rtu[line.name] = (rtu, sim)
+            self._announce(
+                f"modbus_rtu {line.name}: gateway port {rtu.gateway_port} "
+                f"(simulator on {rtu.device_port}; units "
+                f"{', '.join(str(m.unit_id) for m in line.meters)})"
+            )
+        broker = self.scenario.broker
+        for network in self.scenario.lora:
+            assert broker is not None  # noqa: S101 - Scenario.lora_needs_a_broker
+            self._announce(
+                f"lora {network.name}: {network.kind} application {network.application_id} "
+                f"on {broker.host}:{broker.port} ({len(network.devices)} devices)"
+            )
+        for fault in self.scenario.faults:
+            if fault.at_s == 0:
+                self.apply(fault)
+        self.write_status()
+
+    async def run(self, control_path: Path | None = None, *, stdin: bool = False) -> None:
+        """Publish uplinks, apply the fault schedule, take commands; until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._status_loop(), name="sim.status")
+            tg.create_task(self._schedule(), name="sim.faults")
+            for network in self.scenario.lora:
+                tg.create_task(self._run_network(network), name=f"sim.lora[{network.name}]")
+            if control_path is not None:
+                tg.create_task(self._control_file(control_path), name="sim.control")
+            if stdin:
+                tg.create_task(self._control_stdin(), name="sim.stdin")
+
+    # ------------------------------------------------------------------ faults
+
+    def apply(self, action: FaultAction) -> None:
+        """Do ``action`` to its device now.
+
+        Raises:
+            ValueError: the device is unknown or does not have this fault.
+        """
+        why = check_fault(action, self._families)
+        if why is not None:
+            raise ValueError(why)
+        if action.device in self.meters:
+            self._apply_modbus(self.meters[action.device], action)
+        else:
+            self._apply_lora(self.lora[action.device], action)
+        logger.info(
+            "sim: %s on %s%s",
+            action.fault,
+            action.device,
+            f" for {action.count}" if action.count is not None else "",
+        )
+        self.changed()
+
+    @staticmethod
+    def _apply_modbus(meter: SiteMeter, action: FaultAction) -> None:
+        match action.fault:
+            case "timeout":
+                meter.set_fault(Fault.NO_ANSWER, count=action.count)
+            case "crc":
+                meter.set_fault(Fault.BAD_CRC, count=action.count)
+            case "exception":
+                meter.set_fault(Fault.EXCEPTION, count=action.count, code=action.code)
+            case "ignore_writes":
+                meter.ignore_writes = True
+            case "rollover":
+                meter.advance()
+                meter.energy_milli = max(meter.rollover_milli - action.before, 0)
+            case "meter_swap":
+                meter.advance()
+                meter.energy_milli = action.start
+            case _:  # clear
+                meter.set_fault(None)
+                meter.ignore_writes = False
+
+    @staticmethod
+    def _apply_lora(unit: LoraUnit, action: FaultAction) -> None:
+        match action.fault:
+            case "lose_uplinks":
+                unit.lose = action.count or 1
+            case "repeat_uplinks":
+                unit.repeat, unit.copies = action.count or 1, action.copies
+            case "counter_reset":
+                unit.pending_reset = action.join
+            case "rollover":
+                unit.device.pulse = max(LORA_COUNTER_WRAP - action.before, 0)
+            case "meter_swap":
+                unit.device.pulse = action.start % LORA_COUNTER_WRAP
+                unit.pending_reset = True  # a new device joins with a fresh counter
+            case _:  # clear
+                unit.lose = unit.repeat = 0
+                unit.pending_reset = None
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for fault in sorted(self.scenario.faults, key=lambda f: f.at_s):
+            if fault.at_s == 0:
+                continue  # applied before the site was announced ready
+            await asyncio.sleep(max(started + fault.at_s - loop.time(), 0))
+            self.apply(fault)
+
+    def command(self, line: str) -> None:
+        """Apply one control line; a bad line is logged and ignored."""
+        try:
+            action = parse_command(line)
+            if action is not None:
+                self.apply(action)
+        except ValueError as exc:
+            logger.warning("sim: ignored command %r: %s", line.strip(), exc)
+
+    async def _control_file(self, path: Path) -> None:
+        """Apply each line appended to ``path`` (created empty at start)."""
+        _read_from(path, None)
+        offset, pending = 0, b""
+        while True:
+            await asyncio.sleep(CONTROL_POLL_S)  # a plain file has no change notification
+            chunk, offset = _read_from(path, offset)
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                self.command(line.decode(errors="replace"))
+
+    async def _control_stdin(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader),
+            os.fdopen(os.dup(0), "rb", buffering=0),
+        )
+        try:
+            while line := await reader.readline():
+                self.command(line.decode(errors="replace"))
+        finally:
+            transport.close()
+
+    # ------------------------------------------------------------------ LoRa
+
+    async def _run_network(self, network: LoraNetwork) -> None:
+        broker = self.scenario.broker
+        assert broker is not None  # noqa: S101 - Scenario.lora_needs_a_broker
+        units = [self.lora[d.device_id] for d in network.devices]
+        while True:
+            try:
+                async with LnsSimulator.connect(
+                    broker.host,
+                    broker.port,
+                    kind=network.kind,
+                    application_id=network.application_id,
+                    tenant_id=network.tenant_id,
+                ) as sim:
+                    logger.info("sim: lora %s connected to the broker", network.name)
+                    for unit in units:
+                        key = (
+                            unit.device.dev_eui
+                            if network.kind == "chirpstack"
+                            else unit.spec.device_id
+                        )
+                        sim.devices[key] = unit.device
+                        unit.active = sim
+                    async with asyncio.TaskGroup() as tg:
+                        for unit in units:
+                            tg.create_task(
+                                self._uplinks(sim, unit), name=f"sim.lora[{unit.spec.device_id}]"
+                            )
+            except* aiomqtt.MqttError as group:
+                logger.warning(
+                    "sim: lora %s: broker unavailable (%s); retrying in %.0f s",
+                    network.name,
+                    group.exceptions[0],
+                    RECONNECT_S,
+                )
+            for unit in units:
+                unit.active = None
+            await asyncio.sleep(RECONNECT_S)
+
+    async def _uplinks(self, sim: LnsSimulator, unit: LoraUnit) -> None:
+        device = unit.device
+        while True:
+            used = unit.consumption.take(running=unit.meters_while_closed or device.valve_open)
+            device.pulse = (device.pulse + used) % LORA_COUNTER_WRAP
+            if unit.pending_reset is not None:
+                sim.reset_counter(device, join=unit.pending_reset)
+                unit.pending_reset = None
+            lose = unit.lose > 0
+            copies = 1
+            if lose:
+                unit.lose -= 1
+            elif unit.repeat > 0:
+                unit.repeat -= 1
+                copies = unit.copies
+            was_open = device.valve_open
+            f_cnt = await sim.uplink(device, lose=lose, repeat=copies)
+            logger.info(
+                "sim: lora %s fCnt %d pulse %d%s%s",
+                unit.spec.device_id,
+                f_cnt,
+                device.pulse,
+                ""
+                if device.model == "em300-di"
+                else f" valve {'open' if device.valve_open else 'closed'}",
+                " (lost)" if lose else f" (x{copies})" if copies > 1 else "",
+            )
+            if device.valve_open != was_open:
+                self.changed()
+            await asyncio.sleep(unit.spec.interval_s)  # the device's report interval
+
+    # ------------------------------------------------------------------ status
+
+    def changed(self) -> None:
+        """Ask for a status file update now (a relay/valve moved, a fault was applied)."""
+        self._changed.set()
+
+    async def _status_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STATUS_REFRESH_S):
+                    await self._changed.wait()
+            self._changed.clear()
+            self.write_status()
+
+    def status(self) -> dict[str, Any]:
+        """The status document (see the module docstring)."""
+        devices: dict[str, dict[str, Any]] = {}
+        for device_id, meter in self.meters.items():
+            meter.advance()
+            fault = meter.fault.value if meter.fault is not None else None
+            if meter.ignore_writes:
+                fault = "ignore_writes"
+            devices[device_id] = {
+                "family": "modbus",
+                "bus": self._bus_of[device_id],
+                "unit_id": meter.unit_id,
+                "profile": meter.profile.name,
+                "supply_on": meter.supply_on if meter.profile.supply is not None else None,
+                "register_milli": meter.energy_milli,
+                "supply_writes": len(meter.supply_writes),
+                "requests": meter.requests,
+                "fault": fault,
+                "fault_remaining": meter.fault_budget,
+            }
+        for device_id, unit in self.lora.items():
+            device = unit.device
+            devices[device_id] = {
+                "family": "lora",
+                "network": unit.network.name,
+                "dev_eui": device.dev_eui,
+                "codec": unit.spec.codec_name,
+                "supply_on": device.valve_open if device.model == "uc511" else None,
+                "register": device.pulse,
+                "f_cnt": device.f_cnt,
+                "downlinks": len(device.received),
+                "connected": unit.active is not None,
+                "fault": unit.fault_name(),
+            }
+        return {
+            "scenario": self.scenario.name,
+            "updated_at": _now_iso(),
+            "modbus_tcp": {
+                server.name: {"host": server.host, "port": self.tcp[server.name].port}
+                for server in self.scenario.modbus_tcp
+                if server.name in self.tcp
+            },
+            "modbus_rtu": {
+                name: {"gateway_port": rtu.gateway_port, "device_port": rtu.device_port}
+                for name, (rtu, _) in self.rtu.items()
+            },
+            "devices": devices,
+        }
+
+    def write_status(self) -> None:
+        """Replace the status file atomically (readers never see half a document)."""
+        if self.status_path is None:
+            return
+        doc = json.dumps(self.status(), indent=2, sort_keys=True)
+        tmp = self.status_path.with_name(f".{self.status_path.name}.tmp")
+        tmp.write_text(doc + "\n")
+        tmp.replace(self.status_path)
