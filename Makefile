@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	./scripts/system-packages.sh
 	$(BIN)/python -m bench.demo
 
 test: $(STAMP)
