@@ -308,6 +308,7 @@ class Gateway:
         self.ready = asyncio.Event()
         self._tick = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     async def _report_failure(self, name: str, exc: BaseException) -> None:
         def write() -> None:
@@ -318,25 +319,34 @@ class Gateway:
 
         await asyncio.to_thread(write)
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the site file; on success swap tariffs, policies and accounts."""
+    async def reload(self) -> None:
+        """SIGHUP: re-read the site file; on success swap tariffs, policies and accounts.
+
+        The swap happens under the state lock, between two batches: the accounts are reloaded
+        from the store only once no batch is half-way, so nothing is billed twice or lost.
+        """
         try:
-            site = load_site(self.site.path)
-        except Exception:
+            site = await asyncio.to_thread(load_site, self.site.path)
+        except Exception:  # a bad file (any error) keeps the running configuration
             logger.exception(
                 "reload of %s failed; keeping the running configuration", self.site.path
             )
             return
-        self.site = site
-        self.book, self.overlay = load_book(site, self.store)
-        self.pipeline.set_book(self.book)
-        self._tick.set()
+        async with self.state_lock:
+            self.site = site
+            await asyncio.to_thread(self._rebuild)
         logger.info(
             "reloaded %s: %d accounts, %d tariffs",
             site.path,
             len(self.book.by_id),
             len(site.tariffs),
         )
+
+    def request_reload(self) -> None:
+        """Signal-handler side of `reload`: schedule it (the task is kept until done)."""
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _rebuild(self) -> None:
         """Reload the accounts from the store (under the state lock, in a worker thread):
@@ -485,7 +495,7 @@ async def serve(path: Path) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, gateway.reload)
+    loop.add_signal_handler(signal.SIGHUP, gateway.request_reload)
     logger.info(
         "site %s: %d accounts, %d sources, %d actuators; state in %s",
         site.config.site,
