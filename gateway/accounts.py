@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from billing_engine.engine import AccountState, BillingEngine
@@ -36,6 +37,8 @@ class Account:
     debt_minor: int = 0  # the ledger's debt register, kept in step by `effects.apply_decision`
     meter: MeterConfig | None = None  # data-quality settings of the account's meter
     wraps: int = 0  # how often the meter's register rolled over (see `gateway.quality`)
+    published: tuple[str, int, datetime] | None = None  # last state message: mode, debt, ts
+    state_dirty: bool = False  # the balance moved since the last state message
 
     @property
     def id(self) -> str:

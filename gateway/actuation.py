@@ -13,6 +13,7 @@ Every outcome (sent, confirmed, alarm) is journalled and published through `Actu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class ActuationManager:
         self._config = config
         self._clock = clock
         self._devices: dict[str, _Device] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self.sent = 0
         self.confirmed = 0
         self.alarms = 0
@@ -105,16 +107,31 @@ class ActuationManager:
             for device_id, device in self._devices.items():
                 group.create_task(self._work(device_id, device), name=f"actuation[{device_id}]")
 
-    async def _attempt(self, device_id: str, device: _Device, on: bool) -> bool:
-        timeout = self._config.io_timeout_s
+    async def _read_matches(self, device_id: str, device: _Device, on: bool) -> bool:
+        async with asyncio.timeout(self._config.io_timeout_s):
+            state = await device.actuator.read_supply(device_id)
+        return state == (SupplyState.ON if on else SupplyState.OFF)
+
+    async def _attempt(self, device_id: str, device: _Device, on: bool, window_s: float) -> bool:
+        """Send once, then read back until it matches or ``window_s`` has passed.
+
+        Reading back several times before sending again matters for slow links: a LoRaWAN valve
+        reports its new state only with its next uplink, and re-sending the downlink at every
+        read would only spend the network's duty cycle.
+        """
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(self._config.io_timeout_s):
             device.sent_at[on] = loop.time()
             await device.actuator.set_supply(device_id, on)
         self.sent += 1
-        async with asyncio.timeout(timeout):
-            state = await device.actuator.read_supply(device_id)
-        return state == (SupplyState.ON if on else SupplyState.OFF)
+        deadline = loop.time() + window_s
+        poll_s = min(max(window_s / 4, 0.05), 2.0)
+        while True:
+            if await self._read_matches(device_id, device, on):
+                return True
+            if loop.time() + poll_s > deadline or device.changed.is_set():
+                return False
+            await asyncio.sleep(poll_s)
 
     async def _work(self, device_id: str, device: _Device) -> None:
         while True:
@@ -124,7 +141,13 @@ class ActuationManager:
             if on is None:
                 continue
             reason = device.reason
-            await self._journal.supply_pending(device_id, on, reason)
+            # Send first, journal after: the cutoff itself is already durable (committed with
+            # the deduction that caused it); only the "pending" device state waits.
+            pending = asyncio.create_task(
+                self._journal.supply_pending(device_id, on, reason), name=f"pending[{device_id}]"
+            )
+            self._background.add(pending)
+            pending.add_done_callback(self._background.discard)
             delay = self._config.backoff_initial_s
             tries = 0
             alarmed = False
@@ -132,13 +155,14 @@ class ActuationManager:
                 tries += 1
                 error = "state read back does not match"
                 try:
-                    ok = await self._attempt(device_id, device, on)
+                    ok = await self._attempt(device_id, device, on, delay)
                 except (DriverError, TimeoutError) as exc:
                     ok = False
                     error = str(exc) or type(exc).__name__
                 if ok:
                     device.confirmed = on
                     self.confirmed += 1
+                    await pending  # keep "pending" before "confirmed" on the device's topic
                     await self._journal.supply_confirmed(device_id, on, reason)
                     break
                 logger.warning(
@@ -152,11 +176,10 @@ class ActuationManager:
                     alarmed = True
                     self.alarms += 1
                     await self._journal.supply_alarm(device_id, on, tries, error)
-                try:
-                    async with asyncio.timeout(delay):
-                        await device.changed.wait()
-                except TimeoutError:
-                    pass
+                if not device.changed.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay / 2):
+                            await device.changed.wait()
                 if device.changed.is_set() and device.desired != on:
                     break  # a newer wish replaces this one; the outer loop picks it up
                 device.changed.clear()

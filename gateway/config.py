@@ -98,6 +98,9 @@ class SiteConfig(_Model):
     outbox: OutboxConfig = OutboxConfig()
     actuation: ActuationConfig = ActuationConfig()
     reading_queue: Annotated[int, Field(ge=10)] = 10_000
+    # An account's retained state message follows its balance at most this often (mode and
+    # debt changes go out at once); dirty balances are flushed when the interval has passed.
+    state_publish_interval_s: Annotated[float, Field(ge=0)] = 10.0
     batch_max: Annotated[int, Field(ge=1)] = 500
 
     @model_validator(mode="after")

@@ -51,6 +51,7 @@ class Effects:
 def enqueue_account_state(
     tx: Transaction, topics: SiteTopics, account: Account, now: datetime
 ) -> None:
+    """Queue the account's retained ``state`` message now."""
     out = topics.account_state_message(
         AccountStatePayload(
             account=account.id,
@@ -62,6 +63,26 @@ def enqueue_account_state(
         )
     )
     tx.enqueue(out.topic, out.payload, out.qos, out.retain, out.message_class)
+    account.published = (account.policy_state.mode.value, account.debt_minor, now)
+
+
+def publish_state_if_due(
+    tx: Transaction, topics: SiteTopics, account: Account, now: datetime, every_s: float
+) -> None:
+    """Queue the ``state`` message when the mode or debt changed, or the balance changed and
+    the last message is older than ``every_s``; otherwise leave the account marked dirty for
+    `publish_dirty_states`. A busy meter then costs one retained message per interval, not one
+    per reading, and the retained balance is never more than ``every_s`` behind."""
+    last = account.published
+    if (
+        last is None
+        or last[:2] != (account.policy_state.mode.value, account.debt_minor)
+        or (now - last[2]).total_seconds() >= every_s
+    ):
+        enqueue_account_state(tx, topics, account, now)
+        account.state_dirty = False
+    else:
+        account.state_dirty = True
 
 
 def enqueue_event(

@@ -33,7 +33,13 @@ from drivers.ports import DriverEvent, Reading
 from gateway import quality
 from gateway.accounts import Account, AccountBook
 from gateway.decisions import Decision, on_balance
-from gateway.effects import Effects, apply_decision, enqueue_account_state, enqueue_event
+from gateway.effects import (
+    Effects,
+    apply_decision,
+    enqueue_account_state,
+    enqueue_event,
+    publish_state_if_due,
+)
 from gateway.northbound.topics import ReadingPayload, SiteTopics
 from gateway.store import EntryKind, Store, Transaction
 
@@ -88,6 +94,7 @@ class Pipeline:
         queue_size: int = 10_000,
         batch_max: int = 500,
         reload: Callable[[], None] | None = None,
+        state_every_s: float = 10.0,
     ) -> None:
         self._store = store
         self._book = book
@@ -104,6 +111,7 @@ class Pipeline:
         self._unknown_meters: set[str] = set()
         self._stale: set[str] = set()
         self._reload = reload
+        self._state_every_s = state_every_s
         self._runs = 0
         self.stats = PipelineStats()
 
@@ -357,7 +365,7 @@ class Pipeline:
                 touched[outcome.account.id] = outcome.account
             for account in touched.values():
                 tx.save_account_state(account.id, account.to_record())
-                enqueue_account_state(tx, self._topics, account, now)
+                publish_state_if_due(tx, self._topics, account, now, self._state_every_s)
 
     def _bill(self, pending: Sequence[tuple[int, Reading, Account, int]]) -> list[_Outcome]:
         """Bill readings (with their checked registers) with each tariff's engine."""
@@ -388,6 +396,25 @@ class Pipeline:
                     _Outcome(row_id, reading, account, result.status, result.deduction_minor, delta)
                 )
         return outcomes
+
+    def publish_dirty_states(self, *, force: bool = False) -> int:
+        """Queue the state message of every account whose balance moved since its last one
+        and whose interval has passed, or all of them with ``force`` (shutdown). Runs in a
+        worker thread, under the state lock."""
+        now = self._clock()
+        due = [
+            a
+            for a in self._book.by_id.values()
+            if a.state_dirty
+            and a.published is not None
+            and (force or (now - a.published[2]).total_seconds() >= self._state_every_s)
+        ]
+        if due:
+            with self._store.transaction() as tx:
+                for account in due:
+                    enqueue_account_state(tx, self._topics, account, now)
+                    account.state_dirty = False
+        return len(due)
 
     def stale_check(self, now: datetime) -> list[tuple[Account, bool]]:
         """Meters that went stale (True) or came back (False) since the last check."""

@@ -15,17 +15,21 @@ JsonObject: TypeAlias = Mapping[str, JsonValue]
 
 
 def _check(value: object, where: str) -> None:
+    # The walk builds no strings unless it finds something wrong: this runs for every stored
+    # record on the billing path.
     if value is None or isinstance(value, str | int):  # bool is an int
         return
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"{where}: JSON object keys must be str, got {key!r}")
-            _check(item, f"{where}.{key}")
+            if item is not None and not isinstance(item, str | int):
+                _check(item, f"{where}.{key}")
         return
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _check(item, f"{where}[{index}]")
+            if item is not None and not isinstance(item, str | int):
+                _check(item, f"{where}[{index}]")
         return
     raise TypeError(f"{where}: {type(value).__name__} is not allowed in stored JSON")
 
