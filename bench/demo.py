@@ -208,8 +208,9 @@ async def site_demo(port: int) -> None:
             step("a fault: flat-101-water stops answering on the Modbus bus")
             with (DEMO / "sim-control").open("a") as control:
                 control.write("flat-101-water timeout 40\n")
-            offline = await wait_for(lambda: any(e.get("alarm") == "device_offline"
-                                                 for _, e in backend.events), 45)
+            offline = await wait_for(
+                lambda: any(e.get("alarm") == "device_offline" for _, e in backend.events), 45
+            )
             print(f"  device reported offline after its failed polls: {offline}")
         finally:
             watcher.cancel()
