@@ -285,3 +285,16 @@ async def test_account_command_create_update_and_rejections(tmp_path: Path) -> N
         assert run.gateway.book.by_id["A3"].policy.exempt is True
     finally:
         await gen.aclose()
+
+
+def test_mqtt_doc_tariff_example_is_a_valid_tariff() -> None:
+    import re  # noqa: PLC0415
+
+    from billing_engine.tariff import Tariff  # noqa: PLC0415
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "mqtt-api.md").read_text()
+    example = re.search(r"<!-- example:TariffCommand -->\n```json\n(.*?)\n```", doc, re.S)
+    assert example is not None
+    assert Tariff.model_validate(json.loads(example.group(1))["tariff"]).id == (
+        "beijing_residential_water"
+    )
