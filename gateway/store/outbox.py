@@ -26,6 +26,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.messages import MessageClass, OutboxMessage
 from gateway.store.errors import StoreError
@@ -60,6 +61,7 @@ class EnqueueResult:
 
     seq: int
     over_bound: bool
+    pending_total: int = 0  # messages pending after this call (for the caller's cache)
 
 
 def _bump(conn: sqlite3.Connection, column: str, message_class: str, by: int) -> None:
@@ -84,10 +86,15 @@ def enqueue(
     max_messages: int,
     coalesce_retained_state: bool,
     now_us: int,
+    pending_total: int | None = None,
+    pending_deltas: dict[str, int] | None = None,
 ) -> EnqueueResult:
     """Store one message under the bound and drop policy above.
 
-    Must run inside a write transaction.
+    Must run inside a write transaction. ``pending_total`` is the number of pending messages if
+    the caller already knows it (else it is read), and ``pending_deltas`` collects the +1 of the
+    pending counter for the caller to write once with `write_pending_deltas` before it commits:
+    both save statements on the billing path, where every reading queues messages.
     """
     message_class = MessageClass(message_class)
     if qos not in (0, 1, 2):
@@ -97,6 +104,7 @@ def enqueue(
     if not topic:
         raise ValueError("topic must not be empty")
 
+    replaced: list[Any] = []
     if coalesce_retained_state and retain and message_class is MessageClass.STATE:
         replaced = conn.execute(
             "DELETE FROM outbox WHERE topic = ? AND retain = 1 AND message_class = ? RETURNING seq",
@@ -106,7 +114,9 @@ def enqueue(
             _bump(conn, "pending", MessageClass.STATE.value, -len(replaced))
             _bump(conn, "coalesced", MessageClass.STATE.value, len(replaced))
 
-    total = _total_pending(conn)
+    total = _total_pending(conn) if pending_total is None else pending_total
+    if coalesce_retained_state and retain and message_class is MessageClass.STATE and replaced:
+        total -= len(replaced)
     if total >= max_messages:
         # Make room for one more: drop the oldest telemetry, as many as needed when the bound
         # was lowered since the messages were stored.
@@ -122,17 +132,30 @@ def enqueue(
             total -= len(dropped)
         if total >= max_messages and message_class is MessageClass.TELEMETRY:
             _bump(conn, "dropped", MessageClass.TELEMETRY.value, 1)
-            return EnqueueResult(NOT_QUEUED, over_bound=total > max_messages)
+            return EnqueueResult(NOT_QUEUED, over_bound=total > max_messages, pending_total=total)
 
     cursor = conn.execute(
         "INSERT INTO outbox (topic, payload, qos, retain, message_class, enqueued_at_us)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         (topic, bytes(payload), qos, int(retain), message_class.value, now_us),
     )
-    _bump(conn, "pending", message_class.value, 1)
+    if pending_deltas is None:
+        _bump(conn, "pending", message_class.value, 1)
+    else:
+        pending_deltas[message_class.value] = pending_deltas.get(message_class.value, 0) + 1
     if cursor.lastrowid is None:  # cannot happen for an INSERT into a rowid table
         raise StoreError("outbox insert returned no seq")
-    return EnqueueResult(cursor.lastrowid, over_bound=total + 1 > max_messages)
+    return EnqueueResult(
+        cursor.lastrowid, over_bound=total + 1 > max_messages, pending_total=total + 1
+    )
+
+
+def write_pending_deltas(conn: sqlite3.Connection, deltas: dict[str, int]) -> None:
+    """Apply the pending-counter increments `enqueue` collected (inside the transaction)."""
+    for message_class, by in deltas.items():
+        if by:
+            _bump(conn, "pending", message_class, by)
+    deltas.clear()
 
 
 def pending(conn: sqlite3.Connection, limit: int) -> list[OutboxMessage]:

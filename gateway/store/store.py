@@ -65,6 +65,11 @@ class Transaction:
         self._store = store
         self._conn = conn
         self._active = True
+        self._outbox_total: int | None = None  # pending messages, once read in this transaction
+        self._outbox_deltas: dict[str, int] = {}  # pending-counter increments, written at commit
+
+    def _before_commit(self) -> None:
+        outbox.write_pending_deltas(self._conn, self._outbox_deltas)
 
     def _c(self) -> sqlite3.Connection:
         if not self._active:
@@ -160,7 +165,10 @@ class Transaction:
             max_messages=self._store.max_outbox_messages,
             coalesce_retained_state=self._store.coalesce_retained_state,
             now_us=to_micros(self._store.clock()),
+            pending_total=self._outbox_total,
+            pending_deltas=self._outbox_deltas,
         )
+        self._outbox_total = result.pending_total
         self._store._note_outbox_bound(result.over_bound)
         return result.seq
 
@@ -323,6 +331,13 @@ class Store:
             tx = Transaction(self, conn)
             try:
                 yield tx
+            except BaseException:
+                tx._active = False
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                tx._before_commit()
             except BaseException:
                 tx._active = False
                 if conn.in_transaction:
