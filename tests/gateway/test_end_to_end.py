@@ -26,50 +26,18 @@ from gateway.northbound.commands import load_private_key, new_command, sign_comm
 from gateway.northbound.topics import CommandKind
 from gateway.store import Store, verify_ledger
 from tests.fixtures.mosquitto import Broker
+from tests.gateway.crash_support import Watcher
 from tests.gateway.site import PROFILES, load
 
 pytestmark = pytest.mark.integration
 
 
-class Watcher:
-    """A backend stand-in: subscribes to the site's topics and keeps every message."""
-
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self.client = client
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-        self._changed = asyncio.Event()
-
-    async def run(self) -> None:
-        async for message in self.client.messages:
-            payload = message.payload
-            assert isinstance(payload, bytes)
-            self.messages.append((str(message.topic), json.loads(payload)))
-            self._changed.set()
-
-    async def wait_for(
-        self, match: Callable[[str, dict[str, Any]], bool], timeout_s: float = 15.0
-    ) -> dict[str, Any]:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                for topic, doc in self.messages:
-                    if match(topic, doc):
-                        return doc
-                self._changed.clear()
-                await self._changed.wait()
-
-
 @contextlib.asynccontextmanager
 async def watching(broker: Broker) -> AsyncIterator[Watcher]:
-    async with aiomqtt.Client(broker.host, broker.port, identifier="watcher") as client:
-        await client.subscribe("prepay/test-site/#", qos=1)
-        watcher = Watcher(client)
-        task = asyncio.create_task(watcher.run())
-        try:
-            yield watcher
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    """The backend stand-in of `crash_support`, subscribed for the block."""
+    watcher = Watcher()
+    async with watcher.connected(broker.host, broker.port):
+        yield watcher
 
 
 async def send_command(
