@@ -3,7 +3,8 @@
 1. Checks the sample tariffs and quotes two bills worked out by hand in the shared notes.
 2. Starts a local mosquitto (the utility's broker and the LoRaWAN network server's), the
    simulated site of ``configs/sites/demo-scenario.yaml`` (`prepay sim`: Modbus TCP and RTU
-   meters with relays and valves, LoRaWAN meters and a valve) and the gateway
+   meters with relays and valves, LoRaWAN meters and a valve, a BLE water dispenser reached
+   through the simulator's socket) and the gateway
    (`prepay run -c configs/sites/demo-site.yaml`), each as its own process.
 3. Plays the backend: watches the MQTT topics, sees every account cut off (they start with no
    credit) and the devices confirm it, sends signed top-ups, sees supply restored, injects a
@@ -40,8 +41,8 @@ DATA = ROOT / "bench" / "data"
 SITES = ROOT / "configs" / "sites"
 DEMO = ROOT / ".demo"
 SITE = "demo-site"
-ACCOUNTS = ["A-101-E", "A-101-W", "A-102-E", "A-102-W", "S-1-E", "A-201-W", "A-202-W"]
-DEVICES = ["flat-101-elec", "flat-101-water", "flat-102-water", "lora-valve-202"]
+ACCOUNTS = ["A-101-E", "A-101-W", "A-102-E", "A-102-W", "S-1-E", "A-201-W", "A-202-W", "K-1-W"]
+DEVICES = ["flat-101-elec", "flat-101-water", "flat-102-water", "lora-valve-202", "kiosk-1"]
 
 
 def step(title: str) -> None:

@@ -8,7 +8,8 @@ Usage::
     prepay sim lora --port 1883 --application-id APP --meter 24e124136b000001
 
 The scenario (`firmware_sim.scenario`) lists the Modbus TCP servers, the RS485 lines (socat pty
-pairs), the LoRa devices and a fault schedule. On start the program prints one line per server
+pairs), the LoRa devices, the BLE dispensers (served on a Unix-domain socket,
+`firmware_sim.ble_remote`) and a fault schedule. On start the program prints one line per server
 (the TCP port, the gateway's end of each pty pair, the broker) and then ``ready`` on stdout;
 on SIGTERM or SIGINT it stops the servers and socat, writes the status file a last time, prints
 ``stopped`` and exits 0. Exit status 1: the scenario is invalid (``FILE:LINE: field: message``
@@ -45,7 +46,10 @@ def _say(line: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prepay sim",
-        description="Run a simulated site (Modbus TCP/RTU meters, LoRa meters and valves).",
+        description=(
+            "Run a simulated site (Modbus TCP/RTU meters, LoRa meters and valves, "
+            "BLE water dispensers on a Unix socket)."
+        ),
     )
     parser.add_argument("scenario", nargs="?", type=Path, metavar="SCENARIO.yaml")
     parser.add_argument("-c", "--config", type=Path, metavar="SCENARIO.yaml")

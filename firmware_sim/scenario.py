@@ -14,11 +14,15 @@ pulses for LoRa pulse counters.
 
 Fault times (``at_s``) and LoRa ``interval_s`` are wall-clock seconds after start: faults are
 for the gateway's timeouts, which do not speed up.
+
+BLE water dispensers (``ble:``) are served to other processes on a Unix-domain socket
+(`firmware_sim.ble_remote`); a customer pours ``pours.ml`` every ``pours.every_s`` wall-clock
+seconds while the dispenser is unlocked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -31,6 +35,8 @@ Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 DevEui = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{16}$")]
 Speed = Annotated[float, Field(gt=0, le=100_000)]
 Port = Annotated[int, Field(ge=0, le=65535)]  # 0: any free port (printed at start)
+BleAddress = Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")]
+Family = Literal["modbus", "lora", "ble"]
 
 #: Hourly weights of the named daily shapes, hour 0 (00:00-01:00) first.
 SHAPES: dict[str, tuple[int, ...]] = {
@@ -43,13 +49,20 @@ SHAPES: dict[str, tuple[int, ...]] = {
 
 ModbusFaultKind = Literal["timeout", "crc", "exception", "ignore_writes"]
 LoraFaultKind = Literal["lose_uplinks", "repeat_uplinks", "counter_reset"]
-FaultKind = Literal[ModbusFaultKind, LoraFaultKind, "rollover", "meter_swap", "clear"]
+BleFaultKind = Literal["drop_links"]
+FaultKind = Literal[ModbusFaultKind, LoraFaultKind, BleFaultKind, "rollover", "meter_swap", "clear"]
 MODBUS_FAULTS: frozenset[str] = frozenset(
     {"timeout", "crc", "exception", "ignore_writes", "rollover", "meter_swap", "clear"}
 )
 LORA_FAULTS: frozenset[str] = frozenset(
     {"lose_uplinks", "repeat_uplinks", "counter_reset", "rollover", "meter_swap", "clear"}
 )
+BLE_FAULTS: frozenset[str] = frozenset({"ignore_writes", "drop_links", "clear"})
+_FAULTS_OF: dict[str, frozenset[str]] = {
+    "modbus": MODBUS_FAULTS,
+    "lora": LORA_FAULTS,
+    "ble": BLE_FAULTS,
+}
 _FAULT_OPTIONS: dict[str, frozenset[str]] = {
     "timeout": frozenset({"count"}),
     "crc": frozenset({"count"}),
@@ -60,6 +73,7 @@ _FAULT_OPTIONS: dict[str, frozenset[str]] = {
     "counter_reset": frozenset({"join"}),
     "rollover": frozenset({"before"}),
     "meter_swap": frozenset({"start"}),
+    "drop_links": frozenset(),
     "clear": frozenset(),
 }
 
@@ -241,6 +255,59 @@ class Broker(_Model):
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
 
 
+class Pours(_Model):
+    """A customer at a self-service dispenser: ``ml`` every ``every_s`` wall-clock seconds.
+
+    A pour happens only while the dispenser is unlocked and not faulted. With no session open,
+    the customer starts one at the machine (a local authorisation of ``ml``, ref NONE, signed
+    with the dispenser's key if it has one); with a session the gateway authorised, the pour
+    goes into that session (and stops at its ``max_ml``).
+
+    Attributes:
+        ml: mL per pour.
+        every_s: wall-clock seconds between pours.
+        first_at_s: the first pour, in seconds after start (default: ``every_s``).
+        step_ml: mL per Dispensed notification during a pour.
+    """
+
+    ml: Annotated[int, Field(gt=0, lt=2**32)]
+    every_s: Annotated[float, Field(gt=0, le=86_400)]
+    first_at_s: Annotated[float, Field(ge=0)] | None = None
+    step_ml: Annotated[int, Field(gt=0)] = 50
+
+
+class BleDispenser(_Model):
+    """A simulated BLE water dispenser (profile: ``docs/ble-gatt.md``).
+
+    Attributes:
+        device_id: the name in faults and the status file; the gateway's ``device_id``.
+        address: its Bluetooth address, as the gateway's site file names it.
+        start: the lifetime counter ``total_ml`` at start, in mL.
+        locked: the Lock state at start.
+        auth_key_hex: the device key for Authorise MACs (hex, 16..32 bytes); None = unsigned.
+        pours: the customers' schedule (default: nobody pours).
+    """
+
+    device_id: Ident
+    address: BleAddress
+    start: Annotated[int, Field(ge=0, lt=2**32)] = 0
+    locked: bool = False
+    auth_key_hex: Annotated[str, Field(pattern=r"^([0-9a-fA-F]{2}){16,32}$")] | None = None
+    pours: Pours | None = None
+
+
+class BleAir(_Model):
+    """The BLE dispensers and the Unix-domain socket that serves them to the gateway.
+
+    Attributes:
+        socket: the socket path (relative: to the scenario file); the gateway's
+            ``PREPAY_BLE_SIM_SOCKET`` (`firmware_sim.ble_remote`).
+    """
+
+    socket: Path
+    dispensers: Annotated[tuple[BleDispenser, ...], Field(min_length=1)]
+
+
 class FaultAction(_Model):
     """Something to do to a device now (a control command) or at ``at_s`` (a scheduled fault).
 
@@ -251,7 +318,9 @@ class FaultAction(_Model):
             writes, do nothing). LoRa: ``lose_uplinks``, ``repeat_uplinks`` (publish each
             ``copies`` times), ``counter_reset`` (FCnt back to 0, with a join when ``join``).
             Both: ``rollover`` (register to ``before`` below its wrap point), ``meter_swap``
-            (a new meter reading ``start``), ``clear`` (end the device's faults).
+            (a new meter reading ``start``), ``clear`` (end the device's faults). BLE:
+            ``ignore_writes`` (Lock writes answered OK and not carried out), ``drop_links``
+            (the radio link to every central drops), ``clear``.
         count: replies (Modbus) or uplinks (LoRa) affected; Modbus default: until cleared,
             LoRa default: 1.
     """
@@ -299,6 +368,7 @@ class Scenario(_Model):
     modbus_tcp: tuple[ModbusTcpServer, ...] = ()
     modbus_rtu: tuple[ModbusRtuLine, ...] = ()
     lora: tuple[LoraNetwork, ...] = ()
+    ble: BleAir | None = None
     faults: tuple[ScheduledFault, ...] = ()
 
     @model_validator(mode="after")
@@ -314,6 +384,7 @@ class Scenario(_Model):
             ("server/line/network name", [s.name for s in self._servers()]),
             ("dev_eui", [d.dev_eui.lower() for n in self.lora for d in n.devices]),
             ("tcp port", [str(s.port) for s in self.modbus_tcp if s.port != 0]),
+            ("BLE address", [d.address.upper() for d in self.ble_dispensers()]),
         ):
             seen: set[str] = set()
             for value in values:
@@ -332,7 +403,7 @@ class Scenario(_Model):
         yield from self.modbus_tcp
         yield from self.modbus_rtu
 
-    def devices(self) -> Iterator[tuple[str, Literal["modbus", "lora"]]]:
+    def devices(self) -> Iterator[tuple[str, Family]]:
         """Every (device id, family), in file order."""
         for server in self.modbus_servers():
             for meter in server.meters:
@@ -340,6 +411,13 @@ class Scenario(_Model):
         for network in self.lora:
             for device in network.devices:
                 yield device.device_id, "lora"
+        for dispenser in self.ble_dispensers():
+            yield dispenser.device_id, "ble"
+
+    def ble_dispensers(self) -> Iterator[BleDispenser]:
+        """The BLE dispensers (none without a ``ble`` section)."""
+        if self.ble is not None:
+            yield from self.ble.dispensers
 
     def modbus_meters(self) -> Iterator[tuple[tuple[str | int, ...], ModbusMeter]]:
         """Every Modbus meter with its location in the file."""
@@ -357,12 +435,12 @@ class Scenario(_Model):
         return (scenario_file.parent / self.profiles_dir).resolve()
 
 
-def check_fault(action: FaultAction, families: dict[str, Literal["modbus", "lora"]]) -> str | None:
+def check_fault(action: FaultAction, families: Mapping[str, Family]) -> str | None:
     """Why ``action`` cannot apply to this scenario's devices, or None when it can."""
     family = families.get(action.device)
     if family is None:
         return f"unknown device {action.device!r}; the scenario has {sorted(families)}"
-    allowed = MODBUS_FAULTS if family == "modbus" else LORA_FAULTS
+    allowed = _FAULTS_OF[family]
     if action.fault not in allowed:
         return f"{action.device} is a {family} device; its faults are {sorted(allowed)}"
     return None

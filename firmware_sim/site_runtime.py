@@ -1,10 +1,11 @@
 """A running simulated site: the servers, links and schedules a `Scenario` describes.
 
 `SimulatedSite` is an async context manager. Entering it opens every Modbus TCP server, makes a
-socat pty pair per RS485 line and serves the line's meters on the simulator's end; `run` then
-publishes LoRa uplinks (reconnecting to the broker when it goes away), applies scheduled faults,
-takes control commands, and keeps the status file current until cancelled. Leaving it stops
-the servers and socat.
+socat pty pair per RS485 line and serves the line's meters on the simulator's end, and serves the
+BLE dispensers on a Unix-domain socket (`firmware_sim.ble_remote`); `run` then publishes LoRa
+uplinks (reconnecting to the broker when it goes away), pours water at the dispensers on their
+schedules, applies scheduled faults, takes control commands, and keeps the status file current
+until cancelled. Leaving it stops the servers and socat and removes the BLE socket.
 
 The status file (``--status``) is JSON, replaced atomically (write, then rename) whenever a
 relay or valve changes or a fault is applied, and at least every `STATUS_REFRESH_S`::
@@ -12,8 +13,10 @@ relay or valve changes or a fault is applied, and at least every `STATUS_REFRESH
     {"scenario": "demo", "updated_at": "...Z",
      "modbus_tcp": {"tcp0": {"host": "127.0.0.1", "port": 5020}},
      "modbus_rtu": {"rs485a": {"gateway_port": "/dev/pts/7", "device_port": "/dev/pts/8"}},
+     "ble": {"socket": "/tmp/prepay-demo/ble.sock"},
      "devices": {"flat-101-water": {"family": "modbus", "supply_on": false,
-                 "register_milli": 1234, "supply_writes": 1, "fault": null, ...}}}
+                 "register_milli": 1234, "supply_writes": 1, "fault": null, ...},
+                 "kiosk-1": {"family": "ble", "locked": true, "total_ml": 5250, ...}}}
 
 Control commands (a line each, from ``--control FILE`` or stdin) apply a `FaultAction` now:
 ``DEVICE FAULT [COUNT] [option=value ...]``, e.g. ``flat-101-elec timeout 3`` or
@@ -35,17 +38,31 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import aiomqtt
 from pydantic import ValidationError
 from pymodbus.constants import ExcCodes
 
+from drivers.ble.gatt import (
+    COMMAND_UUID,
+    U32_MAX,
+    AuthoriseCommand,
+    DispenseRef,
+    DispenserState,
+    RefKind,
+    encode_command,
+    sign_authorise,
+)
 from drivers.modbus.config import DeviceProfile
 from drivers.modbus.registers import DataType, register_count
+from firmware_sim.ble_remote import BleAirServer
+from firmware_sim.dispenser import AttError, SimulatedDispenser
 from firmware_sim.lns_uplink import LnsSimulator, SimDevice
 from firmware_sim.modbus_meter import Fault, MeterSimulator, SimMeter
 from firmware_sim.scenario import (
+    BleDispenser,
+    Family,
     FaultAction,
     LoraDevice,
     LoraNetwork,
@@ -156,6 +173,46 @@ class LoraUnit:
         if self.repeat:
             return f"repeat_uplinks x{self.repeat}"
         return None
+
+
+@dataclass
+class BleUnit:
+    """One simulated BLE dispenser and what its customers poured."""
+
+    spec: BleDispenser
+    device: SimulatedDispenser
+    pours: int = 0
+    poured_ml: int = 0
+    refused_pours: int = 0
+
+    def fault_name(self) -> str | None:
+        return "ignore_writes" if self.device.ignore_lock_writes else None
+
+    def pour(self) -> int:
+        """One customer's pour now (see `firmware_sim.scenario.Pours`); the mL that flowed."""
+        schedule = self.spec.pours
+        device = self.device
+        if schedule is None or device.locked or device.state is DispenserState.FAULT:
+            return 0
+        if device.state is DispenserState.IDLE:
+            # The customer starts a session at the machine: a local authorisation.
+            last = device.last_session_id
+            command = AuthoriseCommand(
+                1 if last >= U32_MAX else last + 1, schedule.ml, DispenseRef(RefKind.NONE)
+            )
+            if device.auth_key is not None:
+                command = sign_authorise(command, device.auth_key)
+            try:
+                device.write(COMMAND_UUID, encode_command(command))
+            except AttError as exc:
+                self.refused_pours += 1
+                logger.info("sim: ble %s: pour refused: %s", self.spec.device_id, exc)
+                return 0
+        poured = device.pour(schedule.ml, schedule.step_ml)
+        if poured:
+            self.pours += 1
+            self.poured_ml += poured
+        return poured
 
 
 @dataclass
@@ -311,13 +368,15 @@ class SimulatedSite:
         self.status_path = status_path
         self._announce = announce
         self._base_dir = base_dir
-        self._families: dict[str, Literal["modbus", "lora"]] = dict(scenario.devices())
+        self._families: dict[str, Family] = dict(scenario.devices())
         self._changed = asyncio.Event()
         self.meters: dict[str, SiteMeter] = {}
         self._bus_of: dict[str, str] = {}
         self.tcp: dict[str, MeterSimulator] = {}
         self.rtu: dict[str, tuple[RtuLink, MeterSimulator]] = {}
         self.lora: dict[str, LoraUnit] = {}
+        self.ble: dict[str, BleUnit] = {}
+        self.ble_server: BleAirServer | None = None
         for server in scenario.modbus_servers():
             for meter in server.meters:
                 self.meters[meter.device_id] = self._site_meter(meter, profiles, clock_ns)
@@ -325,6 +384,19 @@ class SimulatedSite:
         for network in scenario.lora:
             for spec in network.devices:
                 self.lora[spec.device_id] = self._lora_unit(network, spec, clock_ns)
+        for dispenser in scenario.ble_dispensers():
+            self.ble[dispenser.device_id] = BleUnit(
+                dispenser,
+                SimulatedDispenser(
+                    dispenser.address.upper(),
+                    name=dispenser.device_id,
+                    total_ml=dispenser.start,
+                    auth_key=(
+                        bytes.fromhex(dispenser.auth_key_hex) if dispenser.auth_key_hex else None
+                    ),
+                    locked=dispenser.locked,
+                ),
+            )
         self._stack = contextlib.AsyncExitStack()
 
     def _site_meter(
@@ -416,6 +488,21 @@ class SimulatedSite:
                 f"(simulator on {rtu.device_port}; units "
                 f"{', '.join(str(m.unit_id) for m in line.meters)})"
             )
+        air = self.scenario.ble
+        if air is not None:
+            path = air.socket if air.socket.is_absolute() else self._base_dir / air.socket
+            ble_server = BleAirServer(
+                path,
+                {unit.device.address: unit.device for unit in self.ble.values()},
+                on_change=self.changed,
+            )
+            await self._stack.enter_async_context(ble_server)
+            self.ble_server = ble_server
+            self._announce(
+                f"ble air: socket {path} ("
+                + ", ".join(f"{d.device_id} {d.address.upper()}" for d in air.dispensers)
+                + ")"
+            )
         broker = self.scenario.broker
         for network in self.scenario.lora:
             assert broker is not None  # noqa: S101 - Scenario.lora_needs_a_broker
@@ -435,6 +522,9 @@ class SimulatedSite:
             tg.create_task(self._schedule(), name="sim.faults")
             for network in self.scenario.lora:
                 tg.create_task(self._run_network(network), name=f"sim.lora[{network.name}]")
+            for unit in self.ble.values():
+                if unit.spec.pours is not None:
+                    tg.create_task(self._pours(unit), name=f"sim.ble[{unit.spec.device_id}]")
             if control_path is not None:
                 tg.create_task(self._control_file(control_path), name="sim.control")
             if stdin:
@@ -453,8 +543,10 @@ class SimulatedSite:
             raise ValueError(why)
         if action.device in self.meters:
             self._apply_modbus(self.meters[action.device], action)
-        else:
+        elif action.device in self.lora:
             self._apply_lora(self.lora[action.device], action)
+        else:
+            self._apply_ble(self.ble[action.device], action)
         logger.info(
             "sim: %s on %s%s",
             action.fault,
@@ -501,6 +593,17 @@ class SimulatedSite:
             case _:  # clear
                 unit.lose = unit.repeat = 0
                 unit.pending_reset = None
+
+    @staticmethod
+    def _apply_ble(unit: BleUnit, action: FaultAction) -> None:
+        match action.fault:
+            case "ignore_writes":
+                unit.device.ignore_lock_writes = True
+            case "drop_links":
+                unit.device.drop_links()
+            case _:  # clear
+                unit.device.ignore_lock_writes = False
+                unit.device.fail_next_connects = 0
 
     async def _schedule(self) -> None:
         loop = asyncio.get_running_loop()
@@ -615,6 +718,27 @@ class SimulatedSite:
                 self.changed()
             await asyncio.sleep(unit.spec.interval_s)  # the device's report interval
 
+    # ------------------------------------------------------------------ BLE
+
+    async def _pours(self, unit: BleUnit) -> None:
+        schedule = unit.spec.pours
+        assert schedule is not None  # noqa: S101 - only started for a dispenser with pours
+        loop = asyncio.get_running_loop()
+        first = schedule.first_at_s if schedule.first_at_s is not None else schedule.every_s
+        due = loop.time() + first
+        while True:
+            await asyncio.sleep(max(due - loop.time(), 0))
+            due += schedule.every_s
+            poured = unit.pour()
+            device = unit.device
+            logger.info(
+                "sim: ble %s %s total %d mL",
+                unit.spec.device_id,
+                f"poured {poured} mL," if poured else "no pour (locked or faulted),",
+                device.total_ml,
+            )
+            self.changed()
+
     # ------------------------------------------------------------------ status
 
     def changed(self) -> None:
@@ -663,7 +787,27 @@ class SimulatedSite:
                 "connected": unit.active is not None,
                 "fault": unit.fault_name(),
             }
-        return {
+        for device_id, ble in self.ble.items():
+            dispenser = ble.device
+            devices[device_id] = {
+                "family": "ble",
+                "address": dispenser.address,
+                "supply_on": not dispenser.locked,
+                "locked": dispenser.locked,
+                "lock_reason": dispenser.lock_reason.name.lower(),
+                "total_ml": dispenser.total_ml,
+                "register_milli": dispenser.total_ml,
+                "state": dispenser.state.name.lower(),
+                "device_fault": dispenser.fault.name.lower(),
+                "session_id": dispenser.session_id,
+                "last_session_id": dispenser.last_session_id,
+                "pours": ble.pours,
+                "poured_ml": ble.poured_ml,
+                "refused_pours": ble.refused_pours,
+                "connected": dispenser.connected,
+                "fault": ble.fault_name(),
+            }
+        doc: dict[str, Any] = {
             "scenario": self.scenario.name,
             "updated_at": _now_iso(),
             "modbus_tcp": {
@@ -677,6 +821,9 @@ class SimulatedSite:
             },
             "devices": devices,
         }
+        if self.ble_server is not None:
+            doc["ble"] = {"socket": str(self.ble_server.path)}
+        return doc
 
     def write_status(self) -> None:
         """Replace the status file atomically (readers never see half a document)."""

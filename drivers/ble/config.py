@@ -15,6 +15,10 @@ _MAC_ADDRESS: Final = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$")
 _CB_UUID: Final = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$")
 
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+# "package.module:Class"
+ImportPath = Annotated[
+    str, Field(max_length=200, pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+]
 
 
 class BleDispenserConfig(BaseModel):
@@ -30,6 +34,11 @@ class BleDispenserConfig(BaseModel):
         command_timeout_s: deadline of each GATT read, write or subscribe.
         reconnect_delay_s: pause after a failed connect before the next round of attempts.
         auth_key_hex: per-device key for the Authorise MAC (hex, 16..32 bytes); None = unsigned.
+        backend: **simulation only.** The import path ``"module:Class"`` of a bleak backend
+            class (a ``BaseBleakClient`` subclass), e.g.
+            ``firmware_sim.ble_remote:RemoteSimBackend`` to reach the dispensers of a
+            ``prepay sim`` process. Production leaves it unset: bleak's platform backend
+            (BlueZ, CoreBluetooth, WinRT) and a scan for the address.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -42,6 +51,7 @@ class BleDispenserConfig(BaseModel):
     command_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
     reconnect_delay_s: Annotated[float, Field(ge=0, le=600)] = 5.0
     auth_key_hex: SecretStr | None = None
+    backend: ImportPath | None = None
 
     @field_validator("address")
     @classmethod

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import importlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -606,6 +607,33 @@ class DispenserClient:
         return self.last_status.fault
 
 
+def resolve_backend(import_path: str) -> type[BaseBleakClient]:
+    """The bleak backend class named ``"module:Class"`` (a config's ``backend``).
+
+    Loaded by name with `importlib` on purpose: this is the one seam through which a site file
+    may plug a simulated backend (``firmware_sim.ble_remote:RemoteSimBackend``) into the
+    production driver. The gateway and drivers must not import ``firmware_sim`` statically (the
+    import-linter contract "only tests and the demo use firmware_sim"); a string resolved here
+    at run time, only when a site file asks for it, keeps that contract.
+
+    Raises:
+        ValueError: the module or class cannot be loaded, or is not a ``BaseBleakClient``.
+    """
+    module_name, _, class_name = import_path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"BLE backend {import_path}: cannot import {module_name}: {exc}") from exc
+    backend = getattr(module, class_name, None)
+    if not (isinstance(backend, type) and issubclass(backend, BaseBleakClient)):
+        # ValueError, as for every other bad BLE config build_ble reports
+        raise ValueError(  # noqa: TRY004
+            f"BLE backend {import_path}: {class_name} is not a bleak backend class "
+            "(a BaseBleakClient subclass)"
+        )
+    return backend
+
+
 def build_ble(
     configs: Sequence[BleDispenserConfig], backend: type[BaseBleakClient] | None = None
 ) -> tuple[list[ReadingSource], list[Actuator]]:
@@ -613,15 +641,25 @@ def build_ble(
 
     Args:
         configs: the site's dispensers.
-        backend: a bleak backend class for every client; None = the platform's.
+        backend: a bleak backend class for every client (tests); it wins over each config's
+            ``backend`` import path. Both None = bleak's platform backend (production).
 
     Raises:
-        ValueError: two configs share a device_id, meter_id or address.
+        ValueError: two configs share a device_id, meter_id or address, or a config's
+            ``backend`` cannot be loaded.
     """
     for field in ("device_id", "meter_id", "address"):
         values = [getattr(c, field) for c in configs]
         duplicates = sorted({v for v in values if values.count(v) > 1})
         if duplicates:
             raise ValueError(f"BLE dispensers: duplicate {field} {', '.join(duplicates)}")
-    clients = [DispenserClient(c, backend=backend) for c in configs]
+    clients = [
+        DispenserClient(
+            c,
+            backend=(
+                backend if backend is not None or c.backend is None else resolve_backend(c.backend)
+            ),
+        )
+        for c in configs
+    ]
     return list[ReadingSource](clients), list[Actuator](clients)

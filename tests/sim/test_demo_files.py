@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from firmware_sim.ble_remote import DEFAULT_SOCKET
 from firmware_sim.scenario import load_scenario
 from gateway.cli import main as prepay
 from gateway.config import load_site
@@ -27,7 +28,7 @@ def demo_copy(tmp_path: Path) -> Path:
 
 def test_demo_site_passes_check_config(demo_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert prepay(["check-config", "-c", str(demo_copy)]) == 0
-    assert "ok (site demo-site: 7 accounts" in capsys.readouterr().out
+    assert "ok (site demo-site: 8 accounts" in capsys.readouterr().out
 
 
 def test_demo_site_points_at_the_simulated_devices(demo_copy: Path) -> None:
@@ -57,10 +58,19 @@ def test_demo_site_points_at_the_simulated_devices(demo_copy: Path) -> None:
         )
         codecs = {d.dev_eui: d.codec for d in config.devices}
         assert codecs == {d.dev_eui: d.codec_name for d in network.devices}
+    # the BLE dispensers: same addresses, reached over the scenario's socket
+    assert scenario.ble is not None
+    assert scenario.ble.socket == Path(DEFAULT_SOCKET)  # the demo needs no PREPAY_BLE_SIM_SOCKET
+    dispensers = {d.device_id: d for d in site.devices.ble_dispensers}
+    assert {(d.device_id, d.address.upper()) for d in scenario.ble.dispensers} == {
+        (d.device_id, d.address) for d in dispensers.values()
+    }
+    assert {d.backend for d in dispensers.values()} == {"firmware_sim.ble_remote:RemoteSimBackend"}
     # every meter bills an account; every switchable device is some account's actuator
     meters = {d.meter_id for bus in site.devices.modbus_buses for d in bus.devices}
     meters |= {d.meter_id for n in site.devices.lns for d in n.devices if d.meter_id}
+    meters |= {d.meter_id for d in dispensers.values()}
     assert {a.meter for a in site.accounts} == meters
     valves = {d.valve_device_id for n in site.devices.lns for d in n.devices if d.valve_device_id}
     relays = {"flat-101-elec", "flat-101-water", "flat-102-water"}
-    assert {a.actuator for a in site.accounts if a.actuator} == relays | valves
+    assert {a.actuator for a in site.accounts if a.actuator} == relays | valves | set(dispensers)
