@@ -30,6 +30,7 @@ import numpy as np
 
 from billing_engine import kernel
 from billing_engine.engine import AccountState, BillingEngine
+from billing_engine.money import format_minor
 from billing_engine.reference import RefAccount, ReferenceBiller
 from billing_engine.tariff import load_tariff
 
@@ -151,7 +152,7 @@ def main(argv: list[str]) -> int:
     stream_rate = n / stream_s
     print(
         f"readings: {n:,} over {args.accounts:,} accounts ({billed:,} billed, "
-        f"{total_minor / 100:,.2f} CNY deducted; checksum {checksum % 1000})"
+        f"{format_minor(total_minor, 'CNY')} deducted; checksum {checksum % 1000})"
     )
     print(f"kernel:    {kernel_rate / 1e6:10.2f} M readings/s  ({kernel_s:.3f} s)")
     print(f"reference: {reference_rate / 1e3:10.2f} k readings/s  (sample of {len(s_ts):,})")

@@ -30,6 +30,7 @@ from typing import Any
 
 import aiomqtt
 
+from billing_engine.money import format_minor
 from gateway.cli import main as prepay
 from gateway.keys import init_keys
 from gateway.northbound.commands import load_private_key, new_command, sign_command
@@ -128,7 +129,7 @@ class Backend:
                 detail = doc.get("alarm") or ""
                 print(
                     f"  event {doc['account']}: {doc['event']} {detail} "
-                    f"(balance {doc.get('balance_minor', 0) / 100:.2f})",
+                    f"(balance {format_minor(doc.get('balance_minor', 0), 'CNY')})",
                     flush=True,
                 )
             elif topic.endswith("/reading"):
@@ -152,7 +153,7 @@ class Backend:
 
     def balances(self) -> str:
         return ", ".join(
-            f"{a}: {s['balance_minor'] / 100:.2f} ({s['state']})"
+            f"{a}: {format_minor(s['balance_minor'], 'CNY')} ({s['state']})"
             for a, s in sorted(self.states.items())
         )
 
@@ -188,7 +189,7 @@ async def site_demo(port: int) -> None:
                 receipt = result.get("receipt") or {}
                 print(
                     f"  {command_id}: {result['status']}, receipt #{receipt.get('receipt_seq')}"
-                    f" balance after {receipt.get('balance_after_minor', 0) / 100:.2f}"
+                    f" balance after {format_minor(receipt.get('balance_after_minor', 0), 'CNY')}"
                 )
             await wait_for(
                 lambda: sum(1 for _, e in backend.events if e["event"] == "restored") >= 3, 40
