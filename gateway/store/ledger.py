@@ -269,8 +269,12 @@ def append_entry(
     ref: str,
     detail: JsonObject | None,
     created_at: datetime,
+    write_head: bool = True,
 ) -> tuple[LedgerEntry, bool]:
     """Append one entry, or return the entry already stored under the same key.
+
+    With ``write_head=False`` the caller writes the chain-head checkpoint itself
+    (`write_chain_head`), once for all the entries of its transaction, before it commits.
 
     Must run inside a write transaction (the store's `Transaction` does).
 
@@ -355,12 +359,8 @@ def append_entry(
         " balance_minor = balance_minor + excluded.balance_minor, last_seq = excluded.last_seq",
         (account_id, currency, amount_minor, seq),
     )
-    head_value = jsontext.dumps({"seq": seq, "mac": mac.hex(), "tag": _head_tag(key, seq, mac)})
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES (?, ?)"
-        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (_HEAD_META, head_value),
-    )
+    if write_head:
+        write_chain_head(conn, key, seq, mac)
     entry = LedgerEntry(
         seq=seq,
         account_id=account_id,
@@ -374,6 +374,16 @@ def append_entry(
         mac=mac,
     )
     return entry, True
+
+
+def write_chain_head(conn: sqlite3.Connection, key: bytes, seq: int, mac: bytes) -> None:
+    """Store the chain-head checkpoint (seq, mac, tag) that `verify` checks the tail against."""
+    head_value = jsontext.dumps({"seq": seq, "mac": mac.hex(), "tag": _head_tag(key, seq, mac)})
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (_HEAD_META, head_value),
+    )
 
 
 def balance(conn: sqlite3.Connection, account_id: str) -> int:

@@ -67,9 +67,12 @@ class Transaction:
         self._active = True
         self._outbox_total: int | None = None  # pending messages, once read in this transaction
         self._outbox_deltas: dict[str, int] = {}  # pending-counter increments, written at commit
+        self._ledger_head: tuple[int, bytes] | None = None  # last entry appended in this tx
 
     def _before_commit(self) -> None:
         outbox.write_pending_deltas(self._conn, self._outbox_deltas)
+        if self._ledger_head is not None:  # one checkpoint per transaction, not per entry
+            ledger.write_chain_head(self._conn, self._store._ledger_key, *self._ledger_head)
 
     def _c(self) -> sqlite3.Connection:
         if not self._active:
@@ -120,7 +123,7 @@ class Transaction:
             LedgerConflictError: same key, different kind, amount or currency.
             InvalidEntryError: the entry breaks a sign, type or currency rule.
         """
-        return ledger.append_entry(
+        entry, created = ledger.append_entry(
             self._c(),
             self._store._ledger_key,
             account_id=account_id,
@@ -131,7 +134,11 @@ class Transaction:
             ref=ref,
             detail=detail,
             created_at=created_at,
+            write_head=False,
         )
+        if created:
+            self._ledger_head = (entry.seq, entry.mac)
+        return entry, created
 
     def balance(self, account_id: str) -> int:
         """The account's balance (sum of entries) as seen inside this transaction."""
