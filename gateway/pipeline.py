@@ -41,7 +41,7 @@ from gateway.effects import (
     publish_state_if_due,
 )
 from gateway.northbound.topics import ReadingPayload, SiteTopics
-from gateway.store import EntryKind, Store, Transaction
+from gateway.store import EntryKind, Store, StoreError, Transaction
 
 logger = logging.getLogger(__name__)
 
@@ -180,10 +180,13 @@ class Pipeline:
     async def _journal(self, batch: list[tuple[Reading, asyncio.Future[None]]]) -> None:
         try:
             fresh = await asyncio.to_thread(self._write_journal, [r for r, _ in batch])
-        except Exception as exc:
+        except BaseException as exc:
+            # Also on cancellation (the pipeline restarting): a driver must not wait forever.
+            # The batch may have been committed anyway; a re-sent reading is then a duplicate.
+            error = exc if isinstance(exc, Exception) else StoreError("pipeline restarted")
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(error)
             raise
         for _, future in batch:
             if not future.done():
