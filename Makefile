@@ -13,11 +13,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	./scripts/system-packages.sh
+	PYTHON=$(PYTHON) ./scripts/system-packages.sh
 	$(BIN)/python -m bench.demo
 
 test: $(STAMP)
-	./scripts/system-packages.sh
+	PYTHON=$(PYTHON) ./scripts/system-packages.sh
 	rm -f .coverage .coverage.*
 	$(BIN)/pytest -q -p no:cacheprovider --cov --cov-report= tests
 	NUMBA_DISABLE_JIT=1 $(BIN)/pytest -q -p no:cacheprovider --cov --cov-append --cov-report= \

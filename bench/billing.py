@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from billing_engine import kernel
+from billing_engine import layout
 from billing_engine.engine import AccountState, BillingEngine
 from billing_engine.money import format_minor
 from billing_engine.reference import RefAccount, ReferenceBiller
@@ -109,7 +109,7 @@ def main(argv: list[str]) -> int:
         t = time.perf_counter()
         out = engine.bill_arrays(state, account, ts, register)
         kernel_s = min(kernel_s, time.perf_counter() - t)
-    billed = int((out.status == kernel.STATUS_BILLED).sum())
+    billed = int((out.status == layout.STATUS_BILLED).sum())
     total_minor = int(out.deduction_minor.sum())
 
     stream_s = float("inf")

@@ -1,9 +1,9 @@
 """The billing engine's public API: account states in, deductions and crossed thresholds out.
 
 `BillingEngine` owns one tariff, compiles it for the time window the readings need (widening it
-when they move on) and runs the Numba kernel over arrays. Callers either hand it arrays
-(`bill_arrays`, what the benchmark and the gateway's batch path use) or plain objects
-(`bill`), which it packs into arrays.
+when they move on) and runs the Numba kernel over arrays (the JIT or the ahead-of-time build:
+`kernels.py`). Callers either hand it arrays (`bill_arrays`, what the benchmark and the
+gateway's batch path use) or plain objects (`bill`), which it packs into arrays.
 
 Timestamps are truncated to whole UTC seconds: the kernel's time unit. Two readings of one meter
 in the same second are the same instant (a duplicate or a conflict).
@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from numpy.typing import NDArray
 
-from billing_engine import kernel
+from billing_engine import kernels, layout
 from billing_engine.compile import CompiledTariff, compile_tariff
 from billing_engine.tariff import Tariff
 
@@ -31,26 +31,26 @@ _WINDOW_MARGIN_AFTER = timedelta(days=400)
 class ReadingStatus(enum.IntEnum):
     """What the engine did with a reading (the kernel's ``STATUS_*``)."""
 
-    BILLED = kernel.STATUS_BILLED
-    BASELINE = kernel.STATUS_BASELINE
-    DUPLICATE = kernel.STATUS_DUPLICATE
-    OUT_OF_ORDER = kernel.STATUS_OUT_OF_ORDER
-    REGISTER_BACKWARDS = kernel.STATUS_REGISTER_BACKWARDS
-    CONFLICT = kernel.STATUS_CONFLICT
-    NO_TARIFF = kernel.STATUS_NO_TARIFF
-    LIMIT = kernel.STATUS_LIMIT
-    OUTSIDE_WINDOW = kernel.STATUS_OUTSIDE_WINDOW
+    BILLED = layout.STATUS_BILLED
+    BASELINE = layout.STATUS_BASELINE
+    DUPLICATE = layout.STATUS_DUPLICATE
+    OUT_OF_ORDER = layout.STATUS_OUT_OF_ORDER
+    REGISTER_BACKWARDS = layout.STATUS_REGISTER_BACKWARDS
+    CONFLICT = layout.STATUS_CONFLICT
+    NO_TARIFF = layout.STATUS_NO_TARIFF
+    LIMIT = layout.STATUS_LIMIT
+    OUTSIDE_WINDOW = layout.STATUS_OUTSIDE_WINDOW
 
 
 class Crossing(enum.IntFlag):
     """Thresholds a reading crossed, and notes about how it was priced."""
 
     NONE = 0
-    LOW = kernel.FLAG_LOW
-    ZERO = kernel.FLAG_ZERO
-    DISCONNECT = kernel.FLAG_DISCONNECT
-    SPLIT = kernel.FLAG_SPLIT
-    CYCLE_RESET = kernel.FLAG_CYCLE_RESET
+    LOW = layout.FLAG_LOW
+    ZERO = layout.FLAG_ZERO
+    DISCONNECT = layout.FLAG_DISCONNECT
+    SPLIT = layout.FLAG_SPLIT
+    CYCLE_RESET = layout.FLAG_CYCLE_RESET
 
 
 @dataclass
@@ -96,19 +96,24 @@ class BatchResult:
 
 
 def _opt(value: int | None) -> int:
-    return kernel.UNSET if value is None else value
+    return layout.UNSET if value is None else value
 
 
 def _unopt(value: int) -> int | None:
-    return None if value == kernel.UNSET else int(value)
+    return None if value == layout.UNSET else int(value)
 
 
 class BillingEngine:
     """Bills readings against accounts under one tariff."""
 
-    def __init__(self, tariff: Tariff) -> None:
+    def __init__(self, tariff: Tariff, kernel: kernels.Kernel | None = None) -> None:
+        """``kernel``: the build to bill with; by default the process's (`kernels.active`)."""
         self.tariff = tariff
+        self.kernel = kernel
         self._compiled: CompiledTariff | None = None
+
+    def _kernel(self) -> kernels.Kernel:
+        return self.kernel if self.kernel is not None else kernels.active()
 
     @property
     def compiled(self) -> CompiledTariff | None:
@@ -127,22 +132,22 @@ class BillingEngine:
 
     def pack(self, accounts: Sequence[AccountState]) -> Int64Array:
         """Account states as the kernel's ``[n, STATE_WIDTH]`` int64 array."""
-        state = np.zeros((len(accounts), kernel.STATE_WIDTH), dtype=np.int64)
+        state = np.zeros((len(accounts), layout.STATE_WIDTH), dtype=np.int64)
         for i, acc in enumerate(accounts):
             row = state[i]
-            row[kernel.STATE_BALANCE] = acc.balance_minor
-            row[kernel.STATE_CLASS] = self.class_index(acc.class_name)
-            row[kernel.STATE_CYCLE] = _opt(acc.cycle_id)
-            row[kernel.STATE_USAGE] = acc.usage_milli
-            row[kernel.STATE_NET] = acc.net_acc
-            row[kernel.STATE_TAX] = acc.tax_acc
-            row[kernel.STATE_TAX_REM] = acc.tax_rem
-            row[kernel.STATE_LAST_TS] = _opt(acc.last_ts)
-            row[kernel.STATE_LAST_REG] = acc.last_register_milli
-            row[kernel.STATE_STANDING_DAY] = _opt(acc.standing_day)
-            row[kernel.STATE_LOW] = acc.low_minor
-            row[kernel.STATE_DISCONNECT] = acc.disconnect_minor
-            row[kernel.STATE_HINT] = -1
+            row[layout.STATE_BALANCE] = acc.balance_minor
+            row[layout.STATE_CLASS] = self.class_index(acc.class_name)
+            row[layout.STATE_CYCLE] = _opt(acc.cycle_id)
+            row[layout.STATE_USAGE] = acc.usage_milli
+            row[layout.STATE_NET] = acc.net_acc
+            row[layout.STATE_TAX] = acc.tax_acc
+            row[layout.STATE_TAX_REM] = acc.tax_rem
+            row[layout.STATE_LAST_TS] = _opt(acc.last_ts)
+            row[layout.STATE_LAST_REG] = acc.last_register_milli
+            row[layout.STATE_STANDING_DAY] = _opt(acc.standing_day)
+            row[layout.STATE_LOW] = acc.low_minor
+            row[layout.STATE_DISCONNECT] = acc.disconnect_minor
+            row[layout.STATE_HINT] = -1
         return state
 
     def unpack(self, state: Int64Array, accounts: Sequence[AccountState]) -> None:
@@ -150,16 +155,16 @@ class BillingEngine:
         names = self.tariff.class_names
         for i, acc in enumerate(accounts):
             row = state[i]
-            acc.balance_minor = int(row[kernel.STATE_BALANCE])
-            acc.class_name = names[int(row[kernel.STATE_CLASS])]
-            acc.cycle_id = _unopt(row[kernel.STATE_CYCLE])
-            acc.usage_milli = int(row[kernel.STATE_USAGE])
-            acc.net_acc = int(row[kernel.STATE_NET])
-            acc.tax_acc = int(row[kernel.STATE_TAX])
-            acc.tax_rem = int(row[kernel.STATE_TAX_REM])
-            acc.last_ts = _unopt(row[kernel.STATE_LAST_TS])
-            acc.last_register_milli = int(row[kernel.STATE_LAST_REG])
-            acc.standing_day = _unopt(row[kernel.STATE_STANDING_DAY])
+            acc.balance_minor = int(row[layout.STATE_BALANCE])
+            acc.class_name = names[int(row[layout.STATE_CLASS])]
+            acc.cycle_id = _unopt(row[layout.STATE_CYCLE])
+            acc.usage_milli = int(row[layout.STATE_USAGE])
+            acc.net_acc = int(row[layout.STATE_NET])
+            acc.tax_acc = int(row[layout.STATE_TAX])
+            acc.tax_rem = int(row[layout.STATE_TAX_REM])
+            acc.last_ts = _unopt(row[layout.STATE_LAST_TS])
+            acc.last_register_milli = int(row[layout.STATE_LAST_REG])
+            acc.standing_day = _unopt(row[layout.STATE_STANDING_DAY])
 
     def ensure_window(self, first_s: int, last_s: int) -> CompiledTariff:
         """Compile (or widen) the timeline so it covers ``[first_s, last_s]``."""
@@ -184,8 +189,8 @@ class BillingEngine:
         """Bill readings (parallel arrays, in order) against ``state`` (updated in place)."""
         n = account.shape[0]
         if n:
-            known = state[:, kernel.STATE_LAST_TS]
-            known = known[known != kernel.UNSET]
+            known = state[:, layout.STATE_LAST_TS]
+            known = known[known != layout.UNSET]
             first = int(min(ts_s.min(), known.min())) if known.size else int(ts_s.min())
             compiled = self.ensure_window(first, int(ts_s.max()))
         else:
@@ -196,7 +201,7 @@ class BillingEngine:
             np.zeros(n, dtype=np.int64),
             np.zeros(n, dtype=np.int64),
         )
-        kernel.bill_batch(
+        self._kernel().bill_batch(
             compiled.span_start,
             compiled.span_version,
             compiled.span_period,

@@ -25,47 +25,41 @@ from typing import Any, TypeVar
 import numba
 import numpy as np
 
+from billing_engine.layout import (
+    FLAG_CYCLE_RESET,
+    FLAG_DISCONNECT,
+    FLAG_LOW,
+    FLAG_SPLIT,
+    FLAG_ZERO,
+    MAX_CYCLE_USAGE_MILLI,
+    MAX_READING_SPAN_S,
+    STATE_BALANCE,
+    STATE_CLASS,
+    STATE_CYCLE,
+    STATE_DISCONNECT,
+    STATE_HINT,
+    STATE_LAST_REG,
+    STATE_LAST_TS,
+    STATE_LOW,
+    STATE_NET,
+    STATE_STANDING_DAY,
+    STATE_TAX,
+    STATE_TAX_REM,
+    STATE_USAGE,
+    STATUS_BASELINE,
+    STATUS_BILLED,
+    STATUS_CONFLICT,
+    STATUS_DUPLICATE,
+    STATUS_LIMIT,
+    STATUS_NO_TARIFF,
+    STATUS_OUT_OF_ORDER,
+    STATUS_OUTSIDE_WINDOW,
+    STATUS_REGISTER_BACKWARDS,
+    TAX_SCALE,
+    UNSET,
+)
+
 F = TypeVar("F", bound=Callable[..., Any])
-
-# Account state columns (int64 each).
-STATE_BALANCE = 0  # minor units, may be negative
-STATE_CLASS = 1  # index into the tariff's classes
-STATE_CYCLE = 2  # cycle id the accumulators below belong to; UNSET before the first reading
-STATE_USAGE = 3  # quantity used in the cycle, milli-units (selects the tier)
-STATE_NET = 4  # exact cost in the cycle before tax, acc units
-STATE_TAX = 5  # tax in the cycle, whole acc units
-STATE_TAX_REM = 6  # tax remainder, 1/10000 acc units (< 10000)
-STATE_LAST_TS = 7  # UTC seconds of the last billed reading; UNSET before the first
-STATE_LAST_REG = 8  # register of the last billed reading, milli-units
-STATE_STANDING_DAY = 9  # last local day (ordinal) whose standing charge is paid; UNSET: none
-STATE_LOW = 10  # low-balance threshold, minor units
-STATE_DISCONNECT = 11  # disconnection threshold, minor units
-STATE_HINT = 12  # timeline index of STATE_LAST_TS, a search hint (any value is safe)
-STATE_WIDTH = 16
-
-UNSET = -(2**63)
-
-# Reading status.
-STATUS_BILLED = 0
-STATUS_BASELINE = 1  # first reading of the account: sets the register, charges no energy
-STATUS_DUPLICATE = 2  # same instant and register as the last billed reading
-STATUS_OUT_OF_ORDER = 3  # older than the last billed reading: ignored
-STATUS_REGISTER_BACKWARDS = 4  # register below the last one: reported, not billed
-STATUS_CONFLICT = 5  # same instant as the last reading but another register
-STATUS_NO_TARIFF = 6  # before the first tariff version
-STATUS_LIMIT = 7  # beyond the overflow-safe limits (cycle quantity or reading span)
-STATUS_OUTSIDE_WINDOW = 8  # after the compiled timeline: the engine must recompile
-
-# Flags (bits).
-FLAG_LOW = 1  # balance went from >= low threshold to below it
-FLAG_ZERO = 2  # balance went from > 0 to <= 0: credit exhausted
-FLAG_DISCONNECT = 4  # balance went from >= disconnection threshold to below it
-FLAG_SPLIT = 8  # the interval crossed a price/day boundary: the split is an estimate
-FLAG_CYCLE_RESET = 16  # a billing cycle ended inside this reading
-
-TAX_SCALE = 10_000
-MAX_CYCLE_USAGE_MILLI = 2**35
-MAX_READING_SPAN_S = 3_000_000_000
 
 
 def _njit(signature: str) -> Callable[[F], F]:
@@ -123,12 +117,16 @@ def _start_cycle(row: np.ndarray, cycle: int) -> None:
     row[STATE_TAX_REM] = 0
 
 
-@_njit(
+# The one entry point; `aot.py` exports it under this same signature.
+BILL_BATCH_SIGNATURE = (
     "void(int64[:], int64[:], int64[:], int64[:], int64[:], int64,"
     " int64[:, :, :], int64[:, :, :], int64[:, :, :], int64[:, :], int64[:], int64,"
     " int64[:, :], int64[:], int64[:], int64[:],"
     " int64[:], int64[:], int64[:], int64[:])"
 )
+
+
+@_njit(BILL_BATCH_SIGNATURE)
 def bill_batch(
     span_start: np.ndarray,
     span_version: np.ndarray,

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 
-from billing_engine import kernel, money
+from billing_engine import layout, money
 from billing_engine.tariff import FLAT_PERIOD, Tariff
 
 
@@ -158,11 +158,11 @@ class ReferenceBiller:
         """Bill one reading; ``at`` is truncated to whole seconds, as the engine does."""
         at = datetime.fromtimestamp(int(at.timestamp()), tz=UTC)
         before_balance = account.balance_minor
-        result = RefResult(kernel.STATUS_BILLED, balance_minor=before_balance)
+        result = RefResult(layout.STATUS_BILLED, balance_minor=before_balance)
         if account.last_at is None:
             attrs = self.tariff.attributes_at(at)
             if attrs is None:
-                result.status = kernel.STATUS_NO_TARIFF
+                result.status = layout.STATUS_NO_TARIFF
                 return result
             version_index, _period, cycle_id, day = attrs
             account.last_at, account.last_register_milli = at, register_milli
@@ -172,17 +172,17 @@ class ReferenceBiller:
                 self._start_cycle(account, cycle_id)
             before = round_minor(account.cost, self.exponent)
             self._pay_standing(account, version_index, day, result)
-            result.status = kernel.STATUS_BASELINE
+            result.status = layout.STATUS_BASELINE
             deduction = round_minor(account.cost, self.exponent) - before
         elif at < account.last_at:
-            result.status = kernel.STATUS_OUT_OF_ORDER
+            result.status = layout.STATUS_OUT_OF_ORDER
             return result
         elif at == account.last_at:
             same = register_milli == account.last_register_milli
-            result.status = kernel.STATUS_DUPLICATE if same else kernel.STATUS_CONFLICT
+            result.status = layout.STATUS_DUPLICATE if same else layout.STATUS_CONFLICT
             return result
         elif register_milli < account.last_register_milli:
-            result.status = kernel.STATUS_REGISTER_BACKWARDS
+            result.status = layout.STATUS_REGISTER_BACKWARDS
             return result
         else:
             quantity = register_milli - account.last_register_milli
@@ -191,7 +191,7 @@ class ReferenceBiller:
             if account.usage_milli + quantity > money.MAX_CYCLE_USAGE_MILLI or (
                 span_s > money.MAX_READING_SPAN_S
             ):
-                result.status = kernel.STATUS_LIMIT
+                result.status = layout.STATUS_LIMIT
                 return result
             cuts = [start, *self.tariff.boundaries(start, at), at]
             before = round_minor(account.cost, self.exponent)
@@ -210,7 +210,7 @@ class ReferenceBiller:
                     deduction += round_minor(account.cost, self.exponent) - before
                     before = 0
                     self._start_cycle(account, cycle_id)
-                    result.flags |= kernel.FLAG_CYCLE_RESET
+                    result.flags |= layout.FLAG_CYCLE_RESET
                 self._pay_standing(account, version_index, day, result)
                 elapsed = int((piece_end - start).total_seconds())
                 upto = quantity * elapsed // span_s
@@ -223,15 +223,15 @@ class ReferenceBiller:
             account.last_at, account.last_register_milli = at, register_milli
             deduction += round_minor(account.cost, self.exponent) - before
             if runs > 1:
-                result.flags |= kernel.FLAG_SPLIT
+                result.flags |= layout.FLAG_SPLIT
         account.balance_minor -= deduction
         after = account.balance_minor
         if before_balance >= account.low_minor > after:
-            result.flags |= kernel.FLAG_LOW
+            result.flags |= layout.FLAG_LOW
         if before_balance > 0 >= after:
-            result.flags |= kernel.FLAG_ZERO
+            result.flags |= layout.FLAG_ZERO
         if before_balance >= account.disconnect_minor > after:
-            result.flags |= kernel.FLAG_DISCONNECT
+            result.flags |= layout.FLAG_DISCONNECT
         result.deduction_minor = deduction
         result.balance_minor = after
         return result

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from billing_engine.engine import AccountState, BillingEngine
+from billing_engine.kernels import Kernel
 from gateway.config import AccountConfig, Site
 from gateway.decisions import PolicyConfig, PolicyState
 from gateway.quality import MeterConfig
@@ -87,8 +88,10 @@ class AccountBook:
         records: dict[str, dict[str, Any]],
         balances: dict[str, int],
         debts: dict[str, int],
+        *,
+        kernel: Kernel | None = None,
     ) -> None:
-        self.engines = {tid: BillingEngine(t) for tid, t in site.tariffs.items()}
+        self.engines = {tid: BillingEngine(t, kernel) for tid, t in site.tariffs.items()}
         self.by_id: dict[str, Account] = {}
         self.by_meter: dict[str, Account] = {}
         meters = {m.id: m for m in site.config.meters}

@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from billing_engine import money
-from billing_engine.errors import InvalidConfigError
+from billing_engine.errors import InvalidConfigError, PrepayError
 from billing_engine.quote import load_readings_csv, quote
 from billing_engine.tariff import load_tariff
 
@@ -99,6 +99,49 @@ def _run(args: argparse.Namespace) -> int:
     except InvalidConfigError as exc:
         print("refusing to start: the configuration is invalid", file=sys.stderr)
         return _print_errors(exc)
+    except PrepayError as exc:
+        print(f"refusing to start: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def _kernel_cache_dir(args: argparse.Namespace) -> Path:
+    from billing_engine import kernels  # noqa: PLC0415
+    from gateway.config import load_site  # noqa: PLC0415
+
+    if args.cache_dir:
+        return Path(args.cache_dir)
+    if args.config:
+        site = load_site(Path(args.config))
+        if site.config.billing.kernel_cache_dir is not None:
+            return site.resolve(site.config.billing.kernel_cache_dir)
+    return kernels.default_cache_dir()
+
+
+def _kernel_build(args: argparse.Namespace) -> int:
+    from billing_engine import kernels  # noqa: PLC0415
+
+    try:
+        path = kernels.build_aot(_kernel_cache_dir(args))
+        kernels.load_aot(path)  # proves it imports here
+    except InvalidConfigError as exc:
+        return _print_errors(exc)
+    except kernels.KernelUnavailableError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    print(f"built {path}")
+    return EXIT_OK
+
+
+def _kernel_info(args: argparse.Namespace) -> int:
+    from billing_engine import kernels  # noqa: PLC0415
+
+    try:
+        path = kernels.aot_path(_kernel_cache_dir(args))
+    except InvalidConfigError as exc:
+        return _print_errors(exc)
+    state = "present" if path.is_file() else "not built (`prepay kernel build`)"
+    print(f"ahead-of-time kernel: {path}: {state}")
+    return EXIT_OK if path.is_file() else EXIT_INVALID
 
 
 def _ledger_verify(args: argparse.Namespace) -> int:
@@ -228,6 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, metavar="SITE.yaml")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=_run)
+
+    kernel = commands.add_parser("kernel", help="the billing kernel's ahead-of-time build")
+    kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True)
+    for name, func, text in (
+        ("build", _kernel_build, "build the ahead-of-time kernel (a C compiler is needed)"),
+        ("info", _kernel_info, "show where the ahead-of-time kernel is and whether it is built"),
+    ):
+        sub = kernel_commands.add_parser(name, help=text)
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument("-c", "--config", help="a site file (its billing.kernel_cache_dir)")
+        where.add_argument("--cache-dir", help="the cache directory")
+        sub.set_defaults(func=func)
 
     ledger = commands.add_parser("ledger", help="ledger tools")
     ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True)

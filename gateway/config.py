@@ -18,6 +18,7 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from billing_engine.errors import ConfigError, InvalidConfigError
+from billing_engine.kernels import KernelMode
 from billing_engine.tariff import Tariff, load_tariff
 from billing_engine.yaml_config import errors_from_validation, line_of, parse_yaml
 from drivers.ble.config import BleDispenserConfig
@@ -56,6 +57,15 @@ class ActuationConfig(_Model):
     backoff_initial_s: Annotated[float, Field(gt=0)] = 1.0
     backoff_max_s: Annotated[float, Field(gt=0)] = 60.0
     io_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+
+
+class BillingConfig(_Model):
+    """Which build of the billing kernel bills (see `billing_engine.kernels`)."""
+
+    # auto: the ahead-of-time build, made on first start when a C compiler is there, else the
+    # JIT (about 140 MB more resident); aot: refuse to start without it; jit: never build.
+    kernel: KernelMode = KernelMode.AUTO
+    kernel_cache_dir: Path | None = None  # default: $XDG_CACHE_HOME/prepay-gateway/kernels
 
 
 class DevicesConfig(_Model):
@@ -97,6 +107,7 @@ class SiteConfig(_Model):
     devices: DevicesConfig = DevicesConfig()
     outbox: OutboxConfig = OutboxConfig()
     actuation: ActuationConfig = ActuationConfig()
+    billing: BillingConfig = BillingConfig()
     reading_queue: Annotated[int, Field(ge=10)] = 10_000
     # An account's retained state message follows its balance at most this often (mode and
     # debt changes go out at once); dirty balances are flushed when the interval has passed.

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from billing_engine import kernels
 from drivers.ble.dispenser import build_ble
 from drivers.lorawan.adapter import build_lns
 from drivers.modbus import build_modbus
@@ -105,7 +106,9 @@ def open_store(site: Site, keys: Keys) -> Store:
     )
 
 
-def load_book(site: Site, store: Store) -> tuple[AccountBook, Overlay]:
+def load_book(
+    site: Site, store: Store, kernel: kernels.Kernel | None = None
+) -> tuple[AccountBook, Overlay]:
     """The account book of ``site`` with the backend's overlay merged in, from the store."""
     records = store.load_account_states()
     overlay = Overlay.from_record(records.pop(OVERLAY_KEY, None))
@@ -116,8 +119,25 @@ def load_book(site: Site, store: Store) -> tuple[AccountBook, Overlay]:
         records,
         {i: store.balance(i) for i in ids},
         {i: store.debt(i) for i in ids},
+        kernel=kernel,
     )
     return book, overlay
+
+
+def select_kernel(site: Site) -> kernels.Kernel:
+    """The billing kernel the site's config asks for (built on first start when needed).
+
+    Raises:
+        KernelUnavailableError: ``billing.kernel: aot`` and it can be neither loaded nor built.
+    """
+    billing = site.config.billing
+    cache_dir = site.resolve(billing.kernel_cache_dir) if billing.kernel_cache_dir else None
+    kernel = kernels.select(billing.kernel, cache_dir)
+    if kernel.mode is kernels.KernelMode.JIT and billing.kernel is kernels.KernelMode.AUTO:
+        logger.warning("billing kernel %s", kernel.reason)
+    else:
+        logger.info("billing kernel %s", kernel.reason)
+    return kernel
 
 
 def build_drivers(site: Site) -> tuple[list[ReadingSource], list[Actuator]]:
@@ -255,9 +275,10 @@ class Gateway:
         self.site = site
         self.clock = clock
         self.keys = load_keys(site)
+        self.kernel = select_kernel(site)
         self.store = open_store(site, self.keys)
         self.topics = SiteTopics(site.config.site)
-        self.book, self.overlay = load_book(site, self.store)
+        self.book, self.overlay = load_book(site, self.store, self.kernel)
         built_sources, built_actuators = ([], []) if sources is not None else build_drivers(site)
         self.sources = list(sources) if sources is not None else built_sources
         self.actuators = list(actuators) if actuators is not None else built_actuators
@@ -355,7 +376,7 @@ class Gateway:
         """Reload the accounts from the store (under the state lock, in a worker thread):
         after a command changed the overlay, or after a failed transaction left the accounts
         in memory ahead of the store."""
-        self.book, self.overlay = load_book(self.site, self.store)
+        self.book, self.overlay = load_book(self.site, self.store, self.kernel)
         self.pipeline.set_book(self.book)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._tick.set)

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests talk to for real (a broker, an independent Modbus master,
-# a serial-line tool) when they are missing. Idempotent; does nothing when all are present.
+# a serial-line tool) and the C toolchain the ahead-of-time kernel needs, when they are missing.
+# Idempotent; does nothing when all are present.
 set -euo pipefail
 need=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || need+=(mosquitto)
 command -v mbpoll >/dev/null || need+=(mbpoll)
 command -v socat >/dev/null || need+=(socat)
+# The ahead-of-time billing kernel is a C extension: a compiler and the Python headers.
+command -v cc >/dev/null || command -v gcc >/dev/null || need+=(gcc)
+"${PYTHON:-python3}" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || need+=(python3-dev)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing system packages: ${need[*]}"
 SUDO=""

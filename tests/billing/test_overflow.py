@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from billing_engine import kernel, money
+from billing_engine import layout, money
 from billing_engine.engine import AccountState, BillingEngine, ReadingStatus
 from billing_engine.reference import RefAccount, ReferenceBiller
 from billing_engine.tariff import Tariff
@@ -19,8 +19,8 @@ def test_overflow_worst_cycle_fits_int64() -> None:
     assert 2 * (energy + standing) < 2**63 - 1
     # The pro-rata split's largest intermediate: remainder (< span) x elapsed (<= span).
     assert money.MAX_READING_SPAN_S**2 < 2**63 - 1
-    assert kernel.MAX_CYCLE_USAGE_MILLI == money.MAX_CYCLE_USAGE_MILLI
-    assert kernel.MAX_READING_SPAN_S == money.MAX_READING_SPAN_S
+    assert layout.MAX_CYCLE_USAGE_MILLI == money.MAX_CYCLE_USAGE_MILLI
+    assert layout.MAX_READING_SPAN_S == money.MAX_READING_SPAN_S
 
 
 def _extreme_tariff() -> Tariff:

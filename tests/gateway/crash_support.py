@@ -20,18 +20,18 @@ from typing import Any
 
 import aiomqtt
 
-from billing_engine import kernel
+from billing_engine import layout
 from billing_engine.reference import RefAccount, ReferenceBiller
 from gateway.config import Site
 from gateway.daemon import STATE_FILE, read_ledger_key
 from gateway.store import EntryKind, JournalRow, JournalState, Store, verify_ledger
 
 _HELD_STATUSES = {
-    kernel.STATUS_REGISTER_BACKWARDS,
-    kernel.STATUS_CONFLICT,
-    kernel.STATUS_NO_TARIFF,
-    kernel.STATUS_LIMIT,
-    kernel.STATUS_OUTSIDE_WINDOW,
+    layout.STATUS_REGISTER_BACKWARDS,
+    layout.STATUS_CONFLICT,
+    layout.STATUS_NO_TARIFF,
+    layout.STATUS_LIMIT,
+    layout.STATUS_OUTSIDE_WINDOW,
 }
 _ALL = 10_000_000
 

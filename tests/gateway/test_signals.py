@@ -211,3 +211,32 @@ def test_signals_check_config_ok_and_invalid(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{bad}:{line}: mqtt.port: " in result.stderr
     assert os.fspath(good) not in result.stderr
+
+
+def test_signals_run_refuses_to_start_without_the_aot_kernel_it_requires(tmp_path: Path) -> None:
+    site = write_site(
+        tmp_path,
+        mqtt_port=1883,
+        extra={"billing": {"kernel": "aot", "kernel_cache_dir": "kernels"}},
+    )
+    env = {**os.environ, "CC": str(tmp_path / "no-such-compiler")}
+    result = subprocess.run(
+        [PREPAY, "run", "-c", str(site)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+        env=env,
+    )
+    assert result.returncode == 1
+    assert "refusing to start: building the ahead-of-time kernel failed" in result.stderr
+    assert not (tmp_path / "state" / STATE_FILE).exists()  # nothing was opened
+
+
+def test_signals_check_config_names_a_bad_kernel_mode(tmp_path: Path) -> None:
+    site = write_site(tmp_path, mqtt_port=1883, extra={"billing": {"kernel": "fast"}})
+    line = site.read_text().splitlines().index("  kernel: fast") + 1
+    result = _prepay("check-config", "-c", str(site))
+    assert result.returncode == 1
+    assert f"{site}:{line}: billing.kernel: " in result.stderr
