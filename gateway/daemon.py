@@ -27,9 +27,6 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from billing_engine import kernels
-from drivers.ble.dispenser import build_ble
-from drivers.lorawan.adapter import build_lns
-from drivers.modbus import build_modbus
 from drivers.ports import Actuator, ReadingSource
 from gateway.accounts import Account, AccountBook
 from gateway.actuation import ActuationManager
@@ -144,15 +141,23 @@ def build_drivers(site: Site) -> tuple[list[ReadingSource], list[Actuator]]:
     devices = site.config.devices
     sources: list[ReadingSource] = []
     actuators: list[Actuator] = []
+    # Each driver's protocol library loads only for a site that has such devices (pymodbus and
+    # bleak are about 13 MB resident that a LoRa-only box need not carry).
     if devices.modbus_buses:
+        from drivers.modbus.builder import build_modbus  # noqa: PLC0415
+
         s, a = build_modbus(devices.modbus_buses, site.resolve(devices.profiles_dir))
         sources += s
         actuators += a
     if devices.lns:
+        from drivers.lorawan.adapter import build_lns  # noqa: PLC0415
+
         s, a = build_lns(devices.lns, site.resolve(devices.codecs_dir))
         sources += s
         actuators += a
     if devices.ble_dispensers:
+        from drivers.ble.dispenser import build_ble  # noqa: PLC0415
+
         s, a = build_ble(devices.ble_dispensers)
         sources += s
         actuators += a

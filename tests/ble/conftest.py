@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from drivers.ble import BleDispenserConfig, DispenserClient
+from drivers.ble.config import BleDispenserConfig
+from drivers.ble.dispenser import DispenserClient
 from drivers.ports import DriverEvent, DriverEventKind, Reading
 from firmware_sim.ble_backend import SimulatedAir
 from firmware_sim.dispenser import SimulatedDispenser

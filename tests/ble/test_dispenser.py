@@ -8,25 +8,22 @@ import itertools
 import pytest
 from bleak import BleakClient
 
-from drivers.ble import (
-    BleDispenserConfig,
-    Dispenser,
-    DispenserClient,
-    DispenseRef,
-    RefKind,
-    RefuseReason,
-    build_ble,
-)
+from drivers.ble.config import BleDispenserConfig
+from drivers.ble.dispenser import DispenserClient, build_ble
 from drivers.ble.gatt import (
     DISPENSED_UUID,
     SERVICE_UUID,
     STATUS_UUID,
     U32_MAX,
     AppError,
+    DispenseRef,
     DispenserState,
     FaultCode,
+    RefKind,
     RefuseCommand,
+    RefuseReason,
 )
+from drivers.ble.protocols import Dispenser
 from drivers.ports import (
     Actuator,
     DeviceRejectedError,

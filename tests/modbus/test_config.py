@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from billing_engine.errors import InvalidConfigError
 from billing_engine.yaml_config import load_model
-from drivers.modbus import build_modbus
+from drivers.modbus.builder import build_modbus
 from drivers.modbus.config import DeviceProfile, ModbusBusConfig, SerialSettings
 from drivers.modbus.profiles import load_profile, profile_plan
 from drivers.modbus.registers import Table

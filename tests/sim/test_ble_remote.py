@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 
 from billing_engine.errors import InvalidConfigError
-from drivers.ble import DispenserClient, DispenseRef, RefKind, build_ble
-from drivers.ble.dispenser import resolve_backend
-from drivers.ble.gatt import AppError
+from drivers.ble.dispenser import DispenserClient, build_ble, resolve_backend
+from drivers.ble.gatt import AppError, DispenseRef, RefKind
 from drivers.ports import DeviceRejectedError, DriverError, DriverEventKind, SupplyState
 from firmware_sim.ble_remote import SOCKET_ENV, RemoteSimBackend
 from firmware_sim.scenario import load_scenario
