@@ -495,7 +495,9 @@ async def _run(plan: _Plan, directory: Path, broker: _Broker) -> dict[str, Any]:
     _say(f"billing kernel {kernel.reason}")
 
     t_setup = time.perf_counter()
-    site = load_site(_write_site(directory, broker.port, plan.accounts, plan.shutoffs, plan.kernel))
+    site = load_site(
+        _write_site(directory, broker.port, plan.accounts, plan.shutoffs, plan.kernel.value)
+    )
     rich_ids = [a.id for a in site.config.accounts if a.id.startswith("A")]
     poor_ids = [a.id for a in site.config.accounts if a.id.startswith("P")]
     balances = dict.fromkeys(rich_ids, RICH_BALANCE_MINOR)
