@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 from billing_engine.errors import PrepayError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
 
 
 class Quality(enum.StrEnum):
@@ -39,6 +40,8 @@ class Reading:
         source: where it came from, for audit ("modbus:bus0/3", "chirpstack:70b3d5...").
         quality: see `Quality`.
         seq: the device's own frame counter when it has one (LoRaWAN FCnt), else None.
+        reading_id: the reading's identity, ``{meter_id}@{microseconds since the epoch}``: the
+            same meter at the same instant is the same reading. Derived, not an argument.
     """
 
     meter_id: str
@@ -47,18 +50,16 @@ class Reading:
     source: str = ""
     quality: Quality = Quality.GOOD
     seq: int | None = None
+    # Worked out once: the journal, the ledger key and the published reading each need it.
+    reading_id: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.read_at.tzinfo is None or self.read_at.utcoffset() != UTC.utcoffset(None):
             raise ValueError(f"Reading.read_at must be an aware UTC datetime, got {self.read_at!r}")
         if self.register_milli < 0:
             raise ValueError(f"Reading.register_milli must be >= 0, got {self.register_milli}")
-
-    @property
-    def reading_id(self) -> str:
-        """The reading's identity: the same meter at the same instant is the same reading."""
-        micros = (self.read_at - _EPOCH) // timedelta(microseconds=1)  # exact: no float
-        return f"{self.meter_id}@{micros}"
+        micros = (self.read_at - _EPOCH) // _ONE_US  # exact: no float
+        object.__setattr__(self, "reading_id", f"{self.meter_id}@{micros}")
 
 
 class SupplyState(enum.StrEnum):

@@ -26,7 +26,7 @@ names. The rules, in short (``docs/prepaid-policy.md`` has the diagram and a wor
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
@@ -532,7 +532,7 @@ def _evaluate(
     ``state`` (an override), so that the reason for a supply change is told right.
     """
     wanted_before = _wanted_supply_on(state if before is None else before)
-    s = replace(state, balance_minor=balance)
+    s = _with(state, balance_minor=balance)
     supply_reason: str | None = None
 
     fired = [t for t in s.armed_thresholds_minor if balance < t]
@@ -549,7 +549,7 @@ def _evaluate(
         supply_reason = "override_expired"
 
     if policy.exempt:
-        s = replace(s, mode=PolicyMode.EXEMPT, pending_until=None, cut_reason=None)
+        s = _with(s, mode=PolicyMode.EXEMPT, pending_until=None, cut_reason=None)
     else:
         s = _evaluate_credit(policy, s, balance=balance, now=now, cause=cause, events=events)
 
@@ -562,7 +562,7 @@ def _evaluate(
                 supply_reason = s.cut_reason or "credit_exhausted"
             else:
                 supply_reason = "exempt" if policy.exempt else cause.value
-        s = replace(s, switch_reason=supply_reason)
+        s = _with(s, switch_reason=supply_reason)
     return _switch(policy, s, now, cause is _Cause.OVERRIDE and wanted != wanted_before, events)
 
 
@@ -597,10 +597,10 @@ def _evaluate_credit(
     if balance < cut_level_minor(policy, s):
         return _exhausted(policy, s, now, events)
     if balance >= policy.restore_threshold_minor:
-        s = replace(s, grace_deadline=None)  # episode over: the next exhaustion gets grace
+        s = _with(s, grace_deadline=None)  # episode over: the next exhaustion gets grace
     elif s.mode is PolicyMode.CUTOFF and not (ec_just_accepted or cause is _Cause.EMERGENCY_CREDIT):
         return s  # hysteresis: stays cut until the restore threshold
-    return replace(s, mode=_credit_mode(policy, s, balance), pending_until=None, cut_reason=None)
+    return _with(s, mode=_credit_mode(policy, s, balance), pending_until=None, cut_reason=None)
 
 
 def _exhausted(
@@ -657,7 +657,7 @@ def _switch(
     """Move ``supply_on`` toward the wish, unless the dwell time holds it back."""
     wanted = _wanted_supply_on(s)
     if wanted == s.supply_on:
-        return replace(s, switch_reason=None)
+        return _with(s, switch_reason=None)
     dwell_end = _dwell_end(policy, s)
     if not immediate and dwell_end is not None and now < dwell_end:
         return s
@@ -735,6 +735,34 @@ def _window_bounds(window: FriendlyWindow, day: date, zone: ZoneInfo) -> tuple[d
 def _check_now(now: datetime) -> None:
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"{now!r} is naive; pass an aware UTC datetime")
+
+
+def _with(s: PolicyState, **changes: object) -> PolicyState:
+    """`replace` for the hot path, which runs several steps per reading.
+
+    ``s`` itself when no field would change (most steps of a reading that moves only the
+    balance); identity, not equality, so the result is the very value `replace` gives. Else a
+    copy with the changes, made without `replace`, which reads every field and runs
+    ``__init__`` again: PolicyState has no ``__post_init__`` to run, and the decisions tests
+    hold `_with` to `replace`.
+
+    Raises:
+        TypeError: a name is not a field of `PolicyState`.
+    """
+    if not _STATE_FIELDS.issuperset(changes):
+        unknown = sorted(set(changes) - _STATE_FIELDS)
+        raise TypeError(f"PolicyState has no field {', '.join(unknown)}")
+    for name, value in changes.items():
+        if getattr(s, name) is not value:
+            break
+    else:
+        return s
+    copy = object.__new__(PolicyState)
+    copy.__dict__.update(s.__dict__, **changes)  # the dict itself: frozen __setattr__ refuses
+    return copy
+
+
+_STATE_FIELDS = frozenset(f.name for f in fields(PolicyState))
 
 
 def _sorted(thresholds: Iterable[int]) -> tuple[int, ...]:

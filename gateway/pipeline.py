@@ -27,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from billing_engine.engine import ReadingStatus
 from drivers.ports import DriverEvent, Reading
@@ -40,7 +41,7 @@ from gateway.effects import (
     enqueue_event,
     publish_state_if_due,
 )
-from gateway.northbound.topics import ReadingPayload, SiteTopics
+from gateway.northbound.topics import SiteTopics
 from gateway.store import EntryKind, Store, StoreError, Transaction
 
 logger = logging.getLogger(__name__)
@@ -52,10 +53,14 @@ _HELD = {
     ReadingStatus.OUTSIDE_WINDOW: "outside_window",
 }
 _UNIT_OF = {"kWh": "Wh", "m3": "L", "L": "mL"}
+_STATUS_NAME = {status: status.name.lower() for status in ReadingStatus}
+_NOT_BILLED = frozenset(
+    {ReadingStatus.DUPLICATE, ReadingStatus.OUT_OF_ORDER, ReadingStatus.CONFLICT}
+)
 
 
-@dataclass(frozen=True, slots=True)
-class _Outcome:
+class _Outcome(NamedTuple):
+    # A tuple: one is made per reading, and a frozen dataclass takes three times as long.
     row_id: int
     reading: Reading
     account: Account
@@ -127,7 +132,12 @@ class Pipeline:
         Raises:
             StoreError: the journal could not be written (the driver should retry).
         """
-        await self.put_many([reading])
+        # `put_many` for one reading, without its gather: most drivers put one at a time, and
+        # a gather per reading costs the event loop as much as the rest of the put.
+        self.stats.received += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((reading, future))
+        await future
 
     async def put_many(self, readings: Sequence[Reading]) -> None:
         """Hand over several readings at once (one journal commit for all, when they fit)."""
@@ -363,11 +373,11 @@ class Pipeline:
                 enqueue_event(tx, self._topics, account, "alarm", now, alarm=alarm, detail=detail)
                 touched[account.id] = account
             for outcome in outcomes:
-                self.stats.by_status[outcome.status.name.lower()] += 1
+                self.stats.by_status[_STATUS_NAME[outcome.status]] += 1
                 self._record_outcome(tx, now, outcome)
                 touched[outcome.account.id] = outcome.account
+            tx.save_account_states((a.id, a.to_record()) for a in touched.values())
             for account in touched.values():
-                tx.save_account_state(account.id, account.to_record())
                 publish_state_if_due(tx, self._topics, account, now, self._state_every_s)
 
     def _bill(self, pending: Sequence[tuple[int, Reading, Account, int]]) -> list[_Outcome]:
@@ -442,7 +452,7 @@ class Pipeline:
     def _record_outcome(self, tx: Transaction, now: datetime, outcome: _Outcome) -> None:
         row_id, reading, account = outcome.row_id, outcome.reading, outcome.account
         status, deduction = outcome.status, outcome.deduction
-        name = status.name.lower()
+        name = _STATUS_NAME[status]
         if status in _HELD:
             tx.mark_held(row_id, _HELD[status])
             self.stats.held += 1
@@ -468,23 +478,21 @@ class Pipeline:
             )
             self.stats.deducted_minor += deduction
         tx.mark_billed(row_id, name, deduction)
-        if status in (ReadingStatus.DUPLICATE, ReadingStatus.OUT_OF_ORDER, ReadingStatus.CONFLICT):
+        if status in _NOT_BILLED:
             # A conflict is a second reading within the same whole second (the engine's time
             # unit): registers are cumulative, so the next reading bills what this one saw.
             return
         self.stats.billed += 1
         tariff = self._book.engines[account.config.tariff].tariff
-        out = self._topics.reading_message(
-            ReadingPayload(
-                meter=reading.meter_id,
-                reading_id=reading.reading_id,
-                read_at=reading.read_at,
-                register=reading.register_milli,
-                delta=outcome.delta,
-                unit=_UNIT_OF[tariff.unit.value],
-                quality=reading.quality.value,
-                ts=now,
-            )
+        out = self._topics.reading_message_of(
+            meter=reading.meter_id,
+            reading_id=reading.reading_id,
+            read_at=reading.read_at,
+            register=reading.register_milli,
+            delta=outcome.delta,
+            unit=_UNIT_OF[tariff.unit.value],
+            quality=reading.quality.value,
+            ts=now,
         )
         tx.enqueue(out.topic, out.payload, out.qos, out.retain, out.message_class)
         decision: Decision = on_balance(

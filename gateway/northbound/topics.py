@@ -22,6 +22,7 @@ so they can never contain ``/``, ``+``, ``#`` or whitespace.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -341,6 +342,51 @@ def check_identifier(value: str) -> str:
     return value
 
 
+_PLAIN_READING_ID: Final = re.compile(r"[A-Za-z0-9._:@-]{1,255}")  # valid and never escaped
+_READING_UNITS: Final = frozenset({"Wh", "L", "mL"})
+_READING_QUALITIES: Final = frozenset({"good", "estimated", "suspect"})
+_INT64: Final = range(-(2**63), 2**63)
+
+
+def _plain_reading(
+    meter: object,
+    reading_id: object,
+    read_at: object,
+    register: object,
+    delta: object,
+    unit: object,
+    quality: object,
+    ts: object,
+) -> bool:
+    """True when `ReadingPayload` certainly accepts these fields as they are and its JSON holds
+    them unescaped; exact types only, so nothing is left to the model's conversions."""
+    return (
+        type(meter) is str
+        and _IDENTIFIER_RE.fullmatch(meter) is not None
+        and type(reading_id) is str
+        and _PLAIN_READING_ID.fullmatch(reading_id) is not None
+        and _plain_aware(read_at)
+        and _plain_aware(ts)
+        and type(register) is int
+        and register in _INT64
+        and type(delta) is int
+        and delta in _INT64
+        and type(unit) is str
+        and unit in _READING_UNITS
+        and type(quality) is str
+        and quality in _READING_QUALITIES
+    )
+
+
+# A billing batch stamps every message with the same ``ts``: format it once. Equal aware
+# datetimes are the same instant, which is all `format_rfc3339` looks at.
+_format_ts: Final = functools.lru_cache(maxsize=16)(format_rfc3339)
+
+
+def _plain_aware(value: object) -> bool:
+    return type(value) is datetime and value.utcoffset() is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """A message ready for the outbox: the store persists it, the MQTT link sends it."""
@@ -461,6 +507,52 @@ class SiteTopics:
         return Outgoing(
             self.meter_reading(payload.meter),
             encode_payload(payload),
+            QOS,
+            False,
+            MessageClass.TELEMETRY,
+        )
+
+    def reading_message_of(
+        self,
+        *,
+        meter: str,
+        reading_id: str,
+        read_at: datetime,
+        register: int,
+        delta: int,
+        unit: str,
+        quality: str,
+        ts: datetime,
+    ) -> Outgoing:
+        """``reading_message(ReadingPayload(...))`` of these fields, byte for byte.
+
+        The billing path sends one per reading, and building the model costs more than the
+        rest of the message: fields that plainly satisfy the model (exact types, identifiers
+        and ids of characters JSON never escapes, 64-bit integers) are written directly;
+        anything else goes through the model, which validates it (and raises its
+        ``ValidationError``) as usual.
+        """
+        if not _plain_reading(meter, reading_id, read_at, register, delta, unit, quality, ts):
+            return self.reading_message(
+                ReadingPayload(
+                    meter=meter,
+                    reading_id=reading_id,
+                    read_at=read_at,
+                    register=register,
+                    delta=delta,
+                    unit=unit,
+                    quality=quality,
+                    ts=ts,
+                )
+            )
+        payload = (
+            f'{{"meter":"{meter}","reading_id":"{reading_id}",'
+            f'"read_at":"{format_rfc3339(read_at)}","register":{register},"delta":{delta},'
+            f'"unit":"{unit}","quality":"{quality}","ts":"{_format_ts(ts)}"}}'
+        )
+        return Outgoing(
+            f"{self.root}/meter/{meter}/reading",
+            payload.encode(),
             QOS,
             False,
             MessageClass.TELEMETRY,

@@ -153,32 +153,57 @@ def _state_of(conn: sqlite3.Connection, row_id: int) -> str:
     return "missing" if row is None else str(row[0])
 
 
-def mark_billed(
-    conn: sqlite3.Connection,
-    row_id: int,
-    status: str,
-    deduction_minor: int,
-    detail: JsonObject | None,
-) -> None:
-    """Record the billing outcome of an unbilled (or held, once released) reading.
+BilledMark = tuple[str, int, str | None, int]
+"""A billing outcome ready to write: status, deduction, detail JSON, row id (`billed_mark`)."""
+
+_MARK_BILLED = (
+    "UPDATE readings SET state = 'billed', bill_status = ?, deduction_minor = ?,"
+    " detail_json = ? WHERE row_id = ? AND state IN ('unbilled', 'held')"
+)
+
+
+def billed_mark(
+    row_id: int, status: str, deduction_minor: int, detail: JsonObject | None
+) -> BilledMark:
+    """Check and encode a billing outcome for `mark_billed_many`.
 
     Raises:
-        JournalStateError: the row does not exist or is already billed; billing it again
-            would be a double charge.
+        TypeError: ``deduction_minor`` is not an int, or ``detail`` is not storable JSON.
     """
     if isinstance(deduction_minor, bool) or not isinstance(deduction_minor, int):
         raise TypeError(f"deduction_minor must be an int, got {deduction_minor!r}")
-    cursor = conn.execute(
-        "UPDATE readings SET state = 'billed', bill_status = ?, deduction_minor = ?,"
-        " detail_json = ? WHERE row_id = ? AND state IN ('unbilled', 'held')",
-        (
-            str(status),
-            deduction_minor,
-            jsontext.dumps(detail) if detail is not None else None,
-            row_id,
-        ),
-    )
-    if cursor.rowcount != 1:
+    detail_json = jsontext.dumps(detail) if detail is not None else None
+    return (str(status), deduction_minor, detail_json, row_id)
+
+
+def mark_billed_many(conn: sqlite3.Connection, marks: Sequence[BilledMark]) -> None:
+    """Record the billing outcomes of unbilled (or held, once released) readings, in order;
+    one statement for all of them when they all apply.
+
+    Raises:
+        JournalStateError: the first mark whose row does not exist or is already billed
+            (billing it again would be a double charge), also by an earlier mark of the same
+            call; the marks before it are written, the marks after it are not.
+    """
+    if len(marks) < 2:
+        for mark in marks:
+            _mark_one(conn, mark)
+        return
+    # The savepoint lets a failed batch be undone and replayed one by one, so the error names
+    # the row and its state exactly as a single mark would.
+    conn.execute("SAVEPOINT mark_billed")
+    if conn.executemany(_MARK_BILLED, marks).rowcount == len(marks):
+        conn.execute("RELEASE mark_billed")
+        return
+    conn.execute("ROLLBACK TO mark_billed")
+    conn.execute("RELEASE mark_billed")
+    for mark in marks:
+        _mark_one(conn, mark)
+
+
+def _mark_one(conn: sqlite3.Connection, mark: BilledMark) -> None:
+    if conn.execute(_MARK_BILLED, mark).rowcount != 1:
+        row_id = mark[3]
         raise JournalStateError(row_id, _state_of(conn, row_id), JournalState.BILLED)
 
 

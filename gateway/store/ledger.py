@@ -190,7 +190,8 @@ def _fields_bytes(
 
 
 def _mac(key: bytes, prev_mac: bytes, fields: bytes) -> bytes:
-    return hmac.new(key, prev_mac + fields, hashlib.sha256).digest()
+    # The one-shot form: the same HMAC, without building an hmac object per entry.
+    return hmac.digest(key, prev_mac + fields, "sha256")
 
 
 def _head_tag(key: bytes, seq: int, mac: bytes) -> str:
@@ -220,6 +221,9 @@ _ENTRY_COLUMNS = (
     "seq, account_id, kind, amount_minor, currency, idempotency_key, ref, detail_json,"
     " created_at_us, mac"
 )
+
+
+_EMPTY_DETAIL = jsontext.dumps({})
 
 
 def _entry(values: tuple[Any, ...]) -> LedgerEntry:
@@ -257,6 +261,22 @@ def _validate(kind: EntryKind, amount_minor: int, currency: str, idempotency_key
         )
 
 
+@dataclass(slots=True)
+class ChainCursor:
+    """What one write transaction has appended to the ledger, so that the next append need not
+    read it back: the newest entry it appended (seq, mac), and the currency of every account it
+    looked up or appended to. Only valid inside that transaction: it holds the write lock, so
+    nobody else appends meanwhile.
+
+    Attributes:
+        head: ``(seq, mac)`` of the newest entry appended with this cursor; None until then.
+        currencies: account id -> the currency of its entries.
+    """
+
+    head: tuple[int, bytes] | None = None
+    currencies: dict[str, str] = field(default_factory=dict)
+
+
 def append_entry(
     conn: sqlite3.Connection,
     key: bytes,
@@ -270,11 +290,14 @@ def append_entry(
     detail: JsonObject | None,
     created_at: datetime,
     write_head: bool = True,
+    cursor: ChainCursor | None = None,
 ) -> tuple[LedgerEntry, bool]:
     """Append one entry, or return the entry already stored under the same key.
 
     With ``write_head=False`` the caller writes the chain-head checkpoint itself
     (`write_chain_head`), once for all the entries of its transaction, before it commits.
+    A ``cursor`` carries the chain head and account currencies from one append to the next
+    within one transaction (pass the same one to every append of that transaction).
 
     Must run inside a write transaction (the store's `Transaction` does).
 
@@ -310,18 +333,16 @@ def append_entry(
             raise LedgerConflictError(account_id, idempotency_key, ", ".join(differences))
         return entry, False
 
-    account = conn.execute(
-        "SELECT currency FROM ledger_accounts WHERE account_id = ?", (account_id,)
-    ).fetchone()
-    if account is not None and account[0] != currency:
+    cursor = ChainCursor() if cursor is None else cursor
+    account_currency = _account_currency(conn, cursor, account_id)
+    if account_currency is not None and account_currency != currency:
         raise InvalidEntryError(
-            f"account {account_id} is in {account[0]}; refusing an entry in {currency}"
+            f"account {account_id} is in {account_currency}; refusing an entry in {currency}"
         )
 
-    head = conn.execute("SELECT seq, mac FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
-    prev_seq, prev_mac = (0, GENESIS_MAC) if head is None else (int(head[0]), bytes(head[1]))
+    prev_seq, prev_mac = _chain_head_entry(conn) if cursor.head is None else cursor.head
     seq = prev_seq + 1
-    detail_json = jsontext.dumps(detail if detail is not None else {})
+    detail_json = _EMPTY_DETAIL if detail is None else jsontext.dumps(detail)
     created_at_us = to_micros(created_at)
     mac = _mac(
         key,
@@ -359,6 +380,8 @@ def append_entry(
         " balance_minor = balance_minor + excluded.balance_minor, last_seq = excluded.last_seq",
         (account_id, currency, amount_minor, seq),
     )
+    cursor.head = (seq, mac)
+    cursor.currencies[account_id] = currency
     if write_head:
         write_chain_head(conn, key, seq, mac)
     entry = LedgerEntry(
@@ -369,11 +392,29 @@ def append_entry(
         currency=currency,
         idempotency_key=idempotency_key,
         ref=ref,
-        detail=jsontext.loads_object(detail_json),
+        detail={} if detail is None else jsontext.loads_object(detail_json),
         created_at=from_micros(created_at_us),
         mac=mac,
     )
     return entry, True
+
+
+def _account_currency(conn: sqlite3.Connection, cursor: ChainCursor, account_id: str) -> str | None:
+    """The currency of the account's entries, None for an account without entries."""
+    currency = cursor.currencies.get(account_id)
+    if currency is None:
+        row = conn.execute(
+            "SELECT currency FROM ledger_accounts WHERE account_id = ?", (account_id,)
+        ).fetchone()
+        if row is not None:
+            currency = cursor.currencies[account_id] = row[0]
+    return currency
+
+
+def _chain_head_entry(conn: sqlite3.Connection) -> tuple[int, bytes]:
+    """``(seq, mac)`` of the newest entry; ``(0, GENESIS_MAC)`` for an empty ledger."""
+    head = conn.execute("SELECT seq, mac FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
+    return (0, GENESIS_MAC) if head is None else (int(head[0]), bytes(head[1]))
 
 
 def write_chain_head(conn: sqlite3.Connection, key: bytes, seq: int, mac: bytes) -> None:

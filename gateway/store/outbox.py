@@ -96,7 +96,8 @@ def enqueue(
     pending counter for the caller to write once with `write_pending_deltas` before it commits:
     both save statements on the billing path, where every reading queues messages.
     """
-    message_class = MessageClass(message_class)
+    if message_class.__class__ is not MessageClass:  # a plain string: check and convert it
+        message_class = MessageClass(message_class)
     if qos not in (0, 1, 2):
         raise ValueError(f"qos must be 0, 1 or 2, got {qos!r}")
     if not isinstance(payload, bytes | bytearray | memoryview):
@@ -105,7 +106,8 @@ def enqueue(
         raise ValueError("topic must not be empty")
 
     replaced: list[Any] = []
-    if coalesce_retained_state and retain and message_class is MessageClass.STATE:
+    coalescing = coalesce_retained_state and retain and message_class is MessageClass.STATE
+    if coalescing:
         replaced = conn.execute(
             "DELETE FROM outbox WHERE topic = ? AND retain = 1 AND message_class = ? RETURNING seq",
             (topic, MessageClass.STATE.value),
@@ -115,7 +117,7 @@ def enqueue(
             _bump(conn, "coalesced", MessageClass.STATE.value, len(replaced))
 
     total = _total_pending(conn) if pending_total is None else pending_total
-    if coalesce_retained_state and retain and message_class is MessageClass.STATE and replaced:
+    if coalescing and replaced:
         total -= len(replaced)
     if total >= max_messages:
         # Make room for one more: drop the oldest telemetry, as many as needed when the bound
@@ -134,15 +136,16 @@ def enqueue(
             _bump(conn, "dropped", MessageClass.TELEMETRY.value, 1)
             return EnqueueResult(NOT_QUEUED, over_bound=total > max_messages, pending_total=total)
 
+    class_name = message_class.value
     cursor = conn.execute(
         "INSERT INTO outbox (topic, payload, qos, retain, message_class, enqueued_at_us)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        (topic, bytes(payload), qos, int(retain), message_class.value, now_us),
+        (topic, bytes(payload), qos, int(retain), class_name, now_us),
     )
     if pending_deltas is None:
-        _bump(conn, "pending", message_class.value, 1)
+        _bump(conn, "pending", class_name, 1)
     else:
-        pending_deltas[message_class.value] = pending_deltas.get(message_class.value, 0) + 1
+        pending_deltas[class_name] = pending_deltas.get(class_name, 0) + 1
     if cursor.lastrowid is None:  # cannot happen for an INSERT into a rowid table
         raise StoreError("outbox insert returned no seq")
     return EnqueueResult(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,12 +67,14 @@ class Transaction:
         self._active = True
         self._outbox_total: int | None = None  # pending messages, once read in this transaction
         self._outbox_deltas: dict[str, int] = {}  # pending-counter increments, written at commit
-        self._ledger_head: tuple[int, bytes] | None = None  # last entry appended in this tx
+        self._ledger = ledger.ChainCursor()  # head and currencies appended in this tx
+        self._billed: list[journal.BilledMark] = []  # journal marks not yet written
 
     def _before_commit(self) -> None:
+        self._write_billed()
         outbox.write_pending_deltas(self._conn, self._outbox_deltas)
-        if self._ledger_head is not None:  # one checkpoint per transaction, not per entry
-            ledger.write_chain_head(self._conn, self._store._ledger_key, *self._ledger_head)
+        if self._ledger.head is not None:  # one checkpoint per transaction, not per entry
+            ledger.write_chain_head(self._conn, self._store._ledger_key, *self._ledger.head)
 
     def _c(self) -> sqlite3.Connection:
         if not self._active:
@@ -84,6 +86,7 @@ class Transaction:
         self, readings: Sequence[Reading], received_at: datetime
     ) -> list[int | None]:
         """Journal readings; see `journal.journal_readings` (None marks a duplicate)."""
+        self._write_billed()
         return journal.journal_readings(self._c(), readings, received_at)
 
     def mark_billed(
@@ -91,18 +94,32 @@ class Transaction:
     ) -> None:
         """Record a reading's billing outcome.
 
+        The marks of a transaction are written together, before any other journal write of
+        the transaction and at the latest when it commits (a billing batch marks hundreds of
+        rows: one statement instead of one each).
+
         Raises:
-            JournalStateError: the row is missing or already billed.
+            TypeError: ``deduction_minor`` is not an int or ``detail`` is not storable JSON.
+            JournalStateError: the row is missing or already billed; raised by the call that
+                writes the marks, at the latest by the commit, which then rolls back.
         """
-        journal.mark_billed(self._c(), row_id, status, deduction_minor, detail)
+        self._c()  # refuses once the transaction has ended
+        self._billed.append(journal.billed_mark(row_id, status, deduction_minor, detail))
 
     def mark_held(self, row_id: int, reason: str) -> None:
         """Quarantine an unbilled reading.
 
         Raises:
-            JournalStateError: the row is missing or not unbilled.
+            JournalStateError: the row is missing or not unbilled (or a pending billing mark
+                of this transaction could not be written; see `mark_billed`).
         """
+        self._write_billed()
         journal.mark_held(self._c(), row_id, reason)
+
+    def _write_billed(self) -> None:
+        if self._billed:
+            marks, self._billed = self._billed, []
+            journal.mark_billed_many(self._c(), marks)
 
     # --- ledger --------------------------------------------------------------------------------
     def append_entry(
@@ -123,7 +140,7 @@ class Transaction:
             LedgerConflictError: same key, different kind, amount or currency.
             InvalidEntryError: the entry breaks a sign, type or currency rule.
         """
-        entry, created = ledger.append_entry(
+        return ledger.append_entry(
             self._c(),
             self._store._ledger_key,
             account_id=account_id,
@@ -135,10 +152,8 @@ class Transaction:
             detail=detail,
             created_at=created_at,
             write_head=False,
+            cursor=self._ledger,
         )
-        if created:
-            self._ledger_head = (entry.seq, entry.mac)
-        return entry, created
 
     def balance(self, account_id: str) -> int:
         """The account's balance (sum of entries) as seen inside this transaction."""
@@ -228,6 +243,16 @@ class Transaction:
             TypeError: a value is not int, str or None.
         """
         accounts.save_account_state(self._c(), account_id, state, to_micros(self._store.clock()))
+
+    def save_account_states(
+        self, states: Iterable[tuple[str, Mapping[str, int | str | None]]]
+    ) -> None:
+        """Replace the persisted runtime state of several accounts (one statement for all).
+
+        Raises:
+            TypeError: a value is not int, str or None (nothing is written then).
+        """
+        accounts.save_account_states(self._c(), states, to_micros(self._store.clock()))
 
 
 class Store:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from enum import IntEnum, StrEnum
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,43 @@ def test_account_state_rejects_non_int_str_none(store: Store, bad: object) -> No
     with pytest.raises(TypeError, match="x"), store.transaction() as tx:
         tx.save_account_state("a", {"x": bad})  # type: ignore[dict-item]
     assert store.load_account_states() == {}
+
+
+def test_save_account_states_many_in_one_call_later_wins(db_path: Path) -> None:
+    with Store(db_path, ledger_key=KEY) as store:
+        with store.transaction() as tx:
+            tx.save_account_states(
+                [("a", {"n": 1, "s": "x", "none": None}), ("b", {"n": 2**70}), ("a", {"n": 3})]
+            )
+        with store.transaction() as tx:
+            tx.save_account_states([])
+        assert store.load_account_states() == {"a": {"n": 3}, "b": {"n": 2**70}}
+
+
+@pytest.mark.parametrize("bad", [1.0, True, [1], {"k": 1}])
+def test_save_account_states_rejects_non_int_str_none_writes_nothing(
+    store: Store, bad: object
+) -> None:
+    with store.transaction() as tx:
+        with pytest.raises(TypeError, match="account b: state field 'x' must be int, str or None"):
+            tx.save_account_states([("a", {"x": 1}), ("b", {"x": bad})])  # type: ignore[list-item]
+        tx.record_event("a", "still_open", None, T0)  # the transaction goes on and commits
+    assert store.load_account_states() == {}
+    assert [e.kind for e in store.events()] == ["still_open"]
+
+
+def test_save_account_states_accepts_str_and_int_subclasses(store: Store) -> None:
+    class Mode(StrEnum):
+        ACTIVE = "active"
+
+    class Level(IntEnum):
+        LOW = 2
+
+    with store.transaction() as tx:
+        tx.save_account_states([("a", {"mode": Mode.ACTIVE, "level": Level.LOW})])
+    assert store.load_account_states() == {"a": {"mode": "active", "level": 2}}
+
+
+def test_save_account_states_rejects_non_str_key(store: Store) -> None:
+    with pytest.raises(TypeError, match="keys must be str"), store.transaction() as tx:
+        tx.save_account_states([("a", {1: 1})])  # type: ignore[dict-item]

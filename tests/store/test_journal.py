@@ -151,3 +151,84 @@ def test_last_reading_is_latest_read_at(store: Store) -> None:
 def test_journal_naive_received_at_rejected(store: Store) -> None:
     with pytest.raises(ValueError, match="naive"), store.transaction() as tx:
         tx.journal_readings([reading()], T0.replace(tzinfo=None))
+
+
+def test_mark_billed_many_in_one_transaction_written_at_commit(store: Store) -> None:
+    with store.transaction() as tx:
+        ids = tx.journal_readings([reading(minute=m) for m in range(3)], T0)
+    with store.transaction() as tx:
+        for n, row_id in enumerate(ids):
+            tx.mark_billed(row_id or 0, "billed", 10 * n, {"n": n} if n else None)
+    rows = [store.journal_row(row_id or 0) for row_id in ids]
+    assert [(r.state, r.deduction_minor, r.detail) for r in rows if r is not None] == [
+        (JournalState.BILLED, 0, None),
+        (JournalState.BILLED, 10, {"n": 1}),
+        (JournalState.BILLED, 20, {"n": 2}),
+    ]
+
+
+def test_mark_billed_same_row_twice_in_one_transaction_raises_and_rolls_back(
+    store: Store,
+) -> None:
+    with store.transaction() as tx:
+        first, second = tx.journal_readings([reading(minute=0), reading(minute=1)], T0)
+    assert first is not None
+    assert second is not None
+    with pytest.raises(JournalStateError) as err, store.transaction() as tx:  # noqa: PT012
+        tx.mark_billed(first, "billed", 10, None)
+        tx.mark_billed(second, "billed", 10, None)
+        tx.mark_billed(first, "billed", 10, None)
+    assert (err.value.row_id, err.value.state) == (first, "billed")
+    assert [r.row_id for r in store.unbilled(10)] == [first, second]
+
+
+def test_mark_billed_missing_row_among_many_raises_and_rolls_back(store: Store) -> None:
+    with store.transaction() as tx:
+        ids = tx.journal_readings([reading(minute=0), reading(minute=1)], T0)
+    with pytest.raises(JournalStateError) as err, store.transaction() as tx:  # noqa: PT012
+        tx.mark_billed(ids[0] or 0, "billed", 1, None)
+        tx.mark_billed(999, "billed", 1, None)
+        tx.mark_billed(ids[1] or 0, "billed", 1, None)
+    assert (err.value.row_id, err.value.state) == (999, "missing")
+    assert len(store.unbilled(10)) == 2
+
+
+def test_mark_held_sees_mark_billed_of_same_transaction(store: Store) -> None:
+    with store.transaction() as tx:
+        (row_id,) = tx.journal_readings([reading()], T0)
+    assert row_id is not None
+    with pytest.raises(JournalStateError) as err, store.transaction() as tx:  # noqa: PT012
+        tx.mark_billed(row_id, "billed", 1, None)
+        tx.mark_held(row_id, "suspect")
+    assert err.value.state == "billed"
+
+
+def test_mark_billed_non_int_deduction_raises_at_call(store: Store) -> None:
+    with store.transaction() as tx:
+        (row_id,) = tx.journal_readings([reading()], T0)
+        with pytest.raises(TypeError, match="deduction_minor"):
+            tx.mark_billed(row_id or 0, "billed", True, None)
+        with pytest.raises(TypeError, match="float"):
+            tx.mark_billed(row_id or 0, "billed", 1, {"x": 0.5})  # type: ignore[dict-item]
+    assert len(store.unbilled(10)) == 1
+
+
+def test_journal_readings_large_batch_ids_and_duplicates(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # More readings than one id lookup takes, with duplicates of earlier batches, of the same
+    # batch, and one with another register.
+    with store.transaction() as tx:
+        early = tx.journal_readings([reading(minute=m) for m in range(0, 1500, 3)], T0)
+    batch = [reading(minute=m) for m in range(1200)]
+    batch += [reading(minute=7), reading(minute=8, register_milli=5)]
+    with store.transaction() as tx:
+        ids = tx.journal_readings(batch, T0)
+    fresh = [i for i in ids if i is not None]
+    assert [i is None for i in ids[:1200]] == [m % 3 == 0 for m in range(1200)]
+    stored = {r.row_id: r.reading for r in store.unbilled(5000)}
+    assert [stored[i] for i in fresh] == [r for r, i in zip(batch, ids, strict=True) if i]
+    assert ids[1200:] == [None, None]
+    assert fresh == sorted(fresh)
+    assert min(fresh) > max(i or 0 for i in early)
+    assert caplog.text.count("conflicting duplicate") == 1

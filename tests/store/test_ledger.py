@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -202,3 +206,79 @@ def test_append_only_tables_refuse_sql_changes(store: Store, db_path: Path, stat
 def test_store_method_inside_transaction_raises_not_deadlocks(store: Store) -> None:
     with pytest.raises(StoreError, match="inside a transaction"), store.transaction():
         store.balance("a")
+
+
+def _documented_macs(key: bytes, store: Store) -> list[bytes]:
+    """The chain as the module docstring defines it, recomputed from the stored entries."""
+    macs, prev = [], bytes(32)
+    for e in store.entries():
+        fields = {
+            "seq": e.seq,
+            "account_id": e.account_id,
+            "kind": e.kind.value,
+            "amount_minor": e.amount_minor,
+            "currency": e.currency,
+            "idempotency_key": e.idempotency_key,
+            "ref": e.ref,
+            "detail": json.dumps(e.detail, sort_keys=True, separators=(",", ":")),
+            "created_at_us": (e.created_at - datetime(1970, 1, 1, tzinfo=UTC))
+            // timedelta(microseconds=1),
+        }
+        body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+        prev = hmac.new(key, prev + body, hashlib.sha256).digest()
+        macs.append(prev)
+    return macs
+
+
+def test_append_entry_many_in_one_transaction_chain_as_documented(db_path: Path) -> None:
+    # The chain head is carried from append to append within a transaction; the MACs must be
+    # those of one entry per transaction.
+    def fill(path: Path, per_tx: int) -> list[bytes]:
+        with Store(path, ledger_key=KEY) as store:
+            steps = [
+                ("a", EntryKind.TOPUP, 1000, "t1", None),
+                ("b", EntryKind.TOPUP, 500, "t1", {"n": 1}),
+                ("a", EntryKind.DEDUCTION, -7, "r1", None),
+                ("a", EntryKind.DEDUCTION, -7, "r1", None),  # a retry: no new entry
+                ("b", EntryKind.DEDUCTION, -9, "r1", {"z": [1, "x"]}),
+                ("a", EntryKind.ADJUSTMENT, 3, "adj", None),
+            ]
+            for start in range(0, len(steps), per_tx):
+                with store.transaction() as tx:
+                    for account, kind, amount, key, detail in steps[start : start + per_tx]:
+                        tx.append_entry(
+                            account, kind, amount, "EUR", key, created_at=T0, detail=detail
+                        )
+            assert store.verify_ledger().ok
+            assert _documented_macs(KEY, store) == [e.mac for e in store.entries()]
+            head = store.chain_head()
+            assert head is not None
+            assert head.seq == 5
+            return [e.mac for e in store.entries()]
+
+    assert fill(db_path, 6) == fill(db_path.with_name("one-by-one.sqlite3"), 1)
+
+
+def test_append_entry_same_transaction_retry_and_conflict(store: Store) -> None:
+    with store.transaction() as tx:
+        first, _ = tx.append_entry("a", EntryKind.TOPUP, 100, "EUR", "t1", created_at=T0)
+        again, created = tx.append_entry("a", EntryKind.TOPUP, 100, "EUR", "t1", created_at=T0)
+        assert (again, created) == (first, False)
+        with pytest.raises(LedgerConflictError):
+            tx.append_entry("a", EntryKind.TOPUP, 101, "EUR", "t1", created_at=T0)
+        with pytest.raises(InvalidEntryError, match="GBP"):
+            tx.append_entry("a", EntryKind.TOPUP, 100, "GBP", "t2", created_at=T0)
+        second, created = tx.append_entry("a", EntryKind.TOPUP, 5, "EUR", "t2", created_at=T0)
+    assert created
+    assert second.seq == first.seq + 1
+    assert store.balance("a") == 105
+    assert store.verify_ledger().ok
+
+
+def test_append_entry_reused_key_other_currency_is_a_conflict_not_a_currency_error(
+    store: Store,
+) -> None:
+    with store.transaction() as tx:
+        tx.append_entry("a", EntryKind.TOPUP, 100, "EUR", "t1", created_at=T0)
+        with pytest.raises(LedgerConflictError, match="currency"):
+            tx.append_entry("a", EntryKind.TOPUP, 100, "GBP", "t1", created_at=T0)

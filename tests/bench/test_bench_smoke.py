@@ -1,0 +1,76 @@
+"""Every ``prepay bench`` runs end to end on a small load and ends with its JSON line.
+
+Numbers are not asserted (timings do not belong in tests); what is asserted is that each
+benchmark runs, checks what it claims to check (kernel = reference, AOT = JIT, every shutoff
+seen) and reports the keys its docs name. A benchmark that no longer runs is a defect.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench(*args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_bench_billing_runs_and_both_builds_agree() -> None:
+    result = _bench("billing", "--readings", "20000", "--accounts", "500")
+    assert result["readings"] == 20_000
+    assert result["agree"] is True
+    assert result["aot_agrees_with_jit"] is True
+    assert result["kernel_readings_per_s"] > 0
+    assert result["aot_readings_per_s"] > 0
+
+
+def test_bench_gateway_runs_every_phase() -> None:
+    result = _bench(
+        "gateway",
+        "--accounts",
+        "50",
+        "--readings",
+        "500",
+        "--outage-readings",
+        "300",
+        "--shutoffs",
+        "5",
+        "--background",
+        "100",
+    )
+    assert result["kernel"] == "aot"
+    assert result["sustained_readings"] == 500
+    assert result["shutoff_count"] == 5
+    assert result["shutoff_missing"] == 0
+    assert result["drain_messages"] >= 300
+    assert result["held"] == 0
+    assert result["supervised_failures"] == 0
+    assert set(result["targets_met"]) == {
+        "readings_per_s",
+        "drain_msgs_per_s",
+        "shutoff_p99_ms",
+        "rss_mb",
+    }
+
+
+def test_bench_modbus_runs() -> None:
+    result = _bench("modbus", "--seconds", "0.3", "--fleet-seconds", "0.5")
+    assert result["tcp_raw_tps"] > 0
+    assert result["tcp_gateway_tps"] > 0
+    assert result["pty_gateway_tps"] > 0
+    assert result["fleet_meters"] == 1000
