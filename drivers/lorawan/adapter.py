@@ -121,6 +121,10 @@ class LnsAdapter:
                         offline_reported = False
                     async for message in client.messages:
                         await self._handle(str(message.topic), message.payload, sink)
+                        # Only now, with the readings journalled (`put` returned), does the
+                        # broker learn the uplink is taken; a crash before this leaves it
+                        # unacknowledged, and a persistent session delivers it again.
+                        _acknowledge(client, message)
             except (aiomqtt.MqttError, TimeoutError) as exc:
                 self._connected.clear()
                 self._client = None
@@ -275,17 +279,23 @@ class LnsAdapter:
 
     def _make_client(self) -> aiomqtt.Client:
         broker = self.config.broker
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             broker.host,
             broker.port,
             username=broker.username,
             password=broker.password.get_secret_value() if broker.password else None,
             identifier=broker.client_id,
+            # With a fixed client id the broker keeps the session, and with it the QoS 1
+            # uplinks not yet acknowledged, across our restarts; a random id would orphan it.
+            clean_session=broker.client_id is None,
             keepalive=broker.keepalive_s,
             protocol=aiomqtt.ProtocolVersion.V311,  # TTS speaks MQTT 3.1.1 only
             tls_params=aiomqtt.TLSParameters() if broker.tls else None,
             timeout=self.config.io_timeout_s,
         )
+        if self.config.qos > 0:
+            _manual_acks(client)
+        return client
 
     def _filters(self) -> list[str]:
         config = self.config
@@ -296,6 +306,21 @@ class LnsAdapter:
         if config.kind == "chirpstack":
             return [chirpstack_event_filter(config.prefix, config.application_id)]
         return tts_event_filters(config.prefix, tts_user(config.application_id, config.tenant_id))
+
+
+def _manual_acks(client: aiomqtt.Client) -> None:
+    """Acknowledge QoS 1 uplinks ourselves, after they are journalled, not on arrival.
+
+    aiomqtt has no public switch for paho-mqtt's manual acknowledgement yet (aiomqtt issue
+    #345, pull request #346, open): it is set on the paho client aiomqtt wraps. paho's own API
+    (`manual_ack_set`, `ack`), used from the event loop that runs the client, as aiomqtt does.
+    """
+    client._client.manual_ack_set(True)
+
+
+def _acknowledge(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    if message.qos > 0:
+        client._client.ack(message.mid, message.qos)  # private: see `_manual_acks`
 
 
 def _check_codecs(config: LnsConfig, codecs: Mapping[str, CodecSpec]) -> None:

@@ -4,6 +4,7 @@ closes a valve with a downlink, and confirms it by the network's ack and the val
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from typing import Any
@@ -11,12 +12,13 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from drivers.lorawan.adapter import LnsAdapter
 from drivers.lorawan.config import LnsConfig
 from drivers.lorawan.valves import CommandPhase
-from drivers.ports import DriverError, DriverEventKind, SupplyState
+from drivers.ports import DriverError, DriverEventKind, Reading, SupplyState
 from firmware_sim.lns_uplink import LnsSimulator, SimKind
 from tests.fixtures.mosquitto import Broker
-from tests.lorawan.helpers import WAIT_S, running
+from tests.lorawan.helpers import WAIT_S, QueueSink, codecs, running
 
 pytestmark = pytest.mark.integration
 
@@ -244,3 +246,48 @@ async def test_e2e_simulator_program_publishes_to_the_adapter(mosquitto: Broker)
             for r in [await sink.next_reading(), await sink.next_reading()]
         }
         assert got == {("M1", 50), ("M2", 5)}
+
+
+class _CrashingSink(QueueSink):
+    """A sink whose journal never commits: `put` takes the reading and never returns, as in a
+    gateway that dies before its journal commit."""
+
+    async def put(self, reading: Reading) -> None:
+        await self.readings.put(reading)
+        await asyncio.Event().wait()
+
+
+async def test_e2e_qos1_uplink_taken_before_a_crash_is_delivered_again(mosquitto: Broker) -> None:
+    config = _config(mosquitto, "chirpstack").model_copy(
+        update={
+            "broker": _config(mosquitto, "chirpstack").broker.model_copy(
+                update={"client_id": "gw-durable-uplinks"}
+            )
+        }
+    )
+    async with _sim(mosquitto, "chirpstack") as sim:
+        meter = sim.add_meter(METER_EUI, "meter-1", pulse=100)
+        crashing = _CrashingSink()
+        adapter = LnsAdapter(config, codecs())
+        task = asyncio.create_task(adapter.run(crashing))
+        async with asyncio.timeout(WAIT_S):
+            await adapter.wait_connected()
+        await sim.uplink(meter)
+        taken = await crashing.next_reading()
+        task.cancel()  # the process dies with the uplink taken but not journalled
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+        # The next start, same client id: the broker delivers the unacknowledged uplink again.
+        async with running(config) as (_, sink):
+            again = await sink.next_reading()
+            assert (again.reading_id, again.register_milli) == (taken.reading_id, 1000)
+            meter.pulse += 1
+            await sim.uplink(meter)
+            assert (await sink.next_reading()).register_milli == 1010
+
+        # It was acknowledged this time (after `put` returned): a third start gets nothing old.
+        async with running(config) as (_, sink):
+            meter.pulse += 1
+            await sim.uplink(meter)
+            assert (await sink.next_reading()).register_milli == 1020
