@@ -8,13 +8,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing_engine.engine import AccountState, BillingEngine, ReadingStatus
+from billing_engine.kernels import Kernel
 from billing_engine.reference import RefAccount, ReferenceBiller
 from billing_engine.tariff import Tariff
 from tests.billing.strategies import reading_runs, tariffs
 
 
 @given(tariff=tariffs(), data=st.data())
-def test_kernel_equals_reference_on_random_tariffs(tariff: Tariff, data: st.DataObject) -> None:
+def test_kernel_equals_reference_on_random_tariffs(
+    billing_kernel: Kernel | None, tariff: Tariff, data: st.DataObject
+) -> None:
+    # Both builds of the kernel: the JIT and the ahead-of-time module the daemon loads.
     start = tariff.starts_at
     runs = [data.draw(reading_runs(start)) for _ in range(data.draw(st.integers(1, 3)))]
     classes = tariff.class_names
@@ -34,7 +38,9 @@ def test_kernel_equals_reference_on_random_tariffs(tariff: Tariff, data: st.Data
         )
         for i in range(len(runs))
     ]
-    results = BillingEngine(tariff).bill(accounts, [(i, at, reg) for at, i, reg in batch])
+    results = BillingEngine(tariff, billing_kernel).bill(
+        accounts, [(i, at, reg) for at, i, reg in batch]
+    )
 
     ref_accounts = [
         RefAccount(
