@@ -142,7 +142,7 @@ def build_drivers(site: Site) -> tuple[list[ReadingSource], list[Actuator]]:
     sources: list[ReadingSource] = []
     actuators: list[Actuator] = []
     # Each driver's protocol library loads only for a site that has such devices (pymodbus and
-    # bleak are about 13 MB resident that a LoRa-only box need not carry).
+    # bleak are about 6 MB resident that a LoRa-only box need not carry).
     if devices.modbus_buses:
         from drivers.modbus.builder import build_modbus  # noqa: PLC0415
 
