@@ -38,11 +38,15 @@ METERS = ("m1", "m2")
 
 
 class GatedRelay:
-    """A loopback TCP relay to the broker that refuses connections while closed."""
+    """A loopback TCP relay to the broker that refuses connections while closed, and can go
+    silent: a black hole passes nothing either way and closes nothing, as a dead mobile link
+    does, until `restore` drops its connections (the link "dies") and lets new ones through."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.open = True
+        self.blackholed = False
+        self.swallowed = 0  # bytes lost in the black hole
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -62,10 +66,23 @@ class GatedRelay:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def blackhole(self) -> None:
+        self.blackholed = True
+
+    def restore(self) -> None:
+        self.blackholed = False
+        for writer in self._writers:
+            writer.close()
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         try:
             if not self.open:
+                return
+            if self.blackholed:  # accepted, then silence: the CONNECT goes nowhere
+                with contextlib.suppress(OSError):
+                    while data := await reader.read(65536):
+                        self.swallowed += len(data)
                 return
             try:
                 async with asyncio.timeout(2):
@@ -85,10 +102,12 @@ class GatedRelay:
         finally:
             writer.close()
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
+                if self.blackholed:
+                    self.swallowed += len(data)
+                    continue  # lost in the black hole; `restore` ends this connection
                 writer.write(data)
                 await writer.drain()
 
@@ -189,7 +208,7 @@ async def _running(gateway: Gateway) -> AsyncIterator[None]:
             await task
 
 
-def _site(tmp_path: Path, mqtt_port: int) -> Site:
+def _site(tmp_path: Path, mqtt_port: int, **mqtt_settings: Any) -> Site:
     accounts = [
         {
             "id": "A1",
@@ -214,6 +233,7 @@ def _site(tmp_path: Path, mqtt_port: int) -> Site:
         "backoff_max_s": 0.5,
         "drain_deadline_s": 2.0,
         "batch_max": 7,  # the backlog goes out as several batches per meter
+        **mqtt_settings,
     }
     return load(tmp_path, mqtt_port=mqtt_port, accounts=accounts, extra={"mqtt": mqtt})
 
@@ -285,4 +305,46 @@ async def test_broker_outage_backlog_drains_complete_and_in_order(
         assert list(first_seen) == journalled, meter
         registers = [d["register"] for d in first_seen.values()]
         assert registers == sorted(registers)
+    audit_books(site, expect_outbox_empty=True)
+
+
+async def test_silent_outage_keeps_every_unacknowledged_message(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    """The link black-holes (no RST, no FIN), then dies. A PUBLISH that got no PUBACK stays in
+    the outbox and goes again on the next connection; nothing is deleted on a timer. (A peer
+    gateway lost most of such an outage this way: shared/research/peers-gateways.md.)"""
+    watcher = Watcher()
+    source, valve = DrivenSource(), RecordingValve()
+    async with GatedRelay(mosquitto.port) as relay:
+        site = _site(tmp_path, relay.port, publish_timeout_s=1.5, connect_timeout_s=1.0)
+        gateway = Gateway(site, sources=[source], actuators=[valve])
+        assert gateway.link is not None
+        link = gateway.link
+        async with _running(gateway), watcher.connected(mosquitto.host, mosquitto.port):
+            await source.attached.wait()
+            await watcher.wait_for(lambda t, d: t.endswith("/status") and d["status"] == "online")
+            await source.emit(5, 10)
+            await watcher.wait_until(_all_seen(gateway, watcher))
+            connects = link.counters.connects
+
+            relay.blackhole()
+            await source.emit(20, 10)  # published into the black hole: no PUBACK comes back
+            await _until(lambda: not link.connected.is_set())  # the publish timed out
+            assert relay.swallowed > 200  # PUBLISHes of readings went in and were lost
+            assert gateway.store.outbox_stats().total_pending > 0  # kept, not given up
+            await asyncio.sleep(1.5)  # reconnects meanwhile go nowhere either
+            assert not link.connected.is_set()
+
+            relay.restore()
+            await watcher.wait_until(_all_seen(gateway, watcher), timeout_s=30)
+            await _until(lambda: gateway.store.outbox_stats().total_pending == 0)
+            assert link.counters.connects > connects
+            rows = _published_rows(gateway)
+
+    for meter in METERS:
+        journalled = [r.reading.reading_id for r in rows if r.reading.meter_id == meter]
+        assert len(journalled) == 25
+        first_seen = list(dict.fromkeys(d["reading_id"] for d in watcher.readings(meter)))
+        assert first_seen == journalled, meter
     audit_books(site, expect_outbox_empty=True)
