@@ -313,6 +313,8 @@ def main() -> None:
             str(SITES / "keys" / "ledger.key"),
         ]
     )
+    step("what an operator on the box sees: prepay status, read from the store")
+    run_cli(["status", "-c", str(SITES / "demo-site.yaml"), "--events", "5"])
     step("billing benchmark (quick)")
     run_cli(["bench", "billing", "--quick"])
     if status:

@@ -104,6 +104,18 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
 
 
+def _status(args: argparse.Namespace) -> int:
+    from gateway.config import load_site  # noqa: PLC0415
+    from gateway.status import collect, render, to_json  # noqa: PLC0415
+
+    try:
+        status = collect(load_site(Path(args.config)), events=args.events)
+    except InvalidConfigError as exc:
+        return _print_errors(exc)
+    print(json.dumps(to_json(status)) if args.json else render(status))
+    return EXIT_OK
+
+
 def _kernel_cache_dir(args: argparse.Namespace) -> Path:
     from billing_engine import kernels  # noqa: PLC0415
     from gateway.config import load_site  # noqa: PLC0415
@@ -271,6 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, metavar="SITE.yaml")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=_run)
+
+    status = commands.add_parser(
+        "status", help="journal, outbox, accounts and recent events, from the store"
+    )
+    status.add_argument("-c", "--config", required=True, help="the site file")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.add_argument("--events", type=int, default=10, help="how many recent events")
+    status.set_defaults(func=_status)
 
     kernel = commands.add_parser("kernel", help="the billing kernel's ahead-of-time build")
     kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True)

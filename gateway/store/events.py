@@ -65,3 +65,16 @@ def events(
         Event(event_id, acct, kind, jsontext.loads_object(detail_json), from_micros(at_us))
         for event_id, acct, kind, detail_json, at_us in conn.execute(query, (*args, limit))
     ]
+
+
+def recent_events(conn: sqlite3.Connection, limit: int) -> list[Event]:
+    """The ``limit`` newest events, oldest of them first."""
+    rows = conn.execute(
+        "SELECT event_id, account_id, kind, detail_json, at_us FROM events"
+        " ORDER BY event_id DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [
+        Event(event_id, acct, kind, jsontext.loads_object(detail_json), from_micros(at_us))
+        for event_id, acct, kind, detail_json, at_us in reversed(rows)
+    ]

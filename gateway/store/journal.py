@@ -231,6 +231,21 @@ def rows_in_state(conn: sqlite3.Connection, state: JournalState, limit: int) -> 
     return [_row(values) for values in cursor]
 
 
+def counts(conn: sqlite3.Connection) -> tuple[dict[JournalState, int], dict[str, int]]:
+    """How many rows are in each state, and how many held rows per hold reason."""
+    by_state = dict.fromkeys(JournalState, 0)
+    for state, count in conn.execute("SELECT state, COUNT(*) FROM readings GROUP BY state"):
+        by_state[JournalState(state)] = int(count)
+    held = {
+        str(reason): int(count)
+        for reason, count in conn.execute(
+            "SELECT hold_reason, COUNT(*) FROM readings WHERE state = 'held'"
+            " GROUP BY hold_reason ORDER BY hold_reason"
+        )
+    }
+    return by_state, held
+
+
 def journal_row(conn: sqlite3.Connection, row_id: int) -> JournalRow | None:
     """The journal row ``row_id``, or None when there is none."""
     values = conn.execute(

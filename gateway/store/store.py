@@ -403,6 +403,11 @@ class Store:
         with self._locked() as conn:
             return journal.rows_in_state(conn, JournalState.HELD, limit)
 
+    def journal_counts(self) -> tuple[dict[JournalState, int], dict[str, int]]:
+        """Rows per journal state, and held rows per hold reason."""
+        with self._locked() as conn:
+            return journal.counts(conn)
+
     def journal_row(self, row_id: int) -> JournalRow | None:
         """One journal row, or None when there is none."""
         with self._locked() as conn:
@@ -497,6 +502,11 @@ class Store:
         """Journalled events after ``after_id``, oldest first."""
         with self._locked() as conn:
             return events.events(conn, account_id, after_id, limit)
+
+    def recent_events(self, limit: int) -> list[Event]:
+        """The ``limit`` newest journalled events, oldest of them first."""
+        with self._locked() as conn:
+            return events.recent_events(conn, limit)
 
     def load_account_states(self) -> dict[str, AccountState]:
         """Every persisted account runtime state, by account id."""

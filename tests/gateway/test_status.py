@@ -1,0 +1,85 @@
+"""`prepay status`: read from the store, with the daemon running; numbers match the store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from drivers.ports import Reading
+from gateway.cli import main
+from gateway.config import load_site
+from gateway.daemon import Gateway
+from tests.fixtures.mosquitto import free_port
+from tests.gateway.site import write_site
+
+T0 = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)
+
+
+async def test_status_reports_journal_outbox_accounts_and_events(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site_file = write_site(tmp_path, mqtt_port=free_port())
+    gateway = Gateway(
+        load_site(site_file),
+        clock=lambda: T0 + timedelta(hours=9),
+        sources=[],
+        actuators=[],
+        connect_mqtt=False,  # every message stays in the outbox
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(gateway.run(stop.wait))
+    await gateway.ready.wait()
+    # Beijing water, tier 1 at 5.00 yuan/m3: a baseline, then +3 m3 = 15.00 yuan.
+    await gateway.pipeline.put(Reading("m1", T0, 10_000))
+    await gateway.pipeline.put(Reading("m1", T0 + timedelta(hours=1), 13_000))
+    await gateway.pipeline.put(Reading("m-unknown", T0, 1))  # no account: held
+    async with asyncio.timeout(10):
+        while gateway.store.unbilled(1) or gateway.pipeline.stats.held < 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+    # With the daemon still running: a second connection reads a consistent snapshot.
+    assert main(["status", "-c", str(site_file), "--json", "--events", "50"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    head = gateway.store.chain_head()
+    balance = gateway.store.balance("A1")
+    stop.set()
+    await task
+
+    assert doc["site"] == "test-site"
+    assert doc["journal"] == {"unbilled": 0, "billed": 2, "held": 1}
+    assert doc["held"] == {"unknown_meter": 1}
+    # Readings published (baseline + billed) and the account's state wait for a broker.
+    assert doc["outbox"]["pending"]["telemetry"] == 2
+    assert doc["outbox"]["dropped"] == {}
+    assert head is not None
+    assert doc["ledger_entries"] == head.seq
+    [account] = doc["accounts"]
+    assert account == {
+        "account": "A1",
+        "meter": "m1",
+        "balance_minor": -1_500,
+        "debt_minor": 0,
+        "currency": "CNY",
+        "state": account["state"],
+        "supply": "off",
+        "last_reading_at": "2026-06-01T01:00:00.000Z",
+    }
+    assert account["balance_minor"] == balance
+    assert account["state"] in ("cutoff", "grace")
+    assert "cutoff" in [e["event"] for e in doc["recent_events"] if e["account"] == "A1"]
+
+    assert main(["status", "-c", str(site_file)]) == 0
+    text = capsys.readouterr().out
+    assert "journal: 3 readings: 0 unbilled, 2 billed, 1 held" in text
+    assert "held: unknown_meter 1" in text
+    assert "A1  -15.00 CNY" in text
+
+
+def test_status_names_a_bad_site_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    site_file = write_site(tmp_path, mqtt_port=70_000)
+    assert main(["status", "-c", str(site_file)]) == 1
+    assert "mqtt.port" in capsys.readouterr().err
