@@ -113,6 +113,9 @@ class SiteConfig(_Model):
     # debt changes go out at once); dirty balances are flushed when the interval has passed.
     state_publish_interval_s: Annotated[float, Field(ge=0)] = 10.0
     batch_max: Annotated[int, Field(ge=1)] = 500
+    # Billed readings are deleted from the journal this many days after they were received
+    # (null: never). The ledger, events and account state are kept whatever this says.
+    journal_retention_days: Annotated[int, Field(ge=1)] | None = 400
 
     @model_validator(mode="after")
     def accounts_unique(self) -> Self:

@@ -20,7 +20,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 
@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "prepay.sqlite"
 SHUTDOWN_BUDGET_S = 4.5
 _MAX_TICK_S = 60.0
+_RETENTION_PERIOD_S = 6 * 3600.0  # a day of readings is pruned in a few short passes
 
 
 def _utc_now() -> datetime:
@@ -433,6 +434,32 @@ class Gateway:
             if sent:
                 self.wake.set()
 
+    async def _journal_retention(self) -> None:
+        """Prunes billed readings older than ``journal_retention_days``, at start and then every
+        few hours, so the journal stays bounded on a small box's SD card."""
+        while True:
+            days = self.site.config.journal_retention_days
+            if days is not None:
+                cutoff = self.clock() - timedelta(days=days)
+                pruned = await asyncio.to_thread(self._prune_journal, cutoff)
+                if pruned:
+                    logger.info(
+                        "journal: pruned %d billed readings received before %s", pruned, cutoff
+                    )
+            await asyncio.sleep(_RETENTION_PERIOD_S)
+
+    def _prune_journal(self, cutoff: datetime) -> int:
+        pruned = self.store.prune_journal(cutoff)
+        if pruned:
+            with self.store.transaction() as tx:
+                tx.record_event(
+                    None,
+                    "journal_pruned",
+                    {"readings": pruned, "received_before": cutoff.isoformat()},
+                    self.clock(),
+                )
+        return pruned
+
     async def _stale_watch(self) -> None:
         """Raises ``meter_stale`` once when a meter stops reporting, ``meter_reporting`` back."""
         while True:
@@ -492,6 +519,9 @@ class Gateway:
                     group.create_task(sup("spool", self.spool.run), name="spool"),
                     group.create_task(sup("stale-watch", self._stale_watch), name="stale-watch"),
                     group.create_task(sup("state-flush", self._state_flush), name="state-flush"),
+                    group.create_task(
+                        sup("journal-retention", self._journal_retention), name="journal-retention"
+                    ),
                 ]
                 link_task = None
                 if self.link is not None:

@@ -48,7 +48,7 @@ _V1 = (
         detail_json     TEXT,
         hold_reason     TEXT
     )""",
-    # A journalled reading is never removed (pruning old billed rows will need a migration).
+    # A journalled reading is never removed (version 2 lets old billed rows be pruned).
     """CREATE TRIGGER readings_no_delete BEFORE DELETE ON readings
        BEGIN SELECT RAISE(ABORT, 'the reading journal is append-only'); END""",
     "CREATE INDEX readings_unbilled ON readings (row_id) WHERE state = 'unbilled'",
@@ -141,8 +141,16 @@ _V1 = (
     )""",
 )
 
+# Version 2: journal retention. A billed reading may be deleted (`journal.prune_billed`); an
+# unbilled or held one still may not: it has not been settled yet.
+_V2 = (
+    "DROP TRIGGER readings_no_delete",
+    """CREATE TRIGGER readings_no_delete BEFORE DELETE ON readings WHEN OLD.state <> 'billed'
+       BEGIN SELECT RAISE(ABORT, 'the reading journal is append-only until billed'); END""",
+)
+
 #: Forward migrations, in order: ``MIGRATIONS[n - 1]`` brings the file to version ``n``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

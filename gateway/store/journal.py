@@ -231,6 +231,35 @@ def rows_in_state(conn: sqlite3.Connection, state: JournalState, limit: int) -> 
     return [_row(values) for values in cursor]
 
 
+def prune_billed(
+    conn: sqlite3.Connection, received_before_us: int, after_row: int, limit: int
+) -> tuple[int, int | None]:
+    """Delete billed rows received before ``received_before_us``, oldest first, looking at no
+    more than ``limit`` rows after ``after_row``. Unbilled and held rows are kept.
+
+    Rows are in journal order, which is the order they were received: the scan stops at the
+    first row received on or after the cutoff, so a pass costs what it deletes (plus the held
+    rows it steps over), not the size of the journal.
+
+    Returns:
+        ``(deleted, next_after_row)``; ``next_after_row`` is None when nothing older is left.
+    """
+    rows = conn.execute(
+        "SELECT row_id, state, received_at_us FROM readings WHERE row_id > ?"
+        " ORDER BY row_id LIMIT ?",
+        (after_row, limit),
+    ).fetchall()
+    doomed: list[tuple[int]] = []
+    for row_id, state, received_at_us in rows:
+        if received_at_us >= received_before_us:
+            conn.executemany("DELETE FROM readings WHERE row_id = ?", doomed)
+            return len(doomed), None
+        if state == JournalState.BILLED.value:
+            doomed.append((row_id,))
+    conn.executemany("DELETE FROM readings WHERE row_id = ?", doomed)
+    return len(doomed), (rows[-1][0] if len(rows) == limit else None)
+
+
 def counts(conn: sqlite3.Connection) -> tuple[dict[JournalState, int], dict[str, int]]:
     """How many rows are in each state, and how many held rows per hold reason."""
     by_state = dict.fromkeys(JournalState, 0)

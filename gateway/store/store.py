@@ -403,6 +403,23 @@ class Store:
         with self._locked() as conn:
             return journal.rows_in_state(conn, JournalState.HELD, limit)
 
+    def prune_journal(self, received_before: datetime, *, batch: int = 5_000) -> int:
+        """Delete the billed readings received before ``received_before``; returns how many.
+
+        Short transactions of at most ``batch`` rows, so billing goes on in between. A reading
+        delivered again after its row is gone is journalled anew and billed as out of order:
+        its account has billed a later reading, so it charges nothing.
+        """
+        before_us = to_micros(received_before)
+        total, after_row = 0, 0
+        while True:
+            with self.transaction() as tx:
+                deleted, next_row = journal.prune_billed(tx._c(), before_us, after_row, batch)
+            total += deleted
+            if next_row is None:
+                return total
+            after_row = next_row
+
     def journal_counts(self) -> tuple[dict[JournalState, int], dict[str, int]]:
         """Rows per journal state, and held rows per hold reason."""
         with self._locked() as conn:

@@ -19,7 +19,9 @@ def test_store_file_settings(store: Store, db_path: Path) -> None:
     conn = sqlite3.connect(db_path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 1
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == (
+            store_db.SCHEMA_VERSION
+        )
     finally:
         conn.close()
 
@@ -32,17 +34,18 @@ def test_store_newer_schema_refused(db_path: Path) -> None:
     conn.close()
     with pytest.raises(SchemaError) as err:
         Store(db_path, ledger_key=KEY)
-    assert (err.value.found, err.value.supported) == (99, 1)
+    assert (err.value.found, err.value.supported) == (99, store_db.SCHEMA_VERSION)
 
 
 def test_migrate_applies_later_versions_forward(db_path: Path) -> None:
     Store(db_path, ledger_key=KEY).close()
     conn = store_db.connect(db_path)
     try:
-        v2 = ("CREATE TABLE extra (x INTEGER)",)
-        assert store_db.migrate(conn, 0, (*store_db.MIGRATIONS, v2)) == 2
+        extra = ("CREATE TABLE extra (x INTEGER)",)
+        following = store_db.SCHEMA_VERSION + 1
+        assert store_db.migrate(conn, 0, (*store_db.MIGRATIONS, extra)) == following
         assert conn.execute("SELECT COUNT(*) FROM extra").fetchone()[0] == 0
-        assert store_db.migrate(conn, 0, (*store_db.MIGRATIONS, v2)) == 2  # nothing to do
+        assert store_db.migrate(conn, 0, (*store_db.MIGRATIONS, extra)) == following
     finally:
         conn.close()
 
@@ -54,7 +57,7 @@ def test_failed_migration_leaves_previous_version(db_path: Path) -> None:
         broken = ("CREATE TABLE half (x INTEGER)", "THIS IS NOT SQL")
         with pytest.raises(StoreError, match="migration failed"):
             store_db.migrate(conn, 0, (*store_db.MIGRATIONS, broken))
-        assert store_db.schema_version(conn) == 1
+        assert store_db.schema_version(conn) == store_db.SCHEMA_VERSION
         assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'half'").fetchone() is None
     finally:
         conn.close()
@@ -113,3 +116,29 @@ def test_second_store_on_same_file_sees_commits(db_path: Path, store: Store) -> 
         tx.append_entry("a", EntryKind.TOPUP, 5, "EUR", "k", created_at=T0)
     with Store(db_path, ledger_key=KEY) as other:
         assert other.balance("a") == 5
+
+
+def test_a_version_1_file_is_migrated_to_allow_pruning_billed_readings_only(
+    db_path: Path,
+) -> None:
+    conn = store_db.connect(db_path)
+    try:
+        assert store_db.migrate(conn, 0, store_db.MIGRATIONS[:1]) == 1  # a file from before
+        conn.execute(
+            "INSERT INTO readings (reading_id, meter_id, read_at_us, register_milli, source,"
+            " quality, received_at_us, state) VALUES ('m@1', 'm', 1, 1, '', 'good', 1, 'billed'),"
+            " ('m@2', 'm', 2, 2, '', 'good', 2, 'held')"
+        )
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("DELETE FROM readings WHERE reading_id = 'm@1'")
+    finally:
+        conn.close()
+    with Store(db_path, ledger_key=KEY) as store:  # opening migrates the file forward
+        assert store.schema_version == store_db.SCHEMA_VERSION
+    conn = store_db.connect(db_path)
+    try:
+        conn.execute("DELETE FROM readings WHERE reading_id = 'm@1'")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only until billed"):
+            conn.execute("DELETE FROM readings WHERE reading_id = 'm@2'")
+    finally:
+        conn.close()

@@ -232,3 +232,37 @@ def test_journal_readings_large_batch_ids_and_duplicates(
     assert fresh == sorted(fresh)
     assert min(fresh) > max(i or 0 for i in early)
     assert caplog.text.count("conflicting duplicate") == 1
+
+
+def test_prune_deletes_only_old_billed_rows_in_short_passes(store: Store) -> None:
+    # Received one per day: days 0-5. Day 1 is held, day 2 unbilled; the rest billed.
+    for day in range(6):
+        with store.transaction() as tx:
+            [row_id] = tx.journal_readings([reading(minute=day)], T0 + timedelta(days=day))
+            assert row_id is not None
+            if day == 1:
+                tx.mark_held(row_id, "implausible_jump")
+            elif day != 2:
+                tx.mark_billed(row_id, "billed", 0)
+
+    # Cutoff at day 4: days 0 and 3 go (billed, older); 1 and 2 stay (not settled); 4, 5 stay.
+    assert store.prune_journal(T0 + timedelta(days=4), batch=2) == 2
+    by_state, held = store.journal_counts()
+    assert by_state == {JournalState.UNBILLED: 1, JournalState.BILLED: 2, JournalState.HELD: 1}
+    assert held == {"implausible_jump": 1}
+    assert [r.reading.read_at for r in store.billed(10)] == [
+        T0 + timedelta(minutes=4),
+        T0 + timedelta(minutes=5),
+    ]
+    assert store.prune_journal(T0 + timedelta(days=4), batch=2) == 0  # nothing left to do
+
+
+def test_a_pruned_reading_delivered_again_is_journalled_anew(store: Store) -> None:
+    with store.transaction() as tx:
+        [row_id] = tx.journal_readings([reading()], T0)
+        assert row_id is not None
+        tx.mark_billed(row_id, "billed", 7)
+    assert store.prune_journal(T0 + timedelta(days=1)) == 1
+    with store.transaction() as tx:
+        # The identity is gone with the row: billing decides (out of order, nothing charged).
+        assert tx.journal_readings([reading()], T0 + timedelta(days=1)) != [None]
