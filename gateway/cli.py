@@ -112,6 +112,9 @@ def _status(args: argparse.Namespace) -> int:
         status = collect(load_site(Path(args.config)), events=args.events)
     except InvalidConfigError as exc:
         return _print_errors(exc)
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
     print(json.dumps(to_json(status)) if args.json else render(status))
     return EXIT_OK
 

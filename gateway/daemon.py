@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "prepay.sqlite"
 SHUTDOWN_BUDGET_S = 4.5
 _MAX_TICK_S = 60.0
-_RETENTION_PERIOD_S = 6 * 3600.0  # a day of readings is pruned in a few short passes
+_RETENTION_PERIOD_S = 6 * 3600.0  # each run prunes about six hours of readings
 
 
 def _utc_now() -> datetime:

@@ -55,8 +55,12 @@ def collect(site: Site, *, events: int = 10) -> SiteStatus:
     """Read the site's store.
 
     Raises:
+        FileNotFoundError: there is no store yet (the daemon never ran); nothing is created.
         OSError: a key file or the store cannot be read.
     """
+    path = site.state_dir / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no store at {path}: the gateway has not run with this site yet")
     with open_store(site, load_keys(site)) as store:
         return _collect(site, store, events)
 

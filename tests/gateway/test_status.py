@@ -83,3 +83,12 @@ def test_status_names_a_bad_site_file(tmp_path: Path, capsys: pytest.CaptureFixt
     site_file = write_site(tmp_path, mqtt_port=70_000)
     assert main(["status", "-c", str(site_file)]) == 1
     assert "mqtt.port" in capsys.readouterr().err
+
+
+def test_status_without_a_store_says_so_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site_file = write_site(tmp_path, mqtt_port=free_port())
+    assert main(["status", "-c", str(site_file)]) == 1
+    assert "the gateway has not run with this site yet" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()
