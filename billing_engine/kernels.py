@@ -105,7 +105,10 @@ def build_aot(cache_dir: Path, *, timeout_s: float = _BUILD_TIMEOUT_S) -> Path:
         KernelUnavailableError: the build failed (no C compiler or Python headers, no
             `numba.pycc`), with the tail of the compiler's output.
     """
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only or foreign cache directory: `auto` falls back
+        raise KernelUnavailableError(f"cannot use {cache_dir} for the kernel: {exc}") from exc
     env = dict(os.environ)
     env.pop("NUMBA_DISABLE_JIT", None)  # pycc compiles the njit helpers; it needs them compiled
     env["PYTHONPATH"] = os.pathsep.join(

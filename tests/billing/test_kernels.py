@@ -83,6 +83,17 @@ def test_auto_falls_back_to_the_jit_when_the_build_fails(
         kernels.select("aot", tmp_path / "cache")
 
 
+def test_an_unusable_cache_directory_falls_back_to_the_jit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NUMBA_DISABLE_JIT", raising=False)
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    kernel = kernels.select("auto", blocker / "kernels")
+    assert kernel.mode is kernels.KernelMode.JIT
+    assert "cannot use" in kernel.reason
+
+
 def test_a_damaged_module_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NUMBA_DISABLE_JIT", raising=False)
     path = kernels.aot_path(tmp_path)
