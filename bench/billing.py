@@ -218,3 +218,7 @@ def main(argv: list[str]) -> int:
     }
     print(json.dumps(result))
     return 0 if agree and aot_agrees else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

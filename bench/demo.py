@@ -32,9 +32,10 @@ import aiomqtt
 
 from billing_engine.money import format_minor
 from gateway.cli import main as prepay
-from gateway.keys import init_keys
-from gateway.northbound.commands import load_private_key, new_command, sign_command
-from gateway.northbound.topics import CommandKind
+from gateway.northbound.commands import new_command, sign_command
+from gateway.northbound.payloads import CommandKind
+from gateway.northbound.signing import load_private_key
+from gateway.ops.keys import init_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 TARIFFS = ROOT / "configs" / "tariffs"

@@ -39,10 +39,8 @@ import json
 import logging
 import math
 import random
-import shutil
-import socket
 import statistics
-import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -52,23 +50,24 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import yaml
 
+from bench.mosquitto import Broker, free_port, write_config
+from bench.sites import TARIFFS, account, write_site
 from billing_engine import kernels
 from billing_engine.kernels import KernelMode
 from drivers.ports import Reading, ReadingSink, SupplyState
 from gateway.config import Site, load_site
-from gateway.daemon import Gateway, load_keys, open_store
-from gateway.keys import init_keys
+from gateway.daemon import Gateway
 from gateway.messages import MessageClass
 from gateway.northbound.mqtt import MqttLink
-from gateway.northbound.topics import ReadingPayload, SiteTopics
+from gateway.northbound.payloads import ReadingPayload
+from gateway.northbound.topics import SiteTopics
+from gateway.startup import load_keys, open_store
 from gateway.store import EntryKind
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
-TARIFF = ROOT / "configs" / "tariffs" / "zhejiang-residential-electricity.yaml"
+TARIFF = TARIFFS / "zhejiang-residential-electricity.yaml"
 TARIFF_ID = "zhejiang_residential_electricity"
 SITE_ID = "bench-site"
 RICH_BALANCE_MINOR = 10**9  # 10 million CNY: nothing is ever cut
@@ -82,52 +81,11 @@ MQTT_WINDOW = 100  # the link's default max_inflight, used for the raw baseline 
 # --- the broker -------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class _Broker:
-    """Our own mosquitto on 127.0.0.1 (killed and restarted by the outage test)."""
-
-    port: int
-    config: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen(  # noqa: S603 - the Debian broker, our own config
-            [exe, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            time.sleep(0.02)
-        raise TimeoutError(f"mosquitto did not listen on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
 @contextlib.contextmanager
-def _broker(directory: Path) -> Iterator[_Broker]:
-    port = _free_port()
-    config = directory / "mosquitto.conf"
-    config.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "persistence false\n"
-        "max_queued_messages 100000\n"
-        "max_inflight_messages 0\n"
-    )
-    broker = _Broker(port, config)
+def _broker(directory: Path) -> Iterator[Broker]:
+    """Our own mosquitto on 127.0.0.1 (killed and restarted by the outage test)."""
+    port = free_port()
+    broker = Broker("127.0.0.1", port, write_config(directory, port))
     broker.start()
     try:
         yield broker
@@ -139,49 +97,25 @@ def _broker(directory: Path) -> Iterator[_Broker]:
 
 
 def _write_site(directory: Path, port: int, rich: int, poor: int, kernel: str) -> Path:
-    init_keys(directory / "keys", with_backend=True)
     accounts = [
-        {
-            "id": f"{prefix}{i:04d}",
-            "meter": f"m-{prefix}{i:04d}",
-            "actuator": f"d-{prefix}{i:04d}",
-            "tariff": TARIFF_ID,
-            "class": "resident_tou",
-            "policy": "resident",
-        }
+        account(
+            f"{prefix}{i:04d}",
+            f"m-{prefix}{i:04d}",
+            tariff=TARIFF_ID,
+            class_name="resident_tou",
+            actuator=f"d-{prefix}{i:04d}",
+        )
         for prefix, count in (("A", rich), ("P", poor))
         for i in range(count)
     ]
-    doc: dict[str, Any] = {
-        "site": SITE_ID,
-        "state_dir": "state",
-        "mqtt": {
-            "host": "127.0.0.1",
-            "port": port,
-            "backoff_initial_s": 0.1,
-            "backoff_max_s": 0.5,
-            "drain_deadline_s": 2.0,
-        },
-        "keys": {
-            "ledger_key_file": "keys/ledger.key",
-            "gateway_private_key": "keys/gateway.pem",
-            "backend_public_key": "keys/backend.pub.pem",
-            "operator_public_key": "keys/operator.pub.pem",
-        },
-        "tariffs": [str(TARIFF)],
-        "policies": {
-            "resident": {
-                "low_thresholds_minor": [500],
-                "disconnect_threshold_minor": 0,
-                "restore_threshold_minor": 100,
-            }
-        },
-        "accounts": accounts,
-        "billing": {"kernel": kernel},
-    }
-    path = directory / "site.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return write_site(
+        directory,
+        site_id=SITE_ID,
+        mqtt_port=port,
+        tariffs=[TARIFF],
+        accounts=accounts,
+        extra={"billing": {"kernel": kernel}},
+    )
 
 
 def _fund(site: Site, balances: dict[str, int]) -> None:
@@ -382,19 +316,25 @@ async def _drained(gateway: Gateway, billed: int, timeout_s: float) -> float:
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout_s):
         while True:
-            if gateway.pipeline.stats.billed >= billed:
+            if gateway.probe.counters().billed >= billed:
                 stats = await asyncio.to_thread(gateway.store.outbox_stats)
                 if stats.total_pending == 0:
                     return loop.time()
             await asyncio.sleep(0.005)
 
 
-async def _billed(gateway: Gateway, billed: int, timeout_s: float) -> float:
+async def _when(predicate: Callable[[], bool], timeout_s: float) -> float:
+    """Loop time at which ``predicate()`` first holds, polled every 5 ms (finer than anything
+    measured here): the gateway's counters have no event to await."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout_s):
-        while gateway.pipeline.stats.billed < billed:  # noqa: ASYNC110 - a counter, no event
+        while not predicate():  # noqa: ASYNC110 - counters, no event (see the docstring)
             await asyncio.sleep(0.005)
     return loop.time()
+
+
+async def _billed(gateway: Gateway, billed: int, timeout_s: float) -> float:
+    return await _when(lambda: gateway.probe.counters().billed >= billed, timeout_s)
 
 
 async def _raw_publish(port: int, topics: list[str], payload: bytes, count: int) -> float:
@@ -468,12 +408,12 @@ class _Bench:
     rich: SyntheticMeters
     poor: SyntheticMeters
     actuator: RecordingActuator
-    broker: _Broker
+    broker: Broker
     lag: LoopLag
     raw_s: float
 
 
-async def _run(plan: _Plan, directory: Path, broker: _Broker) -> dict[str, Any]:
+async def _run(plan: _Plan, directory: Path, broker: Broker) -> dict[str, Any]:
     results: dict[str, Any] = {"accounts": plan.accounts + plan.shutoffs}
     results["rss_imports_mb"] = round(_rss_mb(), 1)  # interpreter + numba/llvmlite + deps
     start = (datetime.now(UTC) - timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
@@ -522,9 +462,7 @@ async def _run(plan: _Plan, directory: Path, broker: _Broker) -> dict[str, Any]:
         # Startup: every device is driven to its wanted state; one baseline reading per meter.
         await rich.submit(rich.burst(len(rich.meter_ids)))
         await poor.submit(poor.burst(len(poor.meter_ids)))
-        async with asyncio.timeout(60):
-            while gateway.actuation.confirmed < len(devices):  # noqa: ASYNC110 - a counter
-                await asyncio.sleep(0.01)
+        await _when(lambda: gateway.probe.counters().supply_confirmed >= len(devices), 60)
         await _drained(gateway, rich.produced + poor.produced, 60)
         setup_s = time.perf_counter() - t_setup
         results["startup_s"] = round(setup_s, 2)
@@ -542,7 +480,7 @@ async def _run(plan: _Plan, directory: Path, broker: _Broker) -> dict[str, Any]:
         results.update(await _shutoff(bench))
         results.update(await _outage(bench))
         results["rss_peak_mb"] = round(_rss_mb("VmHWM"), 1)
-        results["held"] = gateway.pipeline.stats.held
+        results["held"] = gateway.probe.counters().held
         results["supervised_failures"] = sum(gateway.supervisor.failures.values())
     finally:
         lag_task.cancel()
@@ -556,10 +494,10 @@ async def _sustained(bench: _Bench) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     gateway, link, rich = bench.gateway, bench.link, bench.rich
     n = bench.plan.sustained
-    billed0 = gateway.pipeline.stats.billed
+    billed0 = gateway.probe.counters().billed
     published0, publishes0 = link.counters.published, link.counters.publishes
-    batches0 = gateway.pipeline.stats.batches
-    billings0 = gateway.pipeline.stats.billed_batches
+    batches0 = gateway.probe.counters().journal_commits
+    billings0 = gateway.probe.counters().billing_batches
     bench.lag.take()
     t0 = loop.time()
     feeding = rich.submit(rich.burst(n))
@@ -572,8 +510,8 @@ async def _sustained(bench: _Bench) -> dict[str, Any]:
     raw_rate = n / bench.raw_s
     published = link.counters.published - published0
     publishes = link.counters.publishes - publishes0
-    batches = gateway.pipeline.stats.batches - batches0
-    billings = gateway.pipeline.stats.billed_batches - billings0
+    batches = gateway.probe.counters().journal_commits - batches0
+    billings = gateway.probe.counters().billing_batches - billings0
     _say(
         f"sustained: {n} readings of {len(rich.meter_ids)} meters journalled, billed and acked"
         f" in {elapsed:.2f} s = {rate:,.0f} readings/s (all billed after {t_billed - t0:.2f} s"
@@ -627,7 +565,7 @@ async def _shutoff(bench: _Bench) -> dict[str, Any]:
         await background
     background_rate = (rich.produced - background0) / (loop.time() - t0)
     lag_p99, lag_max = bench.lag.take()
-    device_of = {a.config.meter: a.config.actuator for a in gateway.book.by_id.values()}
+    device_of = {a.meter: a.actuator for a in gateway.site.config.accounts}
     latencies_ms = [
         (actuator.off_at[device] - put_at[meter]) * 1000
         for meter in poor.meter_ids
@@ -642,7 +580,7 @@ async def _shutoff(bench: _Bench) -> dict[str, Any]:
         f" max {worst:.1f} ms, mean {mean:.1f} ms; event loop blocked p99 {lag_p99:.1f} ms,"
         f" max {lag_max:.1f} ms"
     )
-    await _drained(gateway, gateway.pipeline.stats.received, 60)
+    await _drained(gateway, gateway.probe.counters().received, 60)
     return {
         "shutoff_p50_ms": round(p50, 2),
         "shutoff_p99_ms": round(p99, 2),
@@ -660,10 +598,8 @@ async def _outage(bench: _Bench) -> dict[str, Any]:
     gateway, link, rich, broker = bench.gateway, bench.link, bench.rich, bench.broker
     n = bench.plan.outage
     broker.stop()
-    async with asyncio.timeout(10):
-        while link.connected.is_set():  # noqa: ASYNC110 - cleared by the link's session
-            await asyncio.sleep(0.01)
-    billed0 = gateway.pipeline.stats.billed
+    await _when(lambda: not link.connected.is_set(), 10)  # cleared by the link's session
+    billed0 = gateway.probe.counters().billed
     t0 = loop.time()
     await rich.submit(rich.burst(n))
     await _billed(gateway, billed0 + n, 120)
@@ -749,3 +685,7 @@ def main(argv: list[str]) -> int:
     )
     print(json.dumps(results))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from billing_engine.errors import PrepayError
+from billing_engine.base.errors import PrepayError
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from billing_engine import money
+from billing_engine.base.errors import ConfigError, InvalidConfigError
 from billing_engine.engine import AccountState, BillingEngine, Crossing, ReadingStatus
-from billing_engine.errors import ConfigError, InvalidConfigError
 from billing_engine.reference import RefAccount, ReferenceBiller, round_minor
 from billing_engine.tariff import Tariff
 

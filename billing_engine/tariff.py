@@ -35,7 +35,7 @@ from pydantic import (
 )
 
 from billing_engine import money
-from billing_engine.yaml_config import load_model
+from billing_engine.base.yaml_lines import load_model
 
 FLAT_PERIOD = "flat"
 MINUTES_PER_DAY = 24 * 60
@@ -48,6 +48,22 @@ class Unit(enum.StrEnum):
     KWH = "kWh"
     M3 = "m3"
     LITRE = "L"
+
+
+class RegisterUnit(enum.StrEnum):
+    """The unit of a meter register: a milli-unit of the billing `Unit` (what readings carry)."""
+
+    WH = "Wh"
+    LITRE = "L"
+    MILLILITRE = "mL"
+
+
+#: The register unit of each billing unit (the fixed-point scale is 1/1000).
+REGISTER_UNIT: dict[Unit, RegisterUnit] = {
+    Unit.KWH: RegisterUnit.WH,
+    Unit.M3: RegisterUnit.LITRE,
+    Unit.LITRE: RegisterUnit.MILLILITRE,
+}
 
 
 class CycleReset(enum.StrEnum):

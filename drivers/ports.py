@@ -1,8 +1,9 @@
 """The driver-neutral interface between the gateway core and the southbound adapters.
 
 The core (pipeline, decisions, store) sees only this module: value types for readings and
-supply commands, the `ReadingSource` / `Actuator` protocols, and the `DriverError` tree. No
-protocol library (pymodbus, aiomqtt, bleak) is imported here.
+supply commands, the `ReadingSource` / `Actuator` protocols, the `DriverError` tree, and the
+`Clock` every driver and simulator is given. No protocol library (pymodbus, aiomqtt, bleak) is
+imported here.
 
 Units: a register is an integer count of milli-units of the meter's billing unit (Wh for kWh,
 litres for m3, millilitres for litres), the same fixed-point scale the billing engine uses.
@@ -11,14 +12,26 @@ litres for m3, millilitres for litres), the same fixed-point scale the billing e
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
-from billing_engine.errors import PrepayError
+from billing_engine.base.errors import PrepayError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
+
+REGISTER_MILLI_MAX = 2**63 - 1
+"""The largest register a reading may carry: the journal stores it as an SQLite INTEGER (int64)."""
+
+Clock = Callable[[], datetime]
+"""Where a driver or simulator gets "now"; tests pass a fake one. Must return aware UTC."""
+
+
+def utc_now() -> datetime:
+    """The default `Clock`: now, aware UTC."""
+    return datetime.now(UTC)
 
 
 class Quality(enum.StrEnum):
@@ -56,8 +69,14 @@ class Reading:
     def __post_init__(self) -> None:
         if self.read_at.tzinfo is None or self.read_at.utcoffset() != UTC.utcoffset(None):
             raise ValueError(f"Reading.read_at must be an aware UTC datetime, got {self.read_at!r}")
-        if self.register_milli < 0:
-            raise ValueError(f"Reading.register_milli must be >= 0, got {self.register_milli}")
+        register = self.register_milli
+        # An int (not a float, which may be NaN; not a bool) in 0..int64: what the journal holds.
+        if isinstance(register, bool) or not isinstance(register, int):
+            raise TypeError(f"Reading.register_milli must be an int, got {register!r}")
+        if not 0 <= register <= REGISTER_MILLI_MAX:
+            raise ValueError(
+                f"Reading.register_milli must be 0..{REGISTER_MILLI_MAX} (int64), got {register}"
+            )
         micros = (self.read_at - _EPOCH) // _ONE_US  # exact: no float
         object.__setattr__(self, "reading_id", f"{self.meter_id}@{micros}")
 
@@ -68,6 +87,20 @@ class SupplyState(enum.StrEnum):
     ON = "on"
     OFF = "off"
     UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class SupplyConfirmation:
+    """What a switch command asked for and what the device reported when read back."""
+
+    device_id: str
+    requested: SupplyState
+    observed: SupplyState
+
+    @property
+    def confirmed(self) -> bool:
+        """True when the device reports the requested state."""
+        return self.requested is self.observed
 
 
 class DriverEventKind(enum.StrEnum):
@@ -152,6 +185,24 @@ class DeviceTimeoutError(DriverError):
 
 class FrameError(DriverError):
     """A frame was malformed (bad CRC, truncated, wrong length)."""
+
+
+class ImplausibleValueError(FrameError):
+    """A well-formed reply whose value cannot be a reading: NaN or infinite, negative for a
+    cumulative counter, or beyond the int64 milli-unit scale the journal holds.
+
+    A `FrameError` (the device sent something unusable), so code that handles frame errors
+    handles this too.
+
+    Attributes:
+        register: the register's name in the device profile or codec (``energy``).
+        value: the value as decoded (before or after scaling, as ``message`` says).
+    """
+
+    def __init__(self, device_id: str, register: str, value: float, message: str) -> None:
+        self.register = register
+        self.value = value
+        super().__init__(device_id, f"register {register} holds {value!r}: {message}")
 
 
 class DeviceRejectedError(DriverError):

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from billing_engine.errors import InvalidConfigError
+from billing_engine.base.errors import InvalidConfigError
 from drivers.modbus.profiles import load_profiles
 from firmware_sim.scenario import Scenario, load_scenario
 from firmware_sim.site_runtime import SimulatedSite

@@ -1,10 +1,9 @@
-"""A bleak backend (`BaseBleakClient` subclass) in front of simulated dispensers.
+"""A bleak backend (`BaseBleakClient` subclass) in front of simulated dispensers, in-process.
 
 Tests hand it to the real ``BleakClient`` as ``backend=``; the driver code is the production
 code, with no patching. Connects, reads, writes and notifications go through bleak's own
-service-collection types (`BleakGATTServiceCollection`, `BleakGATTService`,
-`BleakGATTCharacteristic`, `BleakGATTDescriptor`) and through the callback bleak registers in
-``start_notify``.
+service-collection types and through the callback bleak registers in ``start_notify``; the GATT
+table and the transport-independent bleak plumbing are `firmware_sim.ble_gatt_sim`'s.
 
 One `SimulatedAir` is one radio neighbourhood: it maps addresses to `SimulatedDispenser`s and makes
 a backend class bound to itself, so tests share no global state::
@@ -18,34 +17,14 @@ a backend class bound to itself, so tests share no global state::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from bleak.args import SizedBuffer
-from bleak.assigned_numbers import CharacteristicPropertyName
 from bleak.backends.characteristic import BleakGATTCharacteristic
-from bleak.backends.client import BaseBleakClient, NotifyCallback
-from bleak.backends.descriptor import BleakGATTDescriptor
-from bleak.backends.device import BLEDevice
-from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakDeviceNotFoundError, BleakError, BleakGATTProtocolError
-from bleak.uuids import normalize_uuid_16
 
-from drivers.ble.gatt import COMMAND_UUID, DISPENSED_UUID, LOCK_UUID, SERVICE_UUID, STATUS_UUID
+from firmware_sim.ble_gatt_sim import SimulatedBackendBase, build_services, serve_read, serve_write
 from firmware_sim.dispenser import AttError, ConnectRefusedError, SimulatedDispenser
-
-_CCCD_UUID = normalize_uuid_16(0x2902)
-_DEVICE_INFO_UUID = normalize_uuid_16(0x180A)
-_MODEL_NUMBER_UUID = normalize_uuid_16(0x2A24)
-_FIRMWARE_REVISION_UUID = normalize_uuid_16(0x2A26)
-_ATT_MTU = 247
-
-_PROFILE: tuple[tuple[str, list[CharacteristicPropertyName]], ...] = (
-    (COMMAND_UUID, ["write"]),
-    (DISPENSED_UUID, ["read", "notify"]),
-    (STATUS_UUID, ["read", "notify"]),
-    (LOCK_UUID, ["read", "write", "notify"]),
-)
 
 
 class SimulatedAir:
@@ -73,43 +52,7 @@ class SimulatedAir:
         return SimulatedDispenserBackendBound
 
 
-def _build_services(dispenser: SimulatedDispenser) -> BleakGATTServiceCollection:
-    """The dispenser's GATT table: Device Information (0x180A) and the dispenser service."""
-    collection = BleakGATTServiceCollection()
-    handle = 0
-
-    def next_handle() -> int:
-        nonlocal handle
-        handle += 1
-        return handle
-
-    def mtu_payload() -> int:
-        return _ATT_MTU - 3
-
-    def add_service(
-        uuid: str, chars: tuple[tuple[str, list[CharacteristicPropertyName]], ...]
-    ) -> None:
-        service = BleakGATTService(None, next_handle(), uuid)
-        collection.add_service(service)
-        for char_uuid, props in chars:
-            next_handle()  # the characteristic declaration attribute
-            char = BleakGATTCharacteristic(
-                None, next_handle(), char_uuid, props, mtu_payload, service
-            )
-            collection.add_characteristic(char)
-            if "notify" in props:
-                collection.add_descriptor(
-                    BleakGATTDescriptor(None, next_handle(), _CCCD_UUID, char)
-                )
-
-    add_service(
-        _DEVICE_INFO_UUID, ((_MODEL_NUMBER_UUID, ["read"]), (_FIRMWARE_REVISION_UUID, ["read"]))
-    )
-    add_service(SERVICE_UUID, _PROFILE)
-    return collection
-
-
-class SimulatedDispenserBackend(BaseBleakClient):
+class SimulatedDispenserBackend(SimulatedBackendBase):
     """bleak's view of one connection to a `SimulatedDispenser`.
 
     Use `SimulatedAir.backend` to get a class bound to an air; this base class sees nothing.
@@ -117,32 +60,11 @@ class SimulatedDispenserBackend(BaseBleakClient):
 
     _air: ClassVar[SimulatedAir | None] = None
 
-    def __init__(
-        self,
-        address_or_ble_device: BLEDevice | str,
-        *,
-        disconnected_callback: Callable[[], None] | None,
-        timeout: float,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            address_or_ble_device, disconnected_callback=disconnected_callback, timeout=timeout
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # bleak's signature, as the base's
+        super().__init__(*args, **kwargs)
         self._device: SimulatedDispenser | None = None
-        self._callbacks: dict[int, NotifyCallback] = {}
-        self._cccd: dict[int, bytes] = {}
 
-    # ---- bleak's BaseBleakClient ------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        """The advertised name."""
-        return self._device.name if self._device is not None else self.address
-
-    @property
-    def mtu_size(self) -> int:
-        """The negotiated ATT MTU."""
-        return _ATT_MTU
+    # ---- bleak's BaseBleakClient: the transport ---------------------------------------------
 
     @property
     def is_connected(self) -> bool:
@@ -164,8 +86,9 @@ class SimulatedDispenserBackend(BaseBleakClient):
         except ConnectRefusedError:
             raise BleakError(f"{self.address}: simulated connection failure") from None
         self._device = device
+        self._name = device.name
         self._callbacks.clear()
-        self.services = _build_services(device)
+        self.services = build_services()
 
     async def disconnect(self) -> None:
         """Disconnect on purpose (no disconnected callback, as in bleak's backends)."""
@@ -174,11 +97,8 @@ class SimulatedDispenserBackend(BaseBleakClient):
         self._device = None
         self._callbacks.clear()
 
-    async def pair(self, *args: Any, **kwargs: Any) -> None:
-        """Pairing is not part of the profile; accepted and ignored."""
-
-    async def unpair(self) -> None:
-        """Pairing is not part of the profile; accepted and ignored."""
+    def _check_connected(self) -> None:
+        self._connected_device()
 
     def _connected_device(self) -> SimulatedDispenser:
         if self._device is None:
@@ -190,67 +110,26 @@ class SimulatedDispenserBackend(BaseBleakClient):
     ) -> bytearray:
         """Read a characteristic from the simulated server."""
         device = self._connected_device()
-        if characteristic.uuid == _MODEL_NUMBER_UUID:
-            return bytearray(device.model.encode())
-        if characteristic.uuid == _FIRMWARE_REVISION_UUID:
-            return bytearray(device.firmware.encode())
         try:
-            return bytearray(device.read(characteristic.uuid))
+            return bytearray(serve_read(device, characteristic.uuid))
         except AttError as exc:
             raise BleakGATTProtocolError(exc.code) from exc
-
-    async def read_gatt_descriptor(
-        self, descriptor: BleakGATTDescriptor, *, use_cached: bool = False, **kwargs: Any
-    ) -> bytearray:
-        """Read a descriptor (only CCCDs exist)."""
-        self._connected_device()
-        return bytearray(self._cccd.get(descriptor.handle, b"\x00\x00"))
 
     async def write_gatt_char(
         self, characteristic: BleakGATTCharacteristic, data: SizedBuffer, response: bool
     ) -> None:
         """Write a characteristic; only write-with-response is offered by the profile."""
         device = self._connected_device()
-        if not response:
-            raise BleakGATTProtocolError(0x03)  # Write Not Permitted (no write-without-response)
         try:
-            device.write(characteristic.uuid, bytes(memoryview(data)))
+            serve_write(device, characteristic.uuid, bytes(memoryview(data)), response=response)
         except AttError as exc:
             raise BleakGATTProtocolError(exc.code) from exc
-
-    async def write_gatt_descriptor(
-        self, descriptor: BleakGATTDescriptor, data: SizedBuffer
-    ) -> None:
-        """Write a descriptor (kept, not interpreted)."""
-        self._connected_device()
-        self._cccd[descriptor.handle] = bytes(memoryview(data))
-
-    async def start_notify(
-        self, characteristic: BleakGATTCharacteristic, callback: NotifyCallback, **kwargs: Any
-    ) -> None:
-        """Subscribe: later notifications on ``characteristic`` go to ``callback``."""
-        self._connected_device()
-        if "notify" not in characteristic.properties:
-            raise BleakError(f"Characteristic {characteristic.uuid} does not notify")
-        self._callbacks[characteristic.handle] = callback
-
-    async def stop_notify(self, characteristic: BleakGATTCharacteristic) -> None:
-        """Unsubscribe."""
-        self._connected_device()
-        self._callbacks.pop(characteristic.handle, None)
 
     # ---- firmware_sim.dispenser.Link ---------------------------------------------------------
 
     def deliver(self, uuid: str, data: bytes) -> None:
         """A notification from the device: call bleak's callback if subscribed."""
-        if self.services is None:
-            return
-        characteristic = self.services.get_characteristic(uuid)
-        if characteristic is None:
-            return
-        callback = self._callbacks.get(characteristic.handle)
-        if callback is not None:
-            callback(bytearray(data))
+        self._notified(uuid, data)
 
     def lose(self) -> None:
         """The link dropped: forget the session and schedule bleak's disconnected callback."""

@@ -5,6 +5,8 @@ This module lets another process reach them: `BleAirServer` runs inside ``prepay
 serves the scenario's dispensers on a Unix-domain socket; `RemoteSimBackend` is a bleak backend
 (`BaseBleakClient`) that talks to that socket, so the gateway (``prepay run``) drives the
 simulated site's dispensers with its production `DispenserClient` and the real ``BleakClient``.
+The GATT table and the bleak plumbing that does not depend on the transport are
+`firmware_sim.ble_gatt_sim`'s, shared with `ble_backend`.
 The socket path comes from ``PREPAY_BLE_SIM_SOCKET`` (default `DEFAULT_SOCKET`, the demo
 scenario's), so the class can be named by import path in a site file
 (``backend: firmware_sim.ble_remote:RemoteSimBackend``).
@@ -45,13 +47,9 @@ from typing import Any, ClassVar, Final
 
 from bleak.args import SizedBuffer
 from bleak.backends.characteristic import BleakGATTCharacteristic
-from bleak.backends.client import BaseBleakClient, NotifyCallback
-from bleak.backends.descriptor import BleakGATTDescriptor
-from bleak.backends.device import BLEDevice
 from bleak.exc import BleakDeviceNotFoundError, BleakError, BleakGATTProtocolError
-from bleak.uuids import normalize_uuid_16
 
-from firmware_sim.ble_backend import _build_services
+from firmware_sim.ble_gatt_sim import SimulatedBackendBase, build_services, serve_read, serve_write
 from firmware_sim.dispenser import AttError, ConnectRefusedError, SimulatedDispenser
 
 logger = logging.getLogger(__name__)
@@ -60,10 +58,6 @@ SOCKET_ENV: Final = "PREPAY_BLE_SIM_SOCKET"
 #: The socket of ``configs/sites/demo-scenario.yaml``, used when ``PREPAY_BLE_SIM_SOCKET`` is unset.
 DEFAULT_SOCKET: Final = "/tmp/prepay-demo/ble.sock"  # noqa: S108 - the demo's fixed, documented path
 
-_MODEL_NUMBER_UUID: Final = normalize_uuid_16(0x2A24)
-_FIRMWARE_REVISION_UUID: Final = normalize_uuid_16(0x2A26)
-_ATT_MTU: Final = 247
-_ATT_WRITE_NOT_PERMITTED: Final = 0x03
 _LINE_LIMIT: Final = 64 * 1024
 
 
@@ -216,16 +210,10 @@ class BleAirServer:
             raise _RequestError("not_connected", "connect first")
         uuid = str(request["uuid"])
         if op == "read":
-            if uuid == _MODEL_NUMBER_UUID:
-                return {"data": device.model.encode().hex()}
-            if uuid == _FIRMWARE_REVISION_UUID:
-                return {"data": device.firmware.encode().hex()}
-            return {"data": device.read(uuid).hex()}
+            return {"data": serve_read(device, uuid).hex()}
         if op == "write":
-            if not request.get("response", True):
-                # the profile offers no write-without-response
-                raise AttError(_ATT_WRITE_NOT_PERMITTED)
-            device.write(uuid, bytes.fromhex(str(request["data"])))
+            data = bytes.fromhex(str(request["data"]))
+            serve_write(device, uuid, data, response=bool(request.get("response", True)))
             self._on_change()
             return {}
         if op == "notify":
@@ -260,7 +248,7 @@ class _RequestError(Exception):
 # ---- client side (a bleak backend, in the gateway's process) ------------------------------
 
 
-class RemoteSimBackend(BaseBleakClient):
+class RemoteSimBackend(SimulatedBackendBase):
     """bleak's view of one connection to a dispenser simulated by another process.
 
     The socket is `socket_path` (``$PREPAY_BLE_SIM_SOCKET``) unless a subclass made by `bound`
@@ -278,39 +266,17 @@ class RemoteSimBackend(BaseBleakClient):
 
         return RemoteSimBackendBound
 
-    def __init__(
-        self,
-        address_or_ble_device: BLEDevice | str,
-        *,
-        disconnected_callback: Callable[[], None] | None,
-        timeout: float,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            address_or_ble_device, disconnected_callback=disconnected_callback, timeout=timeout
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # bleak's signature, as the base's
+        super().__init__(*args, **kwargs)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pump: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._callbacks: dict[str, NotifyCallback] = {}
-        self._cccd: dict[int, bytes] = {}
         self._next_id = 0
         self._connected = False
         self._closing = False
-        self._name = self.address
 
-    # ---- bleak's BaseBleakClient ------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        """The advertised name."""
-        return self._name
-
-    @property
-    def mtu_size(self) -> int:
-        """The negotiated ATT MTU."""
-        return _ATT_MTU
+    # ---- bleak's BaseBleakClient: the transport ---------------------------------------------
 
     @property
     def is_connected(self) -> bool:
@@ -342,8 +308,7 @@ class RemoteSimBackend(BaseBleakClient):
         self._name = str(answer.get("name") or self.address)
         self._callbacks.clear()
         self._connected = True
-        # The table is the same for every simulated dispenser (`ble_backend._build_services`).
-        self.services = _build_services(SimulatedDispenser(self.address))
+        self.services = build_services()  # the same table as every simulated dispenser's
 
     async def disconnect(self) -> None:
         """Disconnect on purpose (no disconnected callback, as in bleak's backends)."""
@@ -356,25 +321,12 @@ class RemoteSimBackend(BaseBleakClient):
                 await self._request({"op": "disconnect"})
         await self._close_socket()
 
-    async def pair(self, *args: Any, **kwargs: Any) -> None:
-        """Pairing is not part of the profile; accepted and ignored."""
-
-    async def unpair(self) -> None:
-        """Pairing is not part of the profile; accepted and ignored."""
-
     async def read_gatt_char(
         self, characteristic: BleakGATTCharacteristic, *, use_cached: bool = False, **kwargs: Any
     ) -> bytearray:
         """Read a characteristic from the simulated server."""
         answer = await self._request({"op": "read", "uuid": characteristic.uuid})
         return bytearray.fromhex(str(answer["data"]))
-
-    async def read_gatt_descriptor(
-        self, descriptor: BleakGATTDescriptor, *, use_cached: bool = False, **kwargs: Any
-    ) -> bytearray:
-        """Read a descriptor (only CCCDs exist; kept on this side)."""
-        self._check_connected()
-        return bytearray(self._cccd.get(descriptor.handle, b"\x00\x00"))
 
     async def write_gatt_char(
         self, characteristic: BleakGATTCharacteristic, data: SizedBuffer, response: bool
@@ -389,27 +341,8 @@ class RemoteSimBackend(BaseBleakClient):
             }
         )
 
-    async def write_gatt_descriptor(
-        self, descriptor: BleakGATTDescriptor, data: SizedBuffer
-    ) -> None:
-        """Write a descriptor (kept, not interpreted)."""
-        self._check_connected()
-        self._cccd[descriptor.handle] = bytes(memoryview(data))
-
-    async def start_notify(
-        self, characteristic: BleakGATTCharacteristic, callback: NotifyCallback, **kwargs: Any
-    ) -> None:
-        """Subscribe: later notifications on ``characteristic`` go to ``callback``."""
-        self._check_connected()
-        if "notify" not in characteristic.properties:
-            raise BleakError(f"Characteristic {characteristic.uuid} does not notify")
-        self._callbacks[characteristic.uuid] = callback
-        await self._request({"op": "notify", "uuid": characteristic.uuid, "on": True})
-
-    async def stop_notify(self, characteristic: BleakGATTCharacteristic) -> None:
-        """Unsubscribe."""
-        self._callbacks.pop(characteristic.uuid, None)
-        await self._request({"op": "notify", "uuid": characteristic.uuid, "on": False})
+    async def _subscription_changed(self, uuid: str, *, on: bool) -> None:
+        await self._request({"op": "notify", "uuid": uuid, "on": on})
 
     # ---- the socket -------------------------------------------------------------------------
 
@@ -452,9 +385,7 @@ class RemoteSimBackend(BaseBleakClient):
                     if future is not None and not future.done():
                         future.set_result(message)
                 elif message.get("event") == "notify":
-                    callback = self._callbacks.get(str(message["uuid"]))
-                    if callback is not None:
-                        callback(bytearray.fromhex(str(message["data"])))
+                    self._notified(str(message["uuid"]), bytes.fromhex(str(message["data"])))
                 elif message.get("event") == "lost":
                     break
         except (ConnectionError, ValueError) as exc:

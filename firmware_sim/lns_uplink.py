@@ -25,10 +25,11 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiomqtt
+
+from drivers.ports import utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class SimDevice:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return utc_now().isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class LnsSimulator:

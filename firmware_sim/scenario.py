@@ -28,8 +28,8 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from billing_engine.errors import ConfigError, InvalidConfigError
-from billing_engine.yaml_config import line_of, load_model, parse_yaml
+from billing_engine.base.errors import ConfigError, InvalidConfigError
+from billing_engine.base.yaml_lines import line_of, load_model, parse_yaml
 
 Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 DevEui = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{16}$")]

@@ -35,7 +35,6 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -56,6 +55,7 @@ from drivers.ble.gatt import (
 )
 from drivers.modbus.config import DeviceProfile
 from drivers.modbus.registers import DataType, register_count
+from drivers.ports import utc_now
 from firmware_sim.ble_remote import BleAirServer
 from firmware_sim.dispenser import AttError, SimulatedDispenser
 from firmware_sim.lns_uplink import LnsSimulator, SimDevice
@@ -181,6 +181,9 @@ class BleUnit:
 
     spec: BleDispenser
     device: SimulatedDispenser
+    # Every scheduled customer, served or not: "locked, so nothing flowed" is shown by this
+    # counter moving while ``total_ml`` stands still, not by waiting and seeing nothing.
+    pour_attempts: int = 0
     pours: int = 0
     poured_ml: int = 0
     refused_pours: int = 0
@@ -191,8 +194,11 @@ class BleUnit:
     def pour(self) -> int:
         """One customer's pour now (see `firmware_sim.scenario.Pours`); the mL that flowed."""
         schedule = self.spec.pours
+        if schedule is None:
+            return 0
+        self.pour_attempts += 1
         device = self.device
-        if schedule is None or device.locked or device.state is DispenserState.FAULT:
+        if device.locked or device.state is DispenserState.FAULT:
             return 0
         if device.state is DispenserState.IDLE:
             # The customer starts a session at the machine: a local authorisation.
@@ -348,7 +354,7 @@ def _read_from(path: Path, offset: int | None) -> tuple[bytes, int]:
 
 
 def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class SimulatedSite:
@@ -801,6 +807,7 @@ class SimulatedSite:
                 "device_fault": dispenser.fault.name.lower(),
                 "session_id": dispenser.session_id,
                 "last_session_id": dispenser.last_session_id,
+                "pour_attempts": ble.pour_attempts,
                 "pours": ble.pours,
                 "poured_ml": ble.poured_ml,
                 "refused_pours": ble.refused_pours,

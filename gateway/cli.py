@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+import asyncio
 import json
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 
-from billing_engine import money
-from billing_engine.errors import InvalidConfigError, PrepayError
+from billing_engine import kernels, money
+from billing_engine.base.errors import InvalidConfigError, PrepayError
 from billing_engine.quote import load_readings_csv, quote
 from billing_engine.tariff import load_tariff
+from gateway.config import load_site
+from gateway.ops import keys, status, topup
+from gateway.startup import STATE_FILE, read_ledger_key
+from gateway.store import verify_ledger
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -72,8 +78,6 @@ def _print_errors(exc: InvalidConfigError) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from gateway.config import load_site  # noqa: PLC0415 - keeps `prepay tariff` light
-
     try:
         site = load_site(Path(args.config))
     except InvalidConfigError as exc:
@@ -88,9 +92,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import asyncio  # noqa: PLC0415
-    import logging  # noqa: PLC0415
-
+    # The daemon (asyncio, the flows, the MQTT library) loads only for `prepay run`: the other
+    # commands stay light on a small box.
     from gateway.daemon import serve  # noqa: PLC0415
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
@@ -105,24 +108,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from gateway.config import load_site  # noqa: PLC0415
-    from gateway.status import collect, render, to_json  # noqa: PLC0415
-
     try:
-        status = collect(load_site(Path(args.config)), events=args.events)
+        site_status = status.collect(load_site(Path(args.config)), events=args.events)
     except InvalidConfigError as exc:
         return _print_errors(exc)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, PrepayError) as exc:  # no store yet; a key file too open
         print(exc, file=sys.stderr)
         return EXIT_INVALID
-    print(json.dumps(to_json(status)) if args.json else render(status))
+    print(json.dumps(status.to_json(site_status)) if args.json else status.render(site_status))
     return EXIT_OK
 
 
 def _kernel_cache_dir(args: argparse.Namespace) -> Path:
-    from billing_engine import kernels  # noqa: PLC0415
-    from gateway.config import load_site  # noqa: PLC0415
-
     if args.cache_dir:
         return Path(args.cache_dir)
     if args.config:
@@ -133,8 +130,6 @@ def _kernel_cache_dir(args: argparse.Namespace) -> Path:
 
 
 def _kernel_build(args: argparse.Namespace) -> int:
-    from billing_engine import kernels  # noqa: PLC0415
-
     try:
         path = kernels.build_aot(_kernel_cache_dir(args))
         kernels.load_aot(path)  # proves it imports here
@@ -148,8 +143,6 @@ def _kernel_build(args: argparse.Namespace) -> int:
 
 
 def _kernel_info(args: argparse.Namespace) -> int:
-    from billing_engine import kernels  # noqa: PLC0415
-
     try:
         path = kernels.aot_path(_kernel_cache_dir(args))
     except InvalidConfigError as exc:
@@ -160,10 +153,11 @@ def _kernel_info(args: argparse.Namespace) -> int:
 
 
 def _ledger_verify(args: argparse.Namespace) -> int:
-    from gateway.daemon import STATE_FILE, read_ledger_key  # noqa: PLC0415
-    from gateway.store import verify_ledger  # noqa: PLC0415
-
-    key = read_ledger_key(Path(args.key))
+    try:
+        key = read_ledger_key(Path(args.key))
+    except PrepayError as exc:  # the key file is too open
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
     report = verify_ledger(Path(args.state) / STATE_FILE, key)
     if report.ok:
         print(f"ledger ok: {report.entries_checked} entries, chain intact")
@@ -174,81 +168,65 @@ def _ledger_verify(args: argparse.Namespace) -> int:
 
 
 def _keys_init(args: argparse.Namespace) -> int:
-    from gateway.keys import init_keys  # noqa: PLC0415
-
-    for path in init_keys(Path(args.directory), with_backend=args.with_backend):
+    for path in keys.init_keys(Path(args.directory), with_backend=args.with_backend):
         print(f"wrote {path}")
     return EXIT_OK
 
 
 def _topup(args: argparse.Namespace) -> int:
-    import time  # noqa: PLC0415
-    import uuid  # noqa: PLC0415
-    from datetime import UTC, datetime  # noqa: PLC0415
-
-    from gateway.config import load_site  # noqa: PLC0415
-    from gateway.northbound.commands import (  # noqa: PLC0415
-        load_private_key,
-        new_command,
-        sign_command,
-    )
-    from gateway.northbound.topics import CommandKind  # noqa: PLC0415
-    from gateway.spool import result_path, submit  # noqa: PLC0415
-
     try:
         site = load_site(Path(args.config))
     except InvalidConfigError as exc:
         return _print_errors(exc)
-    account = next((a for a in site.config.accounts if a.id == args.account), None)
-    if account is None:
-        print(f"unknown account {args.account!r}", file=sys.stderr)
-        return EXIT_INVALID
-    currency = account.currency or site.tariffs[account.tariff].currency
     try:
-        amount = money.to_scaled(
-            Decimal(args.amount), 10 ** money.currency_exponent(currency), "amount"
+        queued = topup.queue_topup(
+            site, args.account, args.amount, Path(args.operator_key), args.reference
         )
-    except ValueError as exc:
-        print(f"--amount: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    key = load_private_key(Path(args.operator_key).read_bytes())
-    fields = {
-        "account": account.id,
-        "amount_minor": amount,
-        "currency": currency,
-        "payment_ref": f"operator:{args.reference}",
-    }
-    body = new_command(
-        CommandKind.TOPUP,
-        site.config.site,
-        fields,
-        now=datetime.now(UTC),
-        command_id=f"op-{uuid.uuid4()}",
-    )
-    command = sign_command(body, key)
-    submit(site.state_dir, "topup", command)
-    print(f"top-up {command['id']} queued for {account.id}: {money.format_minor(amount, currency)}")
-    deadline = time.monotonic() + args.wait
-    result = result_path(site.state_dir, command["id"])
-    while time.monotonic() < deadline:
-        if result.exists():
-            doc = json.loads(result.read_text())
-            print(json.dumps(doc, ensure_ascii=False))
-            return EXIT_OK if doc.get("status") in ("applied", "duplicate") else EXIT_INVALID
-        time.sleep(0.2)
-    print("the gateway has not applied it yet (is it running?); it stays queued", file=sys.stderr)
-    return EXIT_OK
+    except topup.TopupError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE if str(exc).startswith("--amount") else EXIT_INVALID
+    except PrepayError as exc:  # the operator's key file is too open
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    amount = money.format_minor(queued.amount_minor, queued.currency)
+    print(f"top-up {queued.command_id} queued for {queued.account}: {amount}")
+    result = topup.wait_for_result(site, queued.command_id, args.wait)
+    if result is None:
+        print(
+            "the gateway has not applied it yet (is it running?); it stays queued",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    print(json.dumps(result, ensure_ascii=False))
+    return EXIT_OK if result.get("status") in ("applied", "duplicate") else EXIT_INVALID
+
+
+def _exec_program(module: str, rest: Sequence[str], *, source_tree: bool = False) -> int:
+    """Replace this process by ``python -m MODULE REST...``.
+
+    The simulator and the benchmarks are programs of their own, not parts of the gateway (an
+    import contract keeps the gateway from importing them): ``prepay sim`` and ``prepay bench``
+    only start them, in the same process slot, so signals and exit codes are theirs.
+    ``source_tree``: the module lives in the source checkout (benchmarks are not installed).
+    """
+    env = dict(os.environ)
+    if source_tree:
+        root = Path(__file__).resolve().parent.parent
+        if not (root / module.split(".", maxsplit=1)[0]).is_dir():
+            print(f"{module}: run it from a source checkout of prepay-gateway", file=sys.stderr)
+            return EXIT_INVALID
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", module, *rest], env)  # noqa: S606
 
 
 def _sim(args: argparse.Namespace) -> int:
-    # firmware_sim is not a dependency of the gateway (import contract): load it by name.
-    module = importlib.import_module("firmware_sim.__main__")
-    return int(module.main(args.rest))
+    return _exec_program("firmware_sim", args.rest)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    module = importlib.import_module(f"bench.{args.name}")
-    return int(module.main(args.rest))
+    return _exec_program(f"bench.{args.name}", args.rest, source_tree=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,16 +17,16 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from billing_engine.errors import ConfigError, InvalidConfigError
+from billing_engine.base.errors import ConfigError, InvalidConfigError
+from billing_engine.base.yaml_lines import errors_from_validation, line_of, parse_yaml
 from billing_engine.kernels import KernelMode
 from billing_engine.tariff import Tariff, load_tariff
-from billing_engine.yaml_config import errors_from_validation, line_of, parse_yaml
 from drivers.ble.config import BleDispenserConfig
 from drivers.lorawan.config import LnsConfig
 from drivers.modbus.config import ModbusBusConfig
-from gateway.decisions import PolicyConfig
-from gateway.northbound.mqtt import MqttSettings
-from gateway.quality import MeterConfig
+from gateway.northbound.settings import CommandLimits, MqttSettings
+from gateway.policy.config import PolicyConfig
+from gateway.policy.quality import MeterConfig
 
 Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 
@@ -99,6 +99,7 @@ class SiteConfig(_Model):
     site: Ident
     state_dir: Path
     mqtt: MqttSettings
+    commands: CommandLimits = CommandLimits()
     keys: KeysConfig
     tariffs: tuple[Path, ...]
     policies: dict[Ident, PolicyConfig]

@@ -1,8 +1,8 @@
-"""The gateway's errors, under the common root in `billing_engine.errors`."""
+"""The gateway's errors, under the common root in `billing_engine.base.errors`."""
 
 from __future__ import annotations
 
-from billing_engine.errors import ConfigError, InvalidConfigError, PrepayError
+from billing_engine.base.errors import ConfigError, InvalidConfigError, PrepayError
 
 __all__ = ["CommandRejectedError", "ConfigError", "InvalidConfigError", "PrepayError"]
 

@@ -1,6 +1,7 @@
-"""Northbound message values shared by the store (outbox) and the MQTT link.
+"""Northbound message values shared by the flows, the store (outbox) and the MQTT link.
 
-Kept apart from both so the store never imports aiomqtt and the link never imports SQLite.
+Kept apart from all three so the store never imports aiomqtt and the link never imports SQLite:
+the flows build an `Outgoing`, the store keeps it as an `OutboxMessage`, the link sends that.
 """
 
 from __future__ import annotations
@@ -23,6 +24,23 @@ class MessageClass(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message ready for the outbox: the store persists it, the MQTT link sends it.
+
+    ``batch_key`` names the group a message may be batched with when a backlog is drained (the
+    meter of a reading); None sends it alone. It is stored with the message, so the link never
+    has to take a topic apart to find it.
+    """
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    message_class: MessageClass
+    batch_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxMessage:
     """One stored northbound message. ``seq`` orders delivery (oldest first)."""
 
@@ -32,6 +50,7 @@ class OutboxMessage:
     qos: int
     retain: bool
     message_class: MessageClass
+    batch_key: str | None = None
 
 
 class OutboxReader(Protocol):

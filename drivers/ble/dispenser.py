@@ -30,8 +30,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Final
+from typing import Final, TypeVar
 
 from bleak import BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
@@ -68,6 +67,7 @@ from drivers.ble.gatt import (
 )
 from drivers.ports import (
     Actuator,
+    Clock,
     DeviceRejectedError,
     DeviceTimeoutError,
     DriverError,
@@ -78,12 +78,13 @@ from drivers.ports import (
     Reading,
     ReadingSink,
     ReadingSource,
+    SupplyConfirmation,
     SupplyState,
+    utc_now,
 )
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 DeviceResolver = Callable[[str, float], Awaitable[BLEDevice | None]]
 """Turns an address into a ``BLEDevice`` (``None``: not seen), given a timeout in seconds."""
 
@@ -93,10 +94,7 @@ _COUNTER_SPAN: Final = U32_MAX + 1
 # bleak-retry-connector sleeps between attempts (0.1..4 s); allow for it in the overall deadline.
 _BACKOFF_ALLOWANCE_S: Final = 5.0
 
-
-def utc_now() -> datetime:
-    """The default clock: now, aware UTC."""
-    return datetime.now(UTC)
+_T = TypeVar("_T")
 
 
 async def scan_for_device(address: str, timeout_s: float) -> BLEDevice | None:
@@ -119,20 +117,6 @@ class _Item:
     generation: int
     channel: _Channel
     data: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class SupplyConfirmation:
-    """The outcome of `DispenserClient.apply_supply`: what was asked, what the device reports."""
-
-    device_id: str
-    wanted: SupplyState
-    observed: SupplyState
-
-    @property
-    def confirmed(self) -> bool:
-        """True when the read-back state is the one asked for."""
-        return self.wanted == self.observed
 
 
 def next_session_id(last_session_id: int) -> int:
@@ -436,42 +420,52 @@ class DispenserClient:
 
     # ---- GATT I/O -------------------------------------------------------------------------
 
-    async def _read(self, client: BleakClientWithServiceCache, uuid: str, what: str) -> bytes:
+    async def _gatt_request(self, what: str, request: Callable[[], Awaitable[_T]]) -> _T:
+        """Run one GATT request under the command timeout; map its failures to `DriverError`s.
+
+        Raises:
+            DeviceTimeoutError: no answer in time.
+            DeviceRejectedError: the dispenser answered with an ATT error.
+            DriverError: any other bleak failure.
+        """
         device_id = self.config.device_id
         try:
             async with asyncio.timeout(self.config.command_timeout_s):
-                return bytes(await client.read_gatt_char(uuid))
+                return await request()
         except TimeoutError as exc:
             raise DeviceTimeoutError(device_id, f"{what} timed out") from exc
         except BleakGATTProtocolError as exc:
             raise DeviceRejectedError(device_id, int(exc.code), what) from exc
         except BleakError as exc:
             raise DriverError(device_id, f"{what} failed: {exc}") from exc
+
+    async def _read(self, client: BleakClientWithServiceCache, uuid: str, what: str) -> bytes:
+        return bytes(await self._gatt_request(what, lambda: client.read_gatt_char(uuid)))
 
     async def _write(self, uuid: str, frame: bytes, what: str) -> None:
-        device_id = self.config.device_id
         client, _ = await self._link()
-        try:
-            async with asyncio.timeout(self.config.command_timeout_s):
-                await client.write_gatt_char(uuid, frame, response=True)
-        except TimeoutError as exc:
-            raise DeviceTimeoutError(device_id, f"{what} timed out") from exc
-        except BleakGATTProtocolError as exc:
-            raise DeviceRejectedError(device_id, int(exc.code), what) from exc
-        except BleakError as exc:
-            raise DriverError(device_id, f"{what} failed: {exc}") from exc
+        await self._gatt_request(what, lambda: client.write_gatt_char(uuid, frame, response=True))
 
-    async def _read_frame(self, uuid: str, what: str) -> bytes:
+    async def _read_decoded(
+        self, device_id: str, uuid: str, what: str, decode: Callable[[bytes], _T]
+    ) -> _T:
+        """Read one characteristic of this dispenser on demand and decode it.
+
+        Raises:
+            DriverError: not this dispenser, or the read failed; `FrameError` on a bad frame.
+        """
+        self._check_device(device_id)
         client, _ = await self._link()
-        return await self._read(client, uuid, what)
+        data = await self._read(client, uuid, what)
+        try:
+            return decode(data)
+        except GattFrameError as exc:
+            self.frame_errors += 1
+            raise FrameError(self.config.device_id, str(exc)) from exc
 
     def _check_device(self, device_id: str) -> None:
         if not self.handles(device_id):
             raise DriverError(device_id, f"not driven by {self.name}")
-
-    def _frame_error(self, exc: GattFrameError) -> FrameError:
-        self.frame_errors += 1
-        return FrameError(self.config.device_id, str(exc))
 
     # ---- Actuator -------------------------------------------------------------------------
 
@@ -494,12 +488,7 @@ class DispenserClient:
         Raises:
             DriverError: not this dispenser, or the read failed; `FrameError` on a bad frame.
         """
-        self._check_device(device_id)
-        data = await self._read_frame(LOCK_UUID, "lock read")
-        try:
-            lock = decode_lock(data)
-        except GattFrameError as exc:
-            raise self._frame_error(exc) from exc
+        lock = await self._read_decoded(device_id, LOCK_UUID, "lock read", decode_lock)
         return SupplyState.OFF if lock.locked else SupplyState.ON
 
     async def apply_supply(
@@ -518,7 +507,7 @@ class DispenserClient:
             logger.warning(
                 "dispenser %s: asked %s, reads back %s: unconfirmed",
                 device_id,
-                outcome.wanted.value,
+                outcome.requested.value,
                 observed.value,
             )
         return outcome
@@ -536,12 +525,7 @@ class DispenserClient:
         Raises:
             DriverError: not this dispenser, or the read failed; `FrameError` on a bad frame.
         """
-        self._check_device(dispenser_id)
-        data = await self._read_frame(STATUS_UUID, "status read")
-        try:
-            status = decode_status(data)
-        except GattFrameError as exc:
-            raise self._frame_error(exc) from exc
+        status = await self._read_decoded(dispenser_id, STATUS_UUID, "status read", decode_status)
         self.last_status = status
         return status
 

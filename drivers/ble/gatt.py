@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass, replace
 from typing import Final, TypeVar
 
-from billing_engine.errors import PrepayError
+from billing_engine.base.errors import PrepayError
 
 PROFILE_VERSION: Final = 1
 

@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiomqtt
 
-from billing_engine.errors import ConfigError, InvalidConfigError
+from billing_engine.base.errors import ConfigError, InvalidConfigError
 from drivers.lorawan.codec import CodecSpec, load_codecs, supply_command
 from drivers.lorawan.config import LnsConfig, LnsDeviceConfig
 from drivers.lorawan.envelope import (
@@ -34,6 +33,7 @@ from drivers.lorawan.router import Routed, UplinkRouter
 from drivers.lorawan.valves import CommandPhase, ValveCommand
 from drivers.ports import (
     Actuator,
+    Clock,
     DeviceTimeoutError,
     DriverError,
     DriverEvent,
@@ -41,13 +41,10 @@ from drivers.ports import (
     ReadingSink,
     ReadingSource,
     SupplyState,
+    utc_now,
 )
 
 logger = logging.getLogger(__name__)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _payload_bytes(payload: object) -> bytes:
@@ -76,7 +73,7 @@ class LnsAdapter:
         config: LnsConfig,
         codecs: Mapping[str, CodecSpec],
         *,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         _check_codecs(config, codecs)
         self.name = f"lns[{config.name}]"

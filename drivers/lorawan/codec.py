@@ -16,24 +16,18 @@ register and how to turn it into milli-units; ``supply`` says which value is the
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from billing_engine.errors import ConfigError, InvalidConfigError
-from billing_engine.yaml_config import load_model
-from drivers.ports import FrameError, SupplyState
-
-DecodedValue = int | float | str | bool
-"""One decoded value. Registers stay integers; only scaled display values become floats."""
-
-Values = dict[str, DecodedValue]
-
-Hook = Callable[[bytes, int | None, Values], Values]
-"""A decode hook: (payload, f_port, values decoded by the table) -> values to add or replace."""
+from billing_engine.base.errors import ConfigError, InvalidConfigError
+from billing_engine.base.yaml_lines import load_model
+from drivers.lorawan.codec_types import DecodedValue, Values
+from drivers.lorawan.hooks import HOOKS
+from drivers.ports import REGISTER_MILLI_MAX, FrameError, ImplausibleValueError, SupplyState
 
 FieldType = Literal["u8", "i8", "u16", "i16", "u24", "i24", "u32", "i32", "u64", "i64", "f32"]
 
@@ -110,8 +104,9 @@ class ChannelSpec(_Model):
         return self
 
 
-class RegisterSpec(_Model):
-    """The billing register: ``register_milli = raw * multiply // divide``.
+class CodecRegisterSpec(_Model):
+    """A codec's ``register:``: which decoded value is the billing register, in milli-units
+    ``register_milli = raw * multiply // divide`` (not a Modbus register address).
 
     The device config may override ``multiply``/``divide`` (a pulse meter's K-factor).
     """
@@ -121,8 +116,9 @@ class RegisterSpec(_Model):
     divide: Annotated[int, Field(ge=1)] = 1
 
 
-class SupplySpec(_Model):
-    """Which value reports the valve or relay, and which values mean on and off."""
+class CodecSupplySpec(_Model):
+    """A codec's ``supply:``: which decoded value reports the valve or relay, and which values
+    mean on and off."""
 
     field: str
     on: str | int
@@ -171,8 +167,8 @@ class CodecSpec(_Model):
     fields: list[FieldSpec] = []
     channels: list[ChannelSpec] = []
     hook: str | None = None
-    billing_register: RegisterSpec | None = Field(default=None, alias="register")
-    supply: SupplySpec | None = None
+    billing_register: CodecRegisterSpec | None = Field(default=None, alias="register")
+    supply: CodecSupplySpec | None = None
     commands: CommandsSpec | None = None
     examples: list[ExampleSpec] = []
 
@@ -180,8 +176,6 @@ class CodecSpec(_Model):
     @classmethod
     def hook_is_registered(cls, value: str | None) -> str | None:
         """Hooks are looked up by name in `drivers.lorawan.hooks.HOOKS`, never imported."""
-        from drivers.lorawan.hooks import HOOKS  # noqa: PLC0415 - hooks import this module
-
         if value is not None and value not in HOOKS:
             raise ValueError(f"unknown hook {value!r}; known hooks: {', '.join(sorted(HOOKS))}")
         return value
@@ -285,8 +279,6 @@ def decode_payload(
     else:
         decoded = _decode_tlv(codec, payload, device_id)
     if codec.hook is not None:
-        from drivers.lorawan.hooks import HOOKS  # noqa: PLC0415 - hooks import this module
-
         try:
             extra = HOOKS[codec.hook](payload, f_port, dict(decoded.values))
         except (ValueError, TypeError) as exc:
@@ -301,8 +293,15 @@ def register_milli(
     *,
     multiply: int | None = None,
     divide: int | None = None,
+    device_id: str = "",
 ) -> int | None:
-    """The billing register in milli-units, or None when this payload does not carry it."""
+    """The billing register in milli-units, or None when this payload does not carry it.
+
+    Raises:
+        ImplausibleValueError: the register in milli-units is negative (a signed field) or
+            beyond int64 (what the journal holds); a `FrameError`, so the payload's device is
+            reported and the reading dropped.
+    """
     spec = codec.billing_register
     if spec is None:
         return None
@@ -313,7 +312,16 @@ def register_milli(
         raise TypeError(f"{codec.name}: register {spec.field} must be an integer")
     mul = multiply if multiply is not None else spec.multiply
     div = divide if divide is not None else spec.divide
-    return raw * mul // div
+    milli = raw * mul // div
+    if not 0 <= milli <= REGISTER_MILLI_MAX:
+        raise ImplausibleValueError(
+            device_id or codec.name,
+            spec.field,
+            raw,
+            f"x {mul} / {div} = {milli} milli-units, outside 0..{REGISTER_MILLI_MAX}"
+            " (a cumulative register in int64)",
+        )
+    return milli
 
 
 def supply_state(codec: CodecSpec, values: Values) -> SupplyState | None:

@@ -1,6 +1,6 @@
 """Config models for one network-server connection (`LnsConfig`) and its devices.
 
-Loaded from YAML with `billing_engine.yaml_config.load_model(path, LnsConfig)`, so every
+Loaded from YAML with `billing_engine.base.yaml_lines.load_model(path, LnsConfig)`, so every
 error names file, line and field. Frozen and closed (``extra="forbid"``); runtime state lives
 in the adapter, not here.
 """

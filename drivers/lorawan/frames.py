@@ -27,8 +27,8 @@ WINDOW = 64
 """How many recent frames per device are remembered for repeat detection."""
 
 
-class Verdict(enum.StrEnum):
-    """What to do with one frame."""
+class FrameVerdict(enum.StrEnum):
+    """What to do with one frame (not the billing verdict of `gateway` quality checks)."""
 
     NEW = "new"
     REPEAT = "repeat"
@@ -46,7 +46,7 @@ class Observation:
         reason: ``"join"`` or ``"counter_back"`` for a reset; ``""`` otherwise.
     """
 
-    verdict: Verdict
+    verdict: FrameVerdict
     epoch: int
     previous_f_cnt: int | None = None
     reason: str = ""
@@ -76,13 +76,13 @@ class FrameTracker:
         key = (f_cnt, hashlib.blake2s(payload, digest_size=8).digest())
         if state.last is None:
             state.joined = False
-            return self._accept(state, key, Verdict.NEW)
+            return self._accept(state, key, FrameVerdict.NEW)
         if state.joined:
             return self._reset(state, key, "join")
         if key in state.recent:
-            return Observation(Verdict.REPEAT, state.epoch)
+            return Observation(FrameVerdict.REPEAT, state.epoch)
         if f_cnt > state.last:
-            return self._accept(state, key, Verdict.NEW)
+            return self._accept(state, key, FrameVerdict.NEW)
         return self._reset(state, key, "counter_back")
 
     def epoch(self, device_key: str) -> int:
@@ -91,7 +91,7 @@ class FrameTracker:
         return state.epoch if state is not None else 0
 
     @staticmethod
-    def _accept(state: _DeviceFrames, key: tuple[int, bytes], verdict: Verdict) -> Observation:
+    def _accept(state: _DeviceFrames, key: tuple[int, bytes], verdict: FrameVerdict) -> Observation:
         state.last = key[0]
         state.recent.append(key)
         return Observation(verdict, state.epoch)
@@ -104,4 +104,4 @@ class FrameTracker:
         state.recent.clear()
         state.last = key[0]
         state.recent.append(key)
-        return Observation(Verdict.RESET, state.epoch, previous, reason)
+        return Observation(FrameVerdict.RESET, state.epoch, previous, reason)

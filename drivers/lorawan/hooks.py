@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from drivers.lorawan.codec import Hook, Values
+from drivers.lorawan.codec_types import Hook, Values
 
 HOOKS: dict[str, Hook] = {}
 

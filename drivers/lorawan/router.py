@@ -25,7 +25,7 @@ from drivers.lorawan.envelope import (
     parse_nbiot,
     parse_tts,
 )
-from drivers.lorawan.frames import FrameTracker, Verdict
+from drivers.lorawan.frames import FrameTracker, FrameVerdict
 from drivers.lorawan.valves import ValveBook
 from drivers.ports import DriverEvent, DriverEventKind, FrameError, Reading
 
@@ -119,13 +119,13 @@ class UplinkRouter:
     def _route_uplink(self, device: RoutedDevice, uplink: Uplink, now: datetime) -> Routed:
         routed = Routed()
         seen = self.frames.observe(device.key, uplink.f_cnt, uplink.payload)
-        if seen.verdict is Verdict.REPEAT:
+        if seen.verdict is FrameVerdict.REPEAT:
             self.stats["repeat"] += 1
             logger.debug(
                 "%s: repeat of %s fCnt %d dropped", self.config.name, device.label, uplink.f_cnt
             )
             return routed
-        if seen.verdict is Verdict.RESET:
+        if seen.verdict is FrameVerdict.RESET:
             self.stats["counter_reset"] += 1
             logger.warning(
                 "%s: device %s frame counter reset (%s): %s -> %d, epoch %d",
@@ -158,6 +158,7 @@ class UplinkRouter:
                 decoded.values,
                 multiply=device.config.register_multiply,
                 divide=device.config.register_divide,
+                device_id=device.label,
             )
         except FrameError as exc:
             self.stats["frame_error"] += 1
@@ -198,10 +199,10 @@ class UplinkRouter:
             seen = self.frames.observe(
                 device.key, pushed.seq, pushed.register_milli.to_bytes(16, "big")
             )
-            if seen.verdict is Verdict.REPEAT:
+            if seen.verdict is FrameVerdict.REPEAT:
                 self.stats["repeat"] += 1
                 return routed
-            if seen.verdict is Verdict.RESET:
+            if seen.verdict is FrameVerdict.RESET:
                 self.stats["counter_reset"] += 1
                 routed.events.append(
                     DriverEvent(

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from drivers.modbus.client import Clock, build_buses, utc_now
+from drivers.modbus.client import build_buses
 from drivers.modbus.config import ModbusBusConfig
 from drivers.modbus.profiles import load_profiles
-from drivers.ports import Actuator, ReadingSource
+from drivers.ports import Actuator, Clock, ReadingSource, utc_now
 
 
 def build_modbus(

@@ -15,7 +15,15 @@ Failure handling, per device:
   so a dead device costs at most one timeout per interval;
 * after ``offline_after`` failed polls in a row the device is marked offline with one
   `DriverEventKind.OFFLINE` event and one log line (with the bus's last raw frames); the first
-  good poll afterwards emits `DriverEventKind.ONLINE`.
+  good poll afterwards emits `DriverEventKind.ONLINE`;
+* a reply that decodes to a value no meter can hold (NaN, infinite, beyond int64 milli-units,
+  a negative energy total) is an `ImplausibleValueError`: that poll fails and gives no reading,
+  but the device answered, so it does not count towards offline. One
+  `DriverEventKind.FRAME_ERROR` event (detail ``condition=implausible_value``,
+  ``state=raised``) and one log line when the condition starts, one (``state=cleared``) at the
+  next good value; nothing per poll in between;
+* a reading the gateway refuses (``sink.put`` raising) is logged and counted, and the bus polls
+  on.
 
 Readings are integers in milli-units decoded by `drivers.modbus.registers`.
 """
@@ -28,7 +36,7 @@ import heapq
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -37,6 +45,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
+from billing_engine.base.errors import PrepayError
 from drivers.modbus.config import (
     DeviceProfile,
     ModbusBusConfig,
@@ -45,29 +54,33 @@ from drivers.modbus.config import (
     SupplySpec,
 )
 from drivers.modbus.profiles import ENERGY, profile_plan, profile_registers
-from drivers.modbus.registers import DecodeError, ReadBlock, Table, decode_milli
+from drivers.modbus.registers import (
+    DecodeError,
+    ImplausibleRegisterError,
+    ReadBlock,
+    Table,
+    decode_milli,
+)
 from drivers.ports import (
+    Clock,
     DeviceRejectedError,
     DeviceTimeoutError,
     DriverError,
     DriverEvent,
     DriverEventKind,
     FrameError,
+    ImplausibleValueError,
     Reading,
     ReadingSink,
+    SupplyConfirmation,
     SupplyState,
+    utc_now,
 )
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Clock = Callable[[], datetime]
 FRAME_DUMP_SIZE = 16
-
-
-def utc_now() -> datetime:
-    """The default clock."""
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -83,23 +96,12 @@ class DeviceStats:
     frame_errors: int = 0
     rejections: int = 0
     unexpected_errors: int = 0
+    implausible_values: int = 0  # polls refused for a value no meter can hold
+    refused_readings: int = 0  # readings the sink refused (its put raised)
     online: bool = True
+    value_alarm: bool = False  # an implausible value is being reported (alarm raised)
     last_error: str = ""
     values_milli: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class SupplyConfirmation:
-    """What a switch command asked for and what the device reported afterwards."""
-
-    device_id: str
-    requested: SupplyState
-    observed: SupplyState
-
-    @property
-    def confirmed(self) -> bool:
-        """True when the device reports the requested state."""
-        return self.requested is self.observed
 
 
 @dataclass
@@ -359,6 +361,9 @@ class ModbusBus:
                 register_milli=values[ENERGY],
                 source=dev.source,
             )
+        except ImplausibleValueError as exc:
+            await self._value_refused(dev, exc, sink)
+            return None
         except DriverError as exc:
             await self._poll_failed(dev, exc, sink)
             return None
@@ -371,22 +376,97 @@ class ModbusBus:
             return None
         stats.values_milli = values
         stats.readings += 1
-        stats.consecutive_failures = 0
-        if not stats.online:
-            stats.online = True
+        await self._answered(dev, read_at, sink)
+        if stats.value_alarm:
+            stats.value_alarm = False
             logger.info(
-                "%s: device %s (unit %d) is back online", self.name, device_id, dev.config.unit_id
+                "%s: device %s (unit %d) reports plausible values again",
+                self.name,
+                device_id,
+                dev.config.unit_id,
             )
             await sink.event(
                 DriverEvent(
                     device_id,
-                    DriverEventKind.ONLINE,
+                    DriverEventKind.FRAME_ERROR,
                     read_at,
-                    {"bus": self.config.name, "unit_id": dev.config.unit_id},
+                    {
+                        "bus": self.config.name,
+                        "unit_id": dev.config.unit_id,
+                        "condition": "implausible_value",
+                        "state": "cleared",
+                    },
                 )
             )
-        await sink.put(reading)
+        try:
+            await sink.put(reading)
+        except (PrepayError, ValueError) as exc:
+            # The gateway refused this one reading (it could not journal it): the next poll
+            # reads the register again; the other devices on the bus must not wait for it.
+            stats.refused_readings += 1
+            logger.warning(
+                "%s: device %s: reading %s refused by the gateway: %s",
+                self.name,
+                device_id,
+                reading.reading_id,
+                exc,
+            )
+            return None
         return reading
+
+    async def _answered(self, dev: _Device, at: datetime, sink: ReadingSink) -> None:
+        """The device replied: reset its failure count; report it online if it was not."""
+        stats = dev.stats
+        stats.consecutive_failures = 0
+        if stats.online:
+            return
+        stats.online = True
+        logger.info(
+            "%s: device %s (unit %d) is back online",
+            self.name,
+            dev.config.device_id,
+            dev.config.unit_id,
+        )
+        await sink.event(
+            DriverEvent(
+                dev.config.device_id,
+                DriverEventKind.ONLINE,
+                at,
+                {"bus": self.config.name, "unit_id": dev.config.unit_id},
+            )
+        )
+
+    async def _value_refused(
+        self, dev: _Device, exc: ImplausibleValueError, sink: ReadingSink
+    ) -> None:
+        """A reply with a value no meter can hold: a failed poll, alarmed once per episode."""
+        stats = dev.stats
+        stats.failed_polls += 1
+        stats.implausible_values += 1
+        stats.last_error = str(exc)
+        now = self._clock()
+        await self._answered(dev, now, sink)  # it did answer: not a step towards offline
+        if stats.value_alarm:
+            logger.debug("%s: %s", self.name, exc)
+            return
+        stats.value_alarm = True
+        logger.warning("%s: unit %d: %s", self.name, dev.config.unit_id, exc)
+        await sink.event(
+            DriverEvent(
+                dev.config.device_id,
+                DriverEventKind.FRAME_ERROR,
+                now,
+                {
+                    "bus": self.config.name,
+                    "unit_id": dev.config.unit_id,
+                    "condition": "implausible_value",
+                    "state": "raised",
+                    "register": exc.register,
+                    "value": repr(exc.value),
+                    "message": str(exc),
+                },
+            )
+        )
 
     async def _read_values(self, dev: _Device) -> dict[str, int]:
         specs = dev.specs
@@ -409,11 +489,18 @@ class ModbusBus:
                         spec.word_order,
                         spec.byte_order,
                     )
+                except ImplausibleRegisterError as exc:
+                    raise ImplausibleValueError(
+                        dev.config.device_id, span.name, exc.value, exc.reason
+                    ) from exc
                 except DecodeError as exc:
                     raise FrameError(dev.config.device_id, f"{span.name}: {exc}") from exc
         if values[ENERGY] < 0:
-            raise FrameError(
-                dev.config.device_id, f"energy register is negative ({values[ENERGY]})"
+            raise ImplausibleValueError(
+                dev.config.device_id,
+                ENERGY,
+                values[ENERGY],
+                "negative milli-units; a cumulative counter cannot be",
             )
         return values
 

@@ -2,7 +2,7 @@
 
 `ModbusBusConfig` is what the site config embeds under ``modbus_buses:``; `DeviceProfile` is one
 file in ``configs/devices/``. Both are frozen pydantic v2 models that reject unknown keys, so a
-typo in an operator file is an error with a line number (see `billing_engine.yaml_config`).
+typo in an operator file is an error with a line number (see `billing_engine.base.yaml_lines`).
 """
 
 from __future__ import annotations

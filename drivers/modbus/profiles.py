@@ -1,7 +1,7 @@
 """Device profiles: loading ``configs/devices/<name>.yaml`` and turning one into a read plan.
 
 A profile names the billed register (``energy``), optional extra registers, and the relay or
-valve (``supply``). Loading goes through `billing_engine.yaml_config.load_model`, so every
+valve (``supply``). Loading goes through `billing_engine.base.yaml_lines.load_model`, so every
 error names file, line and field, and a bad file loads nothing.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from billing_engine.errors import ConfigError, InvalidConfigError
-from billing_engine.yaml_config import load_model
+from billing_engine.base.errors import ConfigError, InvalidConfigError
+from billing_engine.base.yaml_lines import load_model
 from drivers.modbus.config import DeviceProfile, RegisterSpec
 from drivers.modbus.registers import ReadBlock, RegisterSpan, plan_reads, register_count
 

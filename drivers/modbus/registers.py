@@ -93,8 +93,28 @@ TYPE_TABLE: Final[dict[DataType, TypeInfo]] = {
 MAX_READ_REGISTERS: Final = 125
 
 
+#: The range of a milli-unit value: the journal stores registers as SQLite INTEGER (int64).
+MILLI_MIN: Final = -(2**63)
+MILLI_MAX: Final = 2**63 - 1
+
+
 class DecodeError(ValueError):
     """Register words that cannot become a reading (wrong length, NaN, negative total)."""
+
+
+class ImplausibleRegisterError(DecodeError):
+    """A register decoded to a value no meter can hold: NaN, infinite, or beyond int64
+    milli-units after scaling. The driver names the device and register.
+
+    Attributes:
+        value: the decoded value, before scaling.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, value: int | float, reason: str) -> None:
+        self.value = value
+        self.reason = reason
+        super().__init__(f"register holds {value!r}: {reason}")
 
 
 def register_count(data_type: DataType) -> int:
@@ -165,16 +185,27 @@ def to_milli(value: int | float, scale: Decimal) -> int:
     in exact decimal arithmetic and rounded half-even once, at the end.
 
     Raises:
-        DecodeError: the value is NaN or infinite.
+        ImplausibleRegisterError: the value is NaN or infinite, or its milli-units do not fit in
+            int64 (`MILLI_MIN`..`MILLI_MAX`, what the journal stores): float32 3.4e38 is refused
+            here, not turned into a 42-digit integer.
     """
     if isinstance(value, int):
         int_scale = _integral(scale)
         if int_scale is not None:
-            return value * int_scale  # the common integer-register case, without Decimal
+            milli = value * int_scale  # the common integer-register case, without Decimal
+            if MILLI_MIN <= milli <= MILLI_MAX:
+                return milli
+            raise ImplausibleRegisterError(value, _beyond_int64(scale))
     elif not math.isfinite(value):
-        raise DecodeError(f"register holds {value}, not a number")
-    exact = Decimal(value) * scale
-    return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
+        raise ImplausibleRegisterError(value, "not a finite number")
+    rounded = (Decimal(value) * scale).to_integral_value(rounding=ROUND_HALF_EVEN)
+    if not MILLI_MIN <= rounded <= MILLI_MAX:  # exact: Decimal compares with int exactly
+        raise ImplausibleRegisterError(value, _beyond_int64(scale))
+    return int(rounded)
+
+
+def _beyond_int64(scale: Decimal) -> str:
+    return f"times the scale {scale} it is beyond the int64 milli-unit range the journal holds"
 
 
 @functools.cache

@@ -21,17 +21,13 @@ Receipts are signed the same way, by the gateway's own Ed25519 key.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Final, Literal, NoReturn, Self
+from typing import Annotated, Any, Final, Literal, Self
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import (
     AfterValidator,
@@ -43,29 +39,23 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from billing_engine.errors import PrepayError
 from gateway.errors import CommandRejectedError
-from gateway.northbound.topics import (
+from gateway.northbound.payloads import (
     CommandKind,
     Currency,
     Identifier,
-    ReceiptPayload,
     UtcDatetime,
     format_rfc3339,
 )
+from gateway.northbound.settings import CommandLimits
+from gateway.northbound.signing import (
+    canonical_json,
+    loads_strict,
+    sign_document,
+    signature_problem,
+)
 
-DEFAULT_CLOCK_SKEW: Final = timedelta(minutes=5)
-SIGNATURE_FIELD: Final = "signature"
-_SIGNATURE_LEN: Final = 64
-
-
-class InvalidReceiptError(PrepayError):
-    """A receipt failed verification; ``reason`` is malformed or bad_signature."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+DEFAULT_LIMITS: Final = CommandLimits()
 
 
 def _positive(value: int) -> int:
@@ -203,94 +193,6 @@ COMMAND_MODELS: Final[dict[CommandKind, type[_Command]]] = {
 }
 
 
-# --- canonical JSON -----------------------------------------------------------------------------
-
-
-class _NotStrictJsonError(ValueError):
-    pass
-
-
-def _no_float(text: str) -> NoReturn:
-    raise _NotStrictJsonError(f"float {text} (use integer minor units or a decimal string)")
-
-
-def _no_constant(text: str) -> NoReturn:
-    raise _NotStrictJsonError(f"{text} is not JSON")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _NotStrictJsonError(f"key {key!r} repeated")
-        result[key] = value
-    return result
-
-
-def loads_strict(raw: bytes) -> Any:
-    """Parse JSON that has no floats, no NaN/Infinity and no repeated keys.
-
-    Raises:
-        ValueError: not UTF-8 JSON, or one of the above.
-    """
-    try:
-        return json.loads(
-            raw.decode("utf-8"),
-            parse_float=_no_float,
-            parse_constant=_no_constant,
-            object_pairs_hook=_unique_keys,
-        )
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not UTF-8 JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise ValueError("JSON nested too deeply") from exc
-
-
-def _check_no_float(value: object, path: str = "$") -> None:
-    if isinstance(value, float):
-        raise ValueError(f"{path} is a float (use integer minor units or a decimal string)")  # noqa: TRY004 - a bad value, reported like every other
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            _check_no_float(item, f"{path}.{key}")
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _check_no_float(item, f"{path}[{index}]")
-
-
-def canonical_json(obj: Mapping[str, Any]) -> bytes:
-    """The bytes that are signed: ``obj`` minus ``signature``, sorted keys, no whitespace, UTF-8.
-
-    Raises:
-        ValueError: ``obj`` holds a float.
-    """
-    body = {k: v for k, v in obj.items() if k != SIGNATURE_FIELD}
-    _check_no_float(body)
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _sign(obj: Mapping[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
-    signature = base64.b64encode(key.sign(canonical_json(obj))).decode("ascii")
-    return {**{k: v for k, v in obj.items() if k != SIGNATURE_FIELD}, SIGNATURE_FIELD: signature}
-
-
-def _signature_ok(obj: Mapping[str, Any], key: Ed25519PublicKey) -> str:
-    """Empty string when ``obj``'s signature is valid, else why not."""
-    encoded = obj.get(SIGNATURE_FIELD)
-    if not isinstance(encoded, str):
-        return "no signature"
-    try:
-        signature = base64.b64decode(encoded, validate=True)
-    except binascii.Error:
-        return "signature is not base64"
-    if len(signature) != _SIGNATURE_LEN:
-        return "signature is not 64 bytes"
-    try:
-        key.verify(signature, canonical_json(obj))
-    except InvalidSignature:
-        return "signature does not match the content"
-    return ""
-
-
 # --- commands -----------------------------------------------------------------------------------
 
 
@@ -322,11 +224,17 @@ def sign_command(body: Mapping[str, Any], private_key: Ed25519PrivateKey) -> dic
     Raises:
         ValueError: ``body`` holds a float.
     """
-    return _sign(body, private_key)
+    return sign_document(body, private_key)
 
 
-def command_id_of(raw: bytes) -> str | None:
-    """The ``id`` of a command payload if one can be read, for answering a rejected command."""
+def command_id_of(raw: bytes, max_bytes: int = DEFAULT_LIMITS.max_payload_bytes) -> str | None:
+    """The ``id`` of a command payload if one can be read, for answering a rejected command.
+
+    A payload over ``max_bytes`` is not parsed at all (its id is None): parsing is the cost a
+    flood of large payloads would impose.
+    """
+    if len(raw) > max_bytes:
+        return None
     try:
         obj = json.loads(raw)
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -350,13 +258,16 @@ def parse_and_verify(
     site_id: str,
     backend_public_key: Ed25519PublicKey,
     now: datetime,
-    clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
+    limits: CommandLimits = DEFAULT_LIMITS,
 ) -> Command:
     """Check one received command and return it as a model.
 
-    Checks run in this order, and the first failure is the reason: JSON (malformed), signature
-    (bad_signature), shape (malformed or non_positive_amount), site (wrong_site), then time:
-    expired when ``now >= expires_at``, not_yet_valid when ``issued_at > now + clock_skew``.
+    Checks run in this order, and the first failure is the reason: size before anything is
+    parsed (too_large), JSON (malformed), signature (bad_signature), shape (malformed or
+    non_positive_amount), site (wrong_site), then time: expired when ``now >= expires_at``,
+    not_yet_valid when ``issued_at`` is ahead of ``now`` by more than the allowed clock skew,
+    lifetime_too_long when ``expires_at - issued_at`` exceeds the maximum lifetime; last the
+    amount ceiling of a top-up or refund (amount_too_large).
 
     Args:
         kind: the ``{kind}`` level of the topic the command came on.
@@ -364,7 +275,7 @@ def parse_and_verify(
         site_id: this gateway's site.
         backend_public_key: the key the site config trusts for commands.
         now: the gateway's clock, an aware datetime.
-        clock_skew: how far in the future ``issued_at`` may be.
+        limits: the site's bounds on commands (`CommandLimits`).
 
     Raises:
         CommandRejectedError: with one of the reasons above.
@@ -373,13 +284,17 @@ def parse_and_verify(
         command_kind = CommandKind(kind)
     except ValueError:
         raise CommandRejectedError("malformed", f"unknown command kind {kind!r}") from None
+    if len(raw) > limits.max_payload_bytes:
+        raise CommandRejectedError(
+            "too_large", f"{len(raw)} bytes; at most {limits.max_payload_bytes} are read"
+        )
     try:
         obj = loads_strict(raw)
     except ValueError as exc:
         raise CommandRejectedError("malformed", str(exc)) from None
     if not isinstance(obj, dict):
         raise CommandRejectedError("malformed", "a command is a JSON object")
-    problem = _signature_ok(obj, backend_public_key)
+    problem = signature_problem(obj, backend_public_key)
     if problem:
         raise CommandRejectedError("bad_signature", problem)
     try:
@@ -390,129 +305,29 @@ def parse_and_verify(
         raise CommandRejectedError("wrong_site", f"command is for site {command.site!r}")
     if now >= command.expires_at:
         raise CommandRejectedError("expired", f"expired at {format_rfc3339(command.expires_at)}")
+    clock_skew = timedelta(seconds=limits.max_clock_skew_s)
     if command.issued_at > now + clock_skew:
         raise CommandRejectedError(
             "not_yet_valid",
             f"issued_at {format_rfc3339(command.issued_at)} is ahead of the gateway clock "
             f"{format_rfc3339(now)} by more than {clock_skew}",
         )
+    lifetime = command.expires_at - command.issued_at
+    if lifetime > timedelta(seconds=limits.max_lifetime_s):
+        raise CommandRejectedError(
+            "lifetime_too_long",
+            f"valid for {lifetime}; at most {timedelta(seconds=limits.max_lifetime_s)}",
+        )
+    amount = getattr(command, "amount_minor", None)
+    if isinstance(amount, int) and amount > limits.max_amount_minor:
+        raise CommandRejectedError(
+            "amount_too_large", f"{amount} minor units; at most {limits.max_amount_minor}"
+        )
     return command
 
 
-# --- receipts -----------------------------------------------------------------------------------
-
-
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """A short stable name for a public key: the first 16 hex digits of SHA-256 of its raw bytes."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
-def make_receipt(
-    seq: int,
-    topup: TopupCommand,
-    balance_after_minor: int,
-    *,
-    applied_at: datetime,
-    gateway_key: Ed25519PrivateKey,
-) -> dict[str, Any]:
-    """The signed receipt of an applied top-up, as a JSON-ready dict (see `ReceiptPayload`).
-
-    Store it as it is: a reissue sends the same dict again.
-
-    Raises:
-        ValueError: ``seq`` < 1 or ``applied_at`` is naive.
-    """
-    if seq < 1:
-        raise ValueError("receipt sequence numbers start at 1")
-    body: dict[str, Any] = {
-        "receipt_seq": seq,
-        "site": topup.site,
-        "topup_id": topup.id,
-        "account": topup.account,
-        "amount_minor": topup.amount_minor,
-        "currency": topup.currency,
-        "balance_after_minor": balance_after_minor,
-        "applied_at": format_rfc3339(applied_at),
-        "key_id": key_id(gateway_key.public_key()),
-    }
-    if topup.payment_ref is not None:
-        body["payment_ref"] = topup.payment_ref
-    return _sign(body, gateway_key)
-
-
-def verify_receipt(
-    receipt: Mapping[str, Any], gateway_public_key: Ed25519PublicKey
-) -> ReceiptPayload:
-    """Check a receipt's signature and shape and return it as a model.
-
-    Raises:
-        InvalidReceiptError: reason ``bad_signature`` or ``malformed``.
-    """
-    try:
-        problem = _signature_ok(receipt, gateway_public_key)
-    except ValueError as exc:
-        raise InvalidReceiptError("malformed", str(exc)) from None
-    if problem:
-        raise InvalidReceiptError("bad_signature", problem)
-    try:
-        return ReceiptPayload.model_validate(dict(receipt))
-    except ValidationError as exc:
-        raise InvalidReceiptError("malformed", str(exc)) from None
-
-
-# --- keys ---------------------------------------------------------------------------------------
-
-
-def generate_private_key() -> Ed25519PrivateKey:
-    """A new Ed25519 key (for the gateway's receipts, or a test backend)."""
-    return Ed25519PrivateKey.generate()
-
-
-def private_key_to_pem(key: Ed25519PrivateKey) -> bytes:
-    """PKCS#8 PEM, unencrypted: protect the file with its mode (0600)."""
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def public_key_to_pem(key: Ed25519PublicKey) -> bytes:
-    """SubjectPublicKeyInfo PEM."""
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def load_private_key(pem: bytes) -> Ed25519PrivateKey:
-    """An Ed25519 private key from PKCS#8 PEM.
-
-    Raises:
-        ValueError: not PEM, or not an Ed25519 key.
-    """
-    key = serialization.load_pem_private_key(pem, password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError("not an Ed25519 private key")  # noqa: TRY004 - bad input, not a bug
-    return key
-
-
-def load_public_key(data: bytes | str) -> Ed25519PublicKey:
-    """An Ed25519 public key from PEM, or from base64 of its 32 raw bytes (handy in YAML).
-
-    Raises:
-        ValueError: neither form, or not an Ed25519 key.
-    """
-    blob = data.encode() if isinstance(data, str) else data
-    if blob.lstrip().startswith(b"-----BEGIN"):
-        key = serialization.load_pem_public_key(blob)
-        if not isinstance(key, Ed25519PublicKey):
-            raise ValueError("not an Ed25519 public key")
-        return key
-    try:
-        raw = base64.b64decode(blob.strip(), validate=True)
-    except binascii.Error as exc:
-        raise ValueError("neither PEM nor base64") from exc
-    if len(raw) != 32:
-        raise ValueError("a raw Ed25519 public key is 32 bytes")
-    return Ed25519PublicKey.from_public_bytes(raw)
+def command_digest(command: Command) -> str:
+    """SHA-256 (hex) of the command's canonical JSON without its signature: what identifies
+    its content, so that the same id with other content is told apart from a resend."""
+    body = command.model_dump(mode="json", by_alias=True, exclude={"signature"})
+    return hashlib.sha256(canonical_json(body)).hexdigest()

@@ -19,6 +19,10 @@ Protocol facts this adapter relies on:
   resending it with the same ``id`` when no result arrives (a duplicate answers ``duplicate``).
 - A backlog of readings of one meter is sent as one ``meter/{meter}/readings`` batch when
   ``batch_telemetry`` is on; one PUBLISH costs ~80 us in aiomqtt, far more than its bytes.
+
+Why one module of this size: it is the one adapter over aiomqtt (connect, fall back, drain,
+batch, receive), and the protocol facts above hold for all of it; settings, payloads and
+topics live apart.
 """
 
 from __future__ import annotations
@@ -33,88 +37,32 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Annotated, Final, Literal, Self
+from typing import Final, Literal, Protocol
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.messages import MessageClass, OutboxMessage, OutboxReader
-from gateway.northbound.topics import (
-    QOS,
-    SiteTopics,
-    StatusPayload,
-    TopicKind,
-    encode_payload,
-    encode_reading_batch,
-)
+from gateway.northbound.payloads import StatusPayload, encode_payload, encode_reading_batch
+from gateway.northbound.settings import CommandLimits, MqttSettings, TlsSettings
+from gateway.northbound.topics import QOS, SiteTopics
 
 logger = logging.getLogger(__name__)
 
-Protocol = Literal["auto", "5", "3.1.1"]
-CommandHandler = Callable[[str, bytes], Awaitable[None]]
+
+class CommandHandler(Protocol):
+    """What the link calls for each ``cmd/{kind}`` message."""
+
+    def __call__(self, kind: str, raw: bytes, *, retained: bool) -> Awaitable[None]: ...
+
 
 # CONNACK codes meaning "I do not speak this protocol version" (3.1.1: 1; MQTT 5: 0x84).
 _UNSUPPORTED_PROTOCOL: Final = frozenset({1, 0x84})
+_DEFAULT_LIMITS: Final = CommandLimits()
 _LINK_ERRORS: Final = (aiomqtt.MqttError, OSError)  # TimeoutError and ssl.SSLError are OSErrors
-
-
-class TlsSettings(BaseModel):
-    """TLS towards the broker: the CA that signed the broker, and our client certificate."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ca_file: Path
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-    @model_validator(mode="after")
-    def cert_and_key_together(self) -> Self:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError(
-                "give both cert_file and key_file for a client certificate, or neither"
-            )
-        return self
-
-
-class MqttSettings(BaseModel):
-    """How to reach the utility's broker. Part of the site config."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str
-    port: Annotated[int, Field(ge=1, le=65535)] = 1883
-    tls: TlsSettings | None = None
-    username: str | None = None
-    password_file: Path | None = None
-    client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
-    max_inflight: Annotated[int, Field(ge=1, le=1000)] = 100
-    protocol: Protocol = "auto"
-    connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
-    publish_timeout_s: Annotated[float, Field(gt=0)] = 30.0
-    backoff_initial_s: Annotated[float, Field(gt=0)] = 0.5
-    backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
-    session_expiry_s: Annotated[int, Field(ge=0)] = 86_400
-    batch_telemetry: bool = True
-    batch_max: Annotated[int, Field(ge=2, le=10_000)] = 100
-    drain_deadline_s: Annotated[float, Field(ge=0)] = 5.0
-
-    @model_validator(mode="after")
-    def password_needs_username(self) -> Self:
-        if self.password_file is not None and self.username is None:
-            raise ValueError("password_file is set but username is not")
-        return self
-
-    @model_validator(mode="after")
-    def backoff_cap_above_start(self) -> Self:
-        if self.backoff_max_s < self.backoff_initial_s:
-            raise ValueError("backoff_max_s must be >= backoff_initial_s")
-        return self
 
 
 @dataclass
@@ -171,8 +119,10 @@ class MqttLink:
         version: str,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        command_limits: CommandLimits = _DEFAULT_LIMITS,
     ) -> None:
         self._settings = settings
+        self._command_limits = command_limits
         self._topics = SiteTopics(site_id)
         self._version = version
         self._clock = clock
@@ -207,9 +157,10 @@ class MqttLink:
         Args:
             outbox: where the messages to send come from; acknowledged after each PUBACK.
             wake: set by the producer after it adds to the outbox.
-            on_command: called with (kind, raw payload) for each ``cmd/{kind}`` message, one at a
-                time, in arrival order. It must answer through the outbox and bound its own I/O;
-                an exception it raises is logged and counted, and the link goes on.
+            on_command: called with (kind, raw payload, retained) for each ``cmd/{kind}``
+                message, one at a time, in arrival order. It must answer through the outbox and
+                bound its own I/O; an exception it raises is logged and counted, and the link
+                goes on.
         """
         self._wake = wake
         failures = 0
@@ -344,12 +295,18 @@ class MqttLink:
             "keepalive": s.keepalive_s,
             "timeout": s.connect_timeout_s,
             "max_inflight_messages": s.max_inflight,
+            # Commands waiting for the handler: a flood is dropped here (QoS 1: the backend
+            # resends on no result), it does not grow the daemon's memory.
+            "max_queued_incoming_messages": self._command_limits.max_queued,
             "tls_context": self._tls_context,
             "logger": logger,
         }
         if version == "5":
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = s.session_expiry_s
+            # The broker must not send us more than a command may be (plus topic and header);
+            # on 3.1.1 the handler refuses an oversized command before parsing it.
+            properties.MaximumPacketSize = self._command_limits.max_payload_bytes + 1_024
             client = aiomqtt.Client(
                 protocol=aiomqtt.ProtocolVersion.V5,
                 clean_start=False,
@@ -381,7 +338,7 @@ class MqttLink:
                 payload = b"" if payload is None else str(payload).encode()
             self.counters.commands += 1
             try:
-                await on_command(kind.value, bytes(payload))
+                await on_command(kind.value, bytes(payload), retained=bool(message.retain))
             # The one supervised boundary: a failing handler loses its command (logged and
             # counted; the backend resends on no result) but must not stop money events flowing.
             except Exception:
@@ -496,16 +453,13 @@ class MqttLink:
                 )
         return units
 
-    def _batchable_meter(self, message: OutboxMessage) -> str | None:
+    @staticmethod
+    def _batchable_meter(message: OutboxMessage) -> str | None:
+        # The batch key is stored with the message (a reading's meter); retained or
+        # non-telemetry messages always go alone.
         if message.message_class is not MessageClass.TELEMETRY or message.retain:
             return None
-        if not message.topic.endswith("/reading"):
-            return None
-        try:
-            parsed = self._topics.parse(message.topic)
-        except ValueError:
-            return None
-        return parsed.key if parsed.kind is TopicKind.METER_READING else None
+        return message.batch_key
 
 
 def _single(message: OutboxMessage) -> _Unit:

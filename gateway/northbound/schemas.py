@@ -17,7 +17,7 @@ from typing import Final
 from pydantic import BaseModel
 
 from gateway.northbound.commands import COMMAND_MODELS
-from gateway.northbound.topics import PAYLOAD_MODELS
+from gateway.northbound.payloads import PAYLOAD_MODELS
 
 # Outgoing payloads are documented as serialised; incoming commands as validated.
 SCHEMA_MODELS: Final[dict[str, tuple[type[BaseModel], str]]] = {

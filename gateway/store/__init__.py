@@ -6,12 +6,13 @@ Start at `Store` and `Store.transaction`.
 
 from __future__ import annotations
 
-from gateway.store.accounts import AccountState
-from gateway.store.commands import Receipt
+from gateway.store.account_records import AccountRecord
+from gateway.store.command_results import Receipt
 from gateway.store.errors import (
     CommandConflictError,
     IdempotencyConflictError,
     InvalidEntryError,
+    JournalRowError,
     JournalStateError,
     LedgerConflictError,
     LedgerKeyError,
@@ -30,11 +31,11 @@ from gateway.store.ledger import (
     ProblemKind,
 )
 from gateway.store.outbox import NOT_QUEUED, OutboxStats
-from gateway.store.store import Store, Transaction, verify_ledger
+from gateway.store.transaction import Store, Transaction, verify_ledger
 
 __all__ = [
     "NOT_QUEUED",
-    "AccountState",
+    "AccountRecord",
     "ChainHead",
     "CommandConflictError",
     "EntryKind",
@@ -42,6 +43,7 @@ __all__ = [
     "IdempotencyConflictError",
     "InvalidEntryError",
     "JournalRow",
+    "JournalRowError",
     "JournalState",
     "JournalStateError",
     "LedgerConflictError",

@@ -149,8 +149,18 @@ _V2 = (
        BEGIN SELECT RAISE(ABORT, 'the reading journal is append-only until billed'); END""",
 )
 
+# Version 3: the outbox keeps each message's batch key (the meter of a reading), so the MQTT
+# link batches a backlog on stored data instead of taking topics apart. Rows queued by an older
+# version have none and are sent one by one, as before.
+_V3 = ("ALTER TABLE outbox ADD COLUMN batch_key TEXT",)
+
+# Version 4: a command id is stored with a digest of the command's content, so that the same
+# id with other content is refused (``duplicate_conflict``) instead of replaying the first
+# result. Commands recorded by an older version have none and are compared by id only.
+_V4 = ("ALTER TABLE commands ADD COLUMN content_hash TEXT",)
+
 #: Forward migrations, in order: ``MIGRATIONS[n - 1]`` brings the file to version ``n``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

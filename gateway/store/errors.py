@@ -5,7 +5,7 @@ Each carries the identifiers an operator needs as attributes; none carries key m
 
 from __future__ import annotations
 
-from billing_engine.errors import PrepayError
+from billing_engine.base.errors import PrepayError
 
 
 class StoreError(PrepayError):
@@ -83,3 +83,21 @@ class JournalStateError(StoreError):
         self.row_id = row_id
         self.state = state
         super().__init__(f"journal row {row_id} is {state}; cannot mark it {wanted}")
+
+
+class JournalRowError(StoreError):
+    """The journal refused one reading for what it holds (a register beyond int64, a value that
+    breaks a CHECK): a fault of that row alone, not of the database.
+
+    Raised out of the transaction, which then rolls back; the caller may journal the other
+    readings of the batch without it.
+
+    Attributes:
+        reading_id: the refused reading.
+        meter_id: its meter.
+    """
+
+    def __init__(self, reading_id: str, meter_id: str, cause: str) -> None:
+        self.reading_id = reading_id
+        self.meter_id = meter_id
+        super().__init__(f"journal refused reading {reading_id} of meter {meter_id}: {cause}")

@@ -18,11 +18,24 @@ from typing import Any
 
 from drivers.ports import Quality, Reading
 from gateway.store import jsontext
-from gateway.store.errors import JournalStateError
+from gateway.store.errors import JournalRowError, JournalStateError
 from gateway.store.jsontext import JsonObject
 from gateway.store.timestamps import from_micros, to_micros
 
 logger = logging.getLogger(__name__)
+
+
+#: What binding or inserting one row raises when the fault is in its values: sqlite3 cannot
+#: hold the int (OverflowError), cannot bind the type (InterfaceError, TypeError), or a CHECK /
+#: NOT NULL refuses it (IntegrityError). I/O, lock and misuse errors are not among them.
+_ROW_FAULTS = (
+    OverflowError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+)
 
 
 class JournalState(enum.StrEnum):
@@ -108,27 +121,39 @@ def journal_readings(
     Returns:
         For each reading, in order, its new journal row id, or None when it was a duplicate
         (already journalled earlier or earlier in the same batch).
+
+    Raises:
+        JournalRowError: a reading's values cannot be stored (`Reading` checks them, so only a
+            reading built around its checks gets here); the statement had no effect, the
+            rows before it are inserted and the caller's transaction decides.
     """
     received_at_us = to_micros(received_at)
     ids: list[int | None] = []
     for reading in readings:
         # ON CONFLICT on the one column, not INSERT OR IGNORE: OR IGNORE would also silently
         # skip a row that breaks a CHECK, and a skipped reading is a lost reading.
-        cursor = conn.execute(
-            "INSERT INTO readings (reading_id, meter_id, read_at_us, register_milli, source,"
-            " quality, device_seq, received_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (reading_id) DO NOTHING",
-            (
-                reading.reading_id,
-                reading.meter_id,
-                to_micros(reading.read_at),
-                reading.register_milli,
-                reading.source,
-                reading.quality.value,
-                reading.seq,
-                received_at_us,
-            ),
-        )
+        try:
+            cursor = conn.execute(
+                "INSERT INTO readings (reading_id, meter_id, read_at_us, register_milli, source,"
+                " quality, device_seq, received_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (reading_id) DO NOTHING",
+                (
+                    reading.reading_id,
+                    reading.meter_id,
+                    to_micros(reading.read_at),
+                    reading.register_milli,
+                    reading.source,
+                    reading.quality.value,
+                    reading.seq,
+                    received_at_us,
+                ),
+            )
+        except _ROW_FAULTS as exc:
+            raise JournalRowError(
+                str(getattr(reading, "reading_id", "?")),
+                str(getattr(reading, "meter_id", "?")),
+                f"{type(exc).__name__}: {exc}",
+            ) from exc
         if cursor.rowcount == 1:
             ids.append(cursor.lastrowid)
             continue

@@ -21,6 +21,9 @@ What `verify` finds, and how it shows:
 * a cached balance that is not the sum of the account's entries: ``balance_mismatch``.
 
 The key is never logged or stored; ``meta`` holds only ``HMAC(key, "key-check")``.
+
+Why one module of this size: the chain formula, appending, verifying and the tamper table
+are one argument about the ledger's integrity; split, each part would lose the others' proof.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.messages import MessageClass, OutboxMessage
+from gateway.messages import MessageClass, OutboxMessage, Outgoing
 from gateway.store.errors import StoreError
 
 #: What `enqueue` returns for a telemetry message dropped by the bound (seqs start at 1).
@@ -77,12 +77,8 @@ def _total_pending(conn: sqlite3.Connection) -> int:
 
 def enqueue(
     conn: sqlite3.Connection,
+    message: Outgoing,
     *,
-    topic: str,
-    payload: bytes,
-    qos: int,
-    retain: bool,
-    message_class: MessageClass,
     max_messages: int,
     coalesce_retained_state: bool,
     now_us: int,
@@ -96,6 +92,8 @@ def enqueue(
     pending counter for the caller to write once with `write_pending_deltas` before it commits:
     both save statements on the billing path, where every reading queues messages.
     """
+    topic, payload, qos, retain = message.topic, message.payload, message.qos, message.retain
+    message_class = message.message_class
     if message_class.__class__ is not MessageClass:  # a plain string: check and convert it
         message_class = MessageClass(message_class)
     if qos not in (0, 1, 2):
@@ -138,9 +136,10 @@ def enqueue(
 
     class_name = message_class.value
     cursor = conn.execute(
-        "INSERT INTO outbox (topic, payload, qos, retain, message_class, enqueued_at_us)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (topic, bytes(payload), qos, int(retain), class_name, now_us),
+        "INSERT INTO outbox"
+        " (topic, payload, qos, retain, message_class, enqueued_at_us, batch_key)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (topic, bytes(payload), qos, int(retain), class_name, now_us, message.batch_key),
     )
     if pending_deltas is None:
         _bump(conn, "pending", class_name, 1)
@@ -164,7 +163,8 @@ def write_pending_deltas(conn: sqlite3.Connection, deltas: dict[str, int]) -> No
 def pending(conn: sqlite3.Connection, limit: int) -> list[OutboxMessage]:
     """Oldest-first messages not yet acknowledged, at most ``limit``."""
     cursor = conn.execute(
-        "SELECT seq, topic, payload, qos, retain, message_class FROM outbox ORDER BY seq LIMIT ?",
+        "SELECT seq, topic, payload, qos, retain, message_class, batch_key"
+        " FROM outbox ORDER BY seq LIMIT ?",
         (limit,),
     )
     return [
@@ -175,8 +175,9 @@ def pending(conn: sqlite3.Connection, limit: int) -> list[OutboxMessage]:
             qos=qos,
             retain=bool(retain),
             message_class=MessageClass(message_class),
+            batch_key=batch_key,
         )
-        for seq, topic, payload, qos, retain, message_class in cursor
+        for seq, topic, payload, qos, retain, message_class, batch_key in cursor
     ]
 
 

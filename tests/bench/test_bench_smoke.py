@@ -13,7 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+
+
+# A benchmark on a loaded 2-core machine (CI still busy with other work) runs several times
+# slower than on an idle one; the timeouts only bound a benchmark that hangs.
+TIMEOUT_S = 400
 
 
 def _bench(*args: str) -> dict[str, Any]:
@@ -21,7 +28,7 @@ def _bench(*args: str) -> dict[str, Any]:
         [sys.executable, "-m", "gateway.cli", "bench", *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=TIMEOUT_S - 20,
         check=False,
         cwd=ROOT,
     )
@@ -30,8 +37,12 @@ def _bench(*args: str) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.timeout(TIMEOUT_S)
 def test_bench_billing_runs_and_both_builds_agree() -> None:
-    result = _bench("billing", "--readings", "20000", "--accounts", "500")
+    # Most of its ~12 s is fixed: a cold JIT compile and the AOT build it compares against.
+    result = _bench(
+        "billing", "--readings", "20000", "--accounts", "500", "--reference-sample", "2000"
+    )
     assert result["readings"] == 20_000
     assert result["agree"] is True
     assert result["aot_agrees_with_jit"] is True
@@ -39,6 +50,7 @@ def test_bench_billing_runs_and_both_builds_agree() -> None:
     assert result["aot_readings_per_s"] > 0
 
 
+@pytest.mark.timeout(TIMEOUT_S)
 def test_bench_gateway_runs_every_phase() -> None:
     result = _bench(
         "gateway",
@@ -68,9 +80,22 @@ def test_bench_gateway_runs_every_phase() -> None:
     }
 
 
+@pytest.mark.timeout(TIMEOUT_S)
 def test_bench_modbus_runs() -> None:
-    result = _bench("modbus", "--seconds", "0.3", "--fleet-seconds", "0.5")
+    # A fleet of 2 x 10 meters, polled over a little more than one 1 s round.
+    result = _bench(
+        "modbus",
+        "--seconds",
+        "0.3",
+        "--fleet-seconds",
+        "1.2",
+        "--fleet-buses",
+        "2",
+        "--fleet-meters-per-bus",
+        "10",
+    )
     assert result["tcp_raw_tps"] > 0
     assert result["tcp_gateway_tps"] > 0
     assert result["pty_gateway_tps"] > 0
-    assert result["fleet_meters"] == 1000
+    assert result["fleet_meters"] == 20
+    assert result["fleet_readings_per_s"] > 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from billing_engine.errors import InvalidConfigError
+from billing_engine.base.errors import InvalidConfigError
 from billing_engine.tariff import load_tariff
 from gateway.cli import main
 

@@ -14,13 +14,13 @@ import pytest
 
 from drivers.ble.config import BleDispenserConfig
 from drivers.ble.dispenser import DispenserClient
-from drivers.ports import DriverEvent, DriverEventKind, Reading
+from drivers.ports import Clock, DriverEvent, DriverEventKind, Reading
 from firmware_sim.ble_backend import SimulatedAir
 from firmware_sim.dispenser import SimulatedDispenser
+from tests.support.waiting import DEFAULT_TIMEOUT_S
 
 ADDRESS = "AA:BB:CC:00:00:01"
 START_ML = 1_000
-WAIT_S = 5.0  # a safety net against hangs, not a timing assertion
 
 
 class RecordingSink:
@@ -49,14 +49,14 @@ class RecordingSink:
         return [e.kind for e in self.events]
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        async with asyncio.timeout(WAIT_S), self._changed:
+        async with asyncio.timeout(DEFAULT_TIMEOUT_S), self._changed:
             await self._changed.wait_for(predicate)
 
     async def wait_for_register(self, register_milli: int) -> None:
         await self.wait_for(lambda: register_milli in self.registers)
 
 
-def ticking_clock() -> Callable[[], datetime]:
+def ticking_clock() -> Clock:
     """A deterministic clock: one second later on every call."""
     now = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 

@@ -216,7 +216,7 @@ async def test_lock_ignored_by_device_reported_unconfirmed(
     dispenser.ignore_lock_writes = True
     outcome = await client.apply_supply("disp-1", on=False)
     assert not outcome.confirmed
-    assert outcome.wanted is SupplyState.OFF
+    assert outcome.requested is SupplyState.OFF
     assert outcome.observed is SupplyState.ON
     assert not dispenser.locked
     # the same through the Actuator port: the write "succeeds", the read-back tells the truth

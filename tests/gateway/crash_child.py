@@ -32,6 +32,7 @@ from drivers.ports import Reading, ReadingSink
 from gateway.config import load_site
 from gateway.daemon import Gateway
 from gateway.store import Store
+from tests.support.waiting import eventually
 
 # Crosses the end of the annual cycle (2025-01-01 00:00 Asia/Shanghai = 2024-12-31 16:00 UTC)
 # after 240 readings per meter.
@@ -103,13 +104,14 @@ class DeterministicSource:
 
 async def _all_billed(gateway: Gateway, source: DeterministicSource) -> None:
     await source.done.wait()
-    while True:
-        stats = gateway.pipeline.stats
+
+    def billed() -> bool:
+        stats = gateway.probe.counters()
         queued = stats.received - stats.journalled - stats.duplicates
-        unbilled = await asyncio.to_thread(gateway.store.unbilled, 1)
-        if queued == 0 and not unbilled:
-            return
-        await asyncio.sleep(0.05)
+        return queued == 0 and not gateway.store.unbilled(1)
+
+    # The parent bounds the whole final run; this only keeps a stuck child from waiting forever.
+    await eventually(billed, timeout_s=600, what="everything journalled billed")
 
 
 async def _main(site_path: Path, accepted: Path, *, final: bool, meters: int) -> int:

@@ -23,8 +23,9 @@ import aiomqtt
 from billing_engine import layout
 from billing_engine.reference import RefAccount, ReferenceBiller
 from gateway.config import Site
-from gateway.daemon import STATE_FILE, read_ledger_key
+from gateway.startup import STATE_FILE, read_ledger_key
 from gateway.store import EntryKind, JournalRow, JournalState, Store, verify_ledger
+from tests.support.waiting import DEFAULT_TIMEOUT_S
 
 _HELD_STATUSES = {
     layout.STATUS_REGISTER_BACKWARDS,
@@ -131,15 +132,17 @@ def audit_books(site: Site, *, expect_outbox_empty: bool = False) -> Audit:
 class Watcher:
     """A backend stand-in: keeps every message of the site, across reconnections."""
 
-    def __init__(self) -> None:
+    def __init__(self, topics: tuple[str, ...] = ("prepay/test-site/#",)) -> None:
         self.messages: list[tuple[str, dict[str, Any]]] = []
         self._changed = asyncio.Event()
+        self._topics = topics
 
     @contextlib.asynccontextmanager
     async def connected(self, host: str, port: int) -> AsyncIterator[None]:
-        """Subscribe to ``prepay/test-site/#`` until the block ends."""
+        """Subscribe to the watched topics (all of the site's) until the block ends."""
         async with aiomqtt.Client(host, port, identifier="watcher") as client:
-            await client.subscribe("prepay/test-site/#", qos=1)
+            for topic in self._topics:
+                await client.subscribe(topic, qos=1)
             task = asyncio.create_task(self._collect(client))
             try:
                 yield
@@ -156,22 +159,34 @@ class Watcher:
             self._changed.set()
 
     async def wait_for(
-        self, match: Callable[[str, dict[str, Any]], bool], timeout_s: float = 20.0
+        self, match: Callable[[str, dict[str, Any]], bool], timeout_s: float = DEFAULT_TIMEOUT_S
     ) -> dict[str, Any]:
         """The first message (already received or coming) that ``match`` accepts."""
-        async with asyncio.timeout(timeout_s):
-            while True:
-                for topic, doc in self.messages:
-                    if match(topic, doc):
-                        return doc
-                self._changed.clear()
-                await self._changed.wait()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    for topic, doc in self.messages:
+                        if match(topic, doc):
+                            return doc
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise TimeoutError(f"no such message after {timeout_s} s: {self._tail()}") from None
 
-    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
-        async with asyncio.timeout(timeout_s):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
+    async def wait_until(
+        self, predicate: Callable[[], bool], timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> None:
+        """Return once ``predicate()`` holds, checked after each message."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not predicate():
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise TimeoutError(f"still false after {timeout_s} s: {self._tail()}") from None
+
+    def _tail(self) -> str:
+        return f"{len(self.messages)} messages, the last: {[t for t, _ in self.messages[-5:]]}"
 
     def readings(self, meter: str) -> list[dict[str, Any]]:
         """Readings of ``meter`` in arrival order, from single messages and batches alike."""

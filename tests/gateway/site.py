@@ -1,18 +1,28 @@
-"""Build a real site for gateway tests: keys, tariff, policy, accounts, a Modbus bus."""
+"""Build a real site for gateway tests: keys, the Beijing water tariff, a resident policy,
+accounts (A1 on meter m1 with valve v1 unless told otherwise), optionally a Modbus bus.
+
+The site file itself is written by `bench.sites`, the one builder benchmarks and tests share.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from bench.sites import PROFILES, ROOT, TARIFFS, account
+from bench.sites import write_site as write_site_file
 from gateway.config import Site, load_site
-from gateway.keys import init_keys
 
-ROOT = Path(__file__).resolve().parents[2]
-TARIFFS = ROOT / "configs" / "tariffs"
-PROFILES = ROOT / "configs" / "devices"
+__all__ = ["PROFILES", "ROOT", "load", "water_account", "write_site"]
+
+WATER = "beijing_residential_water"
+
+
+def water_account(
+    account_id: str, meter: str, *, actuator: str | None = None, class_name: str = "resident"
+) -> dict[str, Any]:
+    """An account billed by the Beijing water tariff under the ``resident`` policy."""
+    return account(account_id, meter, tariff=WATER, class_name=class_name, actuator=actuator)
 
 
 def write_site(
@@ -25,72 +35,37 @@ def write_site(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``site.yaml`` (and a key set) into ``directory``; returns the file."""
-    init_keys(directory / "keys", with_backend=True)
     doc: dict[str, Any] = {
-        "site": "test-site",
-        "state_dir": "state",
-        "mqtt": {
-            "host": "127.0.0.1",
-            "port": mqtt_port,
-            "backoff_initial_s": 0.1,
-            "backoff_max_s": 0.5,
-            "drain_deadline_s": 2.0,
-        },
-        "keys": {
-            "ledger_key_file": "keys/ledger.key",
-            "gateway_private_key": "keys/gateway.pem",
-            "backend_public_key": "keys/backend.pub.pem",
-            "operator_public_key": "keys/operator.pub.pem",
-        },
-        "tariffs": [str(TARIFFS / "beijing-residential-water.yaml")],
-        "policies": {
-            "resident": policy
-            or {
-                "low_thresholds_minor": [500],
-                "disconnect_threshold_minor": 0,
-                "restore_threshold_minor": 100,
-            }
-        },
-        "accounts": accounts
-        or [
-            {
-                "id": "A1",
-                "meter": "m1",
-                "actuator": "v1",
-                "tariff": "beijing_residential_water",
-                "class": "resident",
-                "policy": "resident",
-            }
-        ],
-        "actuation": {"backoff_initial_s": 0.05, "backoff_max_s": 0.5, "io_timeout_s": 2.0},
+        "actuation": {"backoff_initial_s": 0.05, "backoff_max_s": 0.5, "io_timeout_s": 2.0}
     }
     if modbus_port is not None:
-        doc["devices"] = {
-            "profiles_dir": str(PROFILES),
-            "modbus_buses": [
-                {
-                    "name": "bus0",
-                    "kind": "tcp",
-                    "host": "127.0.0.1",
-                    "port": modbus_port,
-                    "timeout_s": 0.5,
-                    "devices": [
-                        {
-                            "device_id": "v1",
-                            "unit_id": 1,
-                            "profile": "water_xintai_valve",
-                            "poll_interval_s": 0.1,
-                            "meter_id": "m1",
-                            "allow_unconfirmed_supply": True,
-                        }
-                    ],
-                }
-            ],
+        valve = {
+            "device_id": "v1",
+            "unit_id": 1,
+            "profile": "water_xintai_valve",
+            "poll_interval_s": 0.1,
+            "meter_id": "m1",
+            "allow_unconfirmed_supply": True,
         }
+        bus = {
+            "name": "bus0",
+            "kind": "tcp",
+            "host": "127.0.0.1",
+            "port": modbus_port,
+            "timeout_s": 0.5,
+            "devices": [valve],
+        }
+        doc["devices"] = {"profiles_dir": str(PROFILES), "modbus_buses": [bus]}
     doc.update(extra or {})
-    path = directory / "site.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return write_site_file(
+        directory,
+        site_id="test-site",
+        mqtt_port=mqtt_port,
+        tariffs=[TARIFFS / "beijing-residential-water.yaml"],
+        accounts=accounts or [water_account("A1", "m1", actuator="v1")],
+        policies={"resident": policy} if policy is not None else None,
+        extra=doc,
+    )
 
 
 def load(directory: Path, **kwargs: Any) -> Site:

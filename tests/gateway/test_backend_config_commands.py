@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,10 +13,14 @@ from typing import Any
 from drivers.ports import Reading
 from gateway.config import Site, load_site
 from gateway.daemon import Gateway
-from gateway.northbound.commands import load_private_key, new_command, sign_command
-from gateway.northbound.topics import CommandKind
+from gateway.northbound.commands import new_command, sign_command
+from gateway.northbound.payloads import CommandKind
+from gateway.northbound.signing import load_private_key
 from tests.fixtures.mosquitto import free_port
-from tests.gateway.site import write_site
+from tests.gateway.site import water_account, write_site
+from tests.support import gateways
+from tests.support.gateways import FeedSource
+from tests.support.waiting import eventually
 
 T0 = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)
 
@@ -30,28 +34,14 @@ class Clock:
 
 
 def make_site(tmp_path: Path) -> Site:
-    accounts = [
-        {
-            "id": "A1",
-            "meter": "m1",
-            "tariff": "beijing_residential_water",
-            "class": "resident",
-            "policy": "resident",
-        },
-        {
-            "id": "A2",
-            "meter": "m2",
-            "tariff": "beijing_residential_water",
-            "class": "special",
-            "policy": "resident",
-        },
-    ]
+    accounts = [water_account("A1", "m1"), water_account("A2", "m2", class_name="special")]
     return load_site(write_site(tmp_path, mqtt_port=free_port(), accounts=accounts))
 
 
 class Running:
-    def __init__(self, gateway: Gateway, tmp_path: Path, clock: Clock) -> None:
+    def __init__(self, gateway: Gateway, feed: FeedSource, tmp_path: Path, clock: Clock) -> None:
         self.gateway = gateway
+        self.feed = feed
         self.key = load_private_key((tmp_path / "keys" / "backend.pem").read_bytes())
         self.clock = clock
 
@@ -69,25 +59,29 @@ class Running:
         return next(r for r in reversed(results) if r.get("id") == command_id)
 
     async def reading(self, meter: str, minutes: int, register_l: int) -> None:
-        billed = self.gateway.pipeline.stats.billed_batches
-        await self.gateway.pipeline.put(
+        """Hand over one reading; returns once it is billed."""
+        await self.feed.put(
             Reading(meter, T0 + timedelta(minutes=minutes), register_l, source="test")
         )
-        async with asyncio.timeout(10):
-            while self.gateway.pipeline.stats.billed_batches == billed:  # noqa: ASYNC110 - counter
-                await asyncio.sleep(0.01)
+        await eventually(lambda: gateways.settled(self.gateway), what="the reading billed")
 
 
+@contextlib.asynccontextmanager
 async def running(site: Site, tmp_path: Path, clock: Clock) -> AsyncIterator[Running]:
-    gateway = Gateway(site, clock=clock, sources=[], actuators=[], connect_mqtt=False)
-    stop = asyncio.Event()
-    task = asyncio.create_task(gateway.run(stop.wait))
-    await gateway.ready.wait()
-    try:
-        yield Running(gateway, tmp_path, clock)
-    finally:
-        stop.set()
-        await task
+    gateway, feed = gateways.offline_gateway(site, clock)
+    async with gateways.running(gateway):
+        yield Running(gateway, feed, tmp_path, clock)
+
+
+def _create(account: str, meter: str) -> dict[str, Any]:
+    """The fields of an ``account`` command creating a resident account on one meter."""
+    return {
+        "action": "create",
+        "account": account,
+        "currency": "CNY",
+        "tariff_class": "resident",
+        "meters": [meter],
+    }
 
 
 def version(price: str, special: str, at: datetime) -> dict[str, Any]:
@@ -112,9 +106,7 @@ def tariff_doc(*versions: dict[str, Any]) -> dict[str, Any]:
 async def test_tariff_command_site_scope_reprices_from_effective_instant(tmp_path: Path) -> None:
     clock = Clock()
     site = make_site(tmp_path)
-    gen = running(site, tmp_path, clock)
-    run = await anext(gen)
-    try:
+    async with running(site, tmp_path, clock) as run:
         await run.command(
             "topup", {"account": "A1", "amount_minor": 100_000, "currency": "CNY"}, "top-1"
         )
@@ -136,7 +128,7 @@ async def test_tariff_command_site_scope_reprices_from_effective_instant(tmp_pat
         # 5.00 = 2.455; 509 L at 6.00 = 3.054. Cycle: 5 + 2.455 + 3.054 = 10.509 -> 1051 fen,
         # so this reading deducts 1051 - 500 = 551.
         await run.reading("m1", 120, 2_000)
-        assert run.gateway.book.by_id["A1"].balance_minor == 100_000 - 1051
+        assert run.gateway.probe.balance_minor("A1") == 100_000 - 1051
 
         # Repricing the past is refused, and so is a broken tariff; nothing changes.
         clock.now = T0 + timedelta(hours=3)
@@ -163,26 +155,18 @@ async def test_tariff_command_site_scope_reprices_from_effective_instant(tmp_pat
             "tariff-bad",
         )
         assert (broken["status"], broken["reason"]) == ("rejected", "invalid_tariff")
-    finally:
-        await gen.aclose()
 
     # After a restart the new version is still in force (the overlay is in the store).
     clock.now = T0 + timedelta(hours=5)
-    gen = running(load_site(site.path), tmp_path, clock)
-    run = await anext(gen)
-    try:
-        tariff = run.gateway.book.engines["beijing_residential_water"].tariff
+    async with running(load_site(site.path), tmp_path, clock) as run:
+        tariff = run.gateway.probe.tariff("beijing_residential_water")
         assert [v.effective_from for v in tariff.versions][-1] == T0 + timedelta(hours=1)
-        assert run.gateway.book.by_id["A1"].balance_minor == 100_000 - 1051
-    finally:
-        await gen.aclose()
+        assert run.gateway.probe.balance_minor("A1") == 100_000 - 1051
 
 
 async def test_tariff_command_class_scope_only_moves_that_class(tmp_path: Path) -> None:
     clock = Clock()
-    gen = running(make_site(tmp_path), tmp_path, clock)
-    run = await anext(gen)
-    try:
+    async with running(make_site(tmp_path), tmp_path, clock) as run:
         at = T0 + timedelta(hours=1)
         result = await run.command(
             "tariff",
@@ -196,95 +180,39 @@ async def test_tariff_command_class_scope_only_moves_that_class(tmp_path: Path) 
             "tariff-class",
         )
         assert result["status"] == "applied"
-        book = run.gateway.book
-        assert book.by_id["A2"].config.tariff == "beijing_residential_water__special_2026"
-        assert book.by_id["A1"].config.tariff == "beijing_residential_water"
-    finally:
-        await gen.aclose()
+        probe = run.gateway.probe
+        assert probe.tariff_of("A2") == "beijing_residential_water__special_2026"
+        assert probe.tariff_of("A1") == "beijing_residential_water"
 
 
 async def test_account_command_create_update_and_rejections(tmp_path: Path) -> None:
     clock = Clock()
     site = make_site(tmp_path)
-    gen = running(site, tmp_path, clock)
-    run = await anext(gen)
-    try:
-        created = await run.command(
-            "account",
-            {
-                "action": "create",
-                "account": "A3",
-                "currency": "CNY",
-                "tariff_class": "resident",
-                "meters": ["m3"],
-            },
-            "acc-1",
-        )
+    async with running(site, tmp_path, clock) as run:
+        created = await run.command("account", _create("A3", "m3"), "acc-1")
         assert created["status"] == "applied"
         await run.command(
             "topup", {"account": "A3", "amount_minor": 1_000, "currency": "CNY"}, "top-3"
         )
         await run.reading("m3", 1, 0)
         await run.reading("m3", 2, 100)  # 0.1 m3 at 5.00 = 50 fen
-        assert run.gateway.book.by_id["A3"].balance_minor == 950
+        assert run.gateway.probe.balance_minor("A3") == 950
 
-        again = await run.command(
-            "account",
-            {
-                "action": "create",
-                "account": "A3",
-                "currency": "CNY",
-                "tariff_class": "resident",
-                "meters": ["m9"],
-            },
-            "acc-2",
-        )
+        again = await run.command("account", _create("A3", "m9"), "acc-2")
         assert (again["status"], again["reason"]) == ("rejected", "account_exists")
-        stolen = await run.command(
-            "account",
-            {
-                "action": "create",
-                "account": "A4",
-                "currency": "CNY",
-                "tariff_class": "resident",
-                "meters": ["m1"],
-            },
-            "acc-3",
-        )
+        stolen = await run.command("account", _create("A4", "m1"), "acc-3")
         assert (stolen["status"], stolen["reason"]) == ("rejected", "meter_in_use")
-        update = await run.command(
-            "account",
-            {
-                "action": "update",
-                "account": "A3",
-                "low_balance_minor": 700,
-                "exempt": True,
-            },
-            "acc-4",
-        )
+        fields = {"action": "update", "account": "A3", "low_balance_minor": 700, "exempt": True}
+        update = await run.command("account", fields, "acc-4")
         assert update["status"] == "applied"
-        policy = run.gateway.book.by_id["A3"].policy
+        policy = run.gateway.probe.policy("A3")
         assert (policy.low_thresholds_minor, policy.exempt) == ((700,), True)
-        duplicate = await run.command(
-            "account",
-            {
-                "action": "update",
-                "account": "A3",
-                "low_balance_minor": 700,
-                "exempt": True,
-            },
-            "acc-4",
-        )
+        duplicate = await run.command("account", fields, "acc-4")
         assert duplicate["status"] == "duplicate"
-    finally:
-        await gen.aclose()
-    gen = running(load_site(site.path), tmp_path, clock)
-    run = await anext(gen)
-    try:
-        assert run.gateway.book.by_id["A3"].balance_minor == 950
-        assert run.gateway.book.by_id["A3"].policy.exempt is True
-    finally:
-        await gen.aclose()
+
+    async with running(load_site(site.path), tmp_path, clock) as run:
+        assert run.gateway.probe.balance_minor("A3") == 950
+        assert run.gateway.probe.policy("A3").exempt is True
 
 
 def test_mqtt_doc_tariff_example_is_a_valid_tariff() -> None:

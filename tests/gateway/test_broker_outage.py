@@ -5,6 +5,8 @@ The gateway runs in this process with a source the test drives and a recording v
 is a real process, killed (SIGKILL) and restarted. The gateway reaches the broker through a
 loopback relay that the test opens only once the watcher has re-subscribed: otherwise the
 backlog could be delivered before anyone listens (mosquitto keeps no sessions across a kill).
+The relay reads the gateway's side of the wire as MQTT packets, so a test can say which
+PUBLISHes (and which reconnect attempts) a black hole swallowed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,15 +22,19 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from drivers.ports import Reading, ReadingSink, SupplyState
+from drivers.ports import Reading, SupplyState
 from gateway.config import Site
 from gateway.daemon import Gateway
-from gateway.northbound.commands import load_private_key, new_command, sign_command
-from gateway.northbound.topics import CommandKind
+from gateway.northbound.commands import new_command, sign_command
+from gateway.northbound.payloads import CommandKind
+from gateway.northbound.signing import load_private_key
 from gateway.store import JournalRow, JournalState
 from tests.fixtures.mosquitto import Broker
 from tests.gateway.crash_support import Watcher, all_rows, audit_books
-from tests.gateway.site import load
+from tests.gateway.site import load, water_account
+from tests.support.gateways import FeedSource, running
+from tests.support.mqtt_wire import CONNECT, PUBLISH, Packet, PacketSplitter
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -40,13 +46,15 @@ METERS = ("m1", "m2")
 class GatedRelay:
     """A loopback TCP relay to the broker that refuses connections while closed, and can go
     silent: a black hole passes nothing either way and closes nothing, as a dead mobile link
-    does, until `restore` drops its connections (the link "dies") and lets new ones through."""
+    does, until `restore` drops its connections (the link "dies") and lets new ones through.
+
+    What the gateway sent into the black hole is kept as MQTT packets (`swallowed`)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.open = True
         self.blackholed = False
-        self.swallowed = 0  # bytes lost in the black hole
+        self.swallowed: list[Packet] = []  # the gateway's packets lost in the black hole
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -65,6 +73,7 @@ class GatedRelay:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
 
     def blackhole(self) -> None:
         self.blackholed = True
@@ -74,15 +83,32 @@ class GatedRelay:
         for writer in self._writers:
             writer.close()
 
+    def swallowed_connects(self) -> int:
+        """Connection attempts (CONNECT packets) that went into the black hole."""
+        return sum(p.kind == CONNECT for p in self.swallowed)
+
+    def swallowed_reading_ids(self) -> set[str]:
+        """Readings in PUBLISHes (single or batched) that went into the black hole."""
+        ids: set[str] = set()
+        for packet in self.swallowed:
+            if packet.kind != PUBLISH:
+                continue
+            if packet.topic.endswith("/reading"):
+                ids.add(json.loads(packet.payload)["reading_id"])
+            elif packet.topic.endswith("/readings"):
+                ids.update(r["reading_id"] for r in json.loads(packet.payload)["readings"])
+        return ids
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         try:
             if not self.open:
                 return
             if self.blackholed:  # accepted, then silence: the CONNECT goes nowhere
+                packets = PacketSplitter()
                 with contextlib.suppress(OSError):
                     while data := await reader.read(65536):
-                        self.swallowed += len(data)
+                        self.swallowed += packets.feed(data)
                 return
             try:
                 async with asyncio.timeout(2):
@@ -93,8 +119,8 @@ class GatedRelay:
                 return
             self._writers.add(up_writer)
             pipes = [
-                asyncio.create_task(self._pipe(reader, up_writer)),
-                asyncio.create_task(self._pipe(up_reader, writer)),
+                asyncio.create_task(self._pipe(reader, up_writer, PacketSplitter())),
+                asyncio.create_task(self._pipe(up_reader, writer, None)),
             ]
             self._tasks.update(pipes)
             await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
@@ -102,39 +128,36 @@ class GatedRelay:
         finally:
             writer.close()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        packets: PacketSplitter | None,  # the gateway -> broker direction is read as packets
+    ) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
+                complete = packets.feed(data) if packets is not None else []
                 if self.blackholed:
-                    self.swallowed += len(data)
+                    self.swallowed += complete
                     continue  # lost in the black hole; `restore` ends this connection
                 writer.write(data)
                 await writer.drain()
 
 
-class DrivenSource:
-    """A `ReadingSource` the test drives: `emit` hands readings to the gateway."""
-
-    name = "driven"
+class DrivenSource(FeedSource):
+    """`FeedSource` with meters: `emit` hands readings of every meter to the gateway."""
 
     def __init__(self) -> None:
-        self.attached = asyncio.Event()
-        self._sink: ReadingSink | None = None
+        super().__init__()
         self._k = 0
         self._register = dict.fromkeys(METERS, 1_000)
 
-    async def run(self, sink: ReadingSink) -> None:
-        self._sink = sink
-        self.attached.set()
-        await asyncio.Event().wait()
-
     async def emit(self, count: int, litres: int) -> None:
-        assert self._sink is not None
         for _ in range(count):
             self._k += 1
             for meter in METERS:
                 self._register[meter] += litres
-                await self._sink.put(Reading(meter, BASE + self._k * STEP, self._register[meter]))
+                await self.put(Reading(meter, BASE + self._k * STEP, self._register[meter]))
 
 
 class RecordingValve:
@@ -155,13 +178,6 @@ class RecordingValve:
 
     async def read_supply(self, device_id: str) -> SupplyState:
         return SupplyState.ON if self.supply[device_id] else SupplyState.OFF
-
-
-async def _until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    """Poll gateway-side state that has no event to await (store rows, the valve)."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - see the docstring
-            await asyncio.sleep(0.02)
 
 
 def _published_rows(gateway: Gateway) -> list[JournalRow]:
@@ -185,6 +201,10 @@ def _all_seen(gateway: Gateway, watcher: Watcher) -> Callable[[], bool]:
     return check
 
 
+def _outbox_empty(gateway: Gateway) -> Callable[[], bool]:
+    return lambda: gateway.store.outbox_stats().total_pending == 0
+
+
 async def _topup(broker: Broker, keys: Path, amount_minor: int) -> None:
     key = load_private_key((keys / "backend.pem").read_bytes())
     fields: dict[str, Any] = {"account": "A1", "amount_minor": amount_minor, "currency": "CNY"}
@@ -195,37 +215,10 @@ async def _topup(broker: Broker, keys: Path, amount_minor: int) -> None:
         )
 
 
-@contextlib.asynccontextmanager
-async def _running(gateway: Gateway) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(gateway.run(stop.wait))
-    try:
-        await gateway.ready.wait()
-        yield
-    finally:
-        stop.set()
-        async with asyncio.timeout(10):
-            await task
-
-
-def _site(tmp_path: Path, mqtt_port: int, **mqtt_settings: Any) -> Site:
-    accounts = [
-        {
-            "id": "A1",
-            "meter": "m1",
-            "actuator": "v1",
-            "tariff": "beijing_residential_water",
-            "class": "resident",
-            "policy": "resident",
-        },
-        {
-            "id": "A2",
-            "meter": "m2",
-            "tariff": "beijing_residential_water",
-            "class": "resident",
-            "policy": "resident",
-        },
-    ]
+def _site(
+    tmp_path: Path, mqtt_port: int, extra: dict[str, Any] | None = None, **mqtt_settings: Any
+) -> Site:
+    accounts = [water_account("A1", "m1", actuator="v1"), water_account("A2", "m2")]
     mqtt = {
         "host": "127.0.0.1",
         "port": mqtt_port,
@@ -235,7 +228,9 @@ def _site(tmp_path: Path, mqtt_port: int, **mqtt_settings: Any) -> Site:
         "batch_max": 7,  # the backlog goes out as several batches per meter
         **mqtt_settings,
     }
-    return load(tmp_path, mqtt_port=mqtt_port, accounts=accounts, extra={"mqtt": mqtt})
+    return load(
+        tmp_path, mqtt_port=mqtt_port, accounts=accounts, extra={"mqtt": mqtt, **(extra or {})}
+    )
 
 
 async def test_broker_outage_backlog_drains_complete_and_in_order(
@@ -246,8 +241,7 @@ async def test_broker_outage_backlog_drains_complete_and_in_order(
     async with GatedRelay(mosquitto.port) as relay:
         site = _site(tmp_path, relay.port)
         gateway = Gateway(site, sources=[source], actuators=[valve])
-        async with _running(gateway):
-            await source.attached.wait()
+        async with running(gateway):
             async with watcher.connected(mosquitto.host, mosquitto.port):
                 await watcher.wait_for(
                     lambda t, d: t.endswith("/status") and d["status"] == "online"
@@ -266,8 +260,10 @@ async def test_broker_outage_backlog_drains_complete_and_in_order(
             relay.open = False
             await asyncio.to_thread(mosquitto.stop)
             await source.emit(40, 100)
-            await _until(lambda: valve.supply["v1"] is False)
-            await _until(lambda: len(_published_rows(gateway)) == 2 * 50)
+            await eventually(lambda: valve.supply["v1"] is False, what="the valve closed offline")
+            await eventually(
+                lambda: len(_published_rows(gateway)) == 2 * 50, what="all 100 readings billed"
+            )
             assert gateway.store.balance("A1") < 0
             assert gateway.link is not None
             assert not gateway.link.connected.is_set()
@@ -277,7 +273,7 @@ async def test_broker_outage_backlog_drains_complete_and_in_order(
             await asyncio.to_thread(mosquitto.start)
             async with watcher.connected(mosquitto.host, mosquitto.port):
                 relay.open = True
-                await watcher.wait_until(_all_seen(gateway, watcher), timeout_s=30)
+                await watcher.wait_until(_all_seen(gateway, watcher))
                 await watcher.wait_for(
                     lambda t, d: t.endswith("account/A1/event") and d["event"] == "cutoff"
                 )
@@ -288,7 +284,7 @@ async def test_broker_outage_backlog_drains_complete_and_in_order(
                         and d["confirmation"] == "confirmed"
                     )
                 )
-                await _until(lambda: gateway.store.outbox_stats().total_pending == 0)
+                await eventually(_outbox_empty(gateway), what="the backlog acknowledged")
             rows = _published_rows(gateway)
 
     assert valve.writes == [True, False]  # on at startup (reconcile), off once, offline
@@ -317,29 +313,49 @@ async def test_silent_outage_keeps_every_unacknowledged_message(
     watcher = Watcher()
     source, valve = DrivenSource(), RecordingValve()
     async with GatedRelay(mosquitto.port) as relay:
-        site = _site(tmp_path, relay.port, publish_timeout_s=1.5, connect_timeout_s=1.0)
+        site = _site(
+            tmp_path,
+            relay.port,
+            # No timer-driven state message: what enters the black hole first is a reading.
+            extra={"state_publish_interval_s": 3600},
+            publish_timeout_s=1.5,
+            connect_timeout_s=1.0,
+        )
         gateway = Gateway(site, sources=[source], actuators=[valve])
         assert gateway.link is not None
         link = gateway.link
-        async with _running(gateway), watcher.connected(mosquitto.host, mosquitto.port):
-            await source.attached.wait()
+        async with running(gateway), watcher.connected(mosquitto.host, mosquitto.port):
             await watcher.wait_for(lambda t, d: t.endswith("/status") and d["status"] == "online")
             await source.emit(5, 10)
             await watcher.wait_until(_all_seen(gateway, watcher))
+            # Every PUBACK is in: nothing is in flight when the link goes silent, so the next
+            # reading is published straight into the black hole.
+            await eventually(_outbox_empty(gateway), what="the online readings acknowledged")
             connects = link.counters.connects
 
             relay.blackhole()
-            await source.emit(20, 10)  # published into the black hole: no PUBACK comes back
-            await _until(lambda: not link.connected.is_set())  # the publish timed out
-            assert relay.swallowed > 200  # PUBLISHes of readings went in and were lost
+            await source.emit(20, 10)
+            await eventually(relay.swallowed_reading_ids, what="a PUBLISH of readings swallowed")
+            lost = relay.swallowed_reading_ids()
+            seen = watcher.reading_ids("m1") | watcher.reading_ids("m2")
+            assert not lost & seen  # they went into the black hole, not to the backend
+            await eventually(lambda: not link.connected.is_set(), what="the publish timing out")
             assert gateway.store.outbox_stats().total_pending > 0  # kept, not given up
-            await asyncio.sleep(1.5)  # reconnects meanwhile go nowhere either
+            # Reconnects meanwhile go nowhere either: two more attempts, no session.
+            attempts = relay.swallowed_connects()
+            await eventually(
+                lambda: relay.swallowed_connects() >= attempts + 2,
+                what="two reconnect attempts swallowed",
+            )
+            assert link.counters.connects == connects
             assert not link.connected.is_set()
 
             relay.restore()
-            await watcher.wait_until(_all_seen(gateway, watcher), timeout_s=30)
-            await _until(lambda: gateway.store.outbox_stats().total_pending == 0)
+            await watcher.wait_until(_all_seen(gateway, watcher))
+            await eventually(_outbox_empty(gateway), what="the outbox drained after the outage")
             assert link.counters.connects > connects
+            # What the black hole swallowed reached the backend: resent from the outbox.
+            assert lost <= watcher.reading_ids("m1") | watcher.reading_ids("m2")
             rows = _published_rows(gateway)
 
     for meter in METERS:

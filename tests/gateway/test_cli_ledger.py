@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.daemon import STATE_FILE
-from gateway.keys import init_keys
+from gateway.ops.keys import init_keys
+from gateway.startup import STATE_FILE
 from gateway.store import EntryKind, Store
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)

@@ -7,10 +7,9 @@ nothing; the ledger verifies and equals the reference bill of every journalled r
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,17 @@ import pytest
 from billing_engine.reference import RefAccount, ReferenceBiller
 from drivers.modbus.profiles import load_profile
 from firmware_sim.modbus_meter import MeterSimulator, SimMeter
-from gateway.daemon import STATE_FILE, Gateway, read_ledger_key
-from gateway.northbound.commands import load_private_key, new_command, sign_command
-from gateway.northbound.topics import CommandKind
+from gateway.daemon import Gateway
+from gateway.northbound.commands import new_command, sign_command
+from gateway.northbound.payloads import CommandKind
+from gateway.northbound.signing import load_private_key
+from gateway.startup import STATE_FILE, read_ledger_key
 from gateway.store import Store, verify_ledger
 from tests.fixtures.mosquitto import Broker
 from tests.gateway.crash_support import Watcher
 from tests.gateway.site import PROFILES, load
+from tests.support.gateways import running
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -53,13 +56,6 @@ async def send_command(
     return command
 
 
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    """Poll device-side state: the simulated meter is a Modbus server with no event to await."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - see the docstring
-            await asyncio.sleep(0.02)
-
-
 async def test_gateway_cutoff_and_restore_end_to_end(mosquitto: Broker, tmp_path: Path) -> None:
     profile = load_profile(PROFILES / "water_xintai_valve.yaml")
     # 1000 L/s while the valve is open: 1 m3/s at 5 yuan/m3 = 500 fen/s.
@@ -67,10 +63,7 @@ async def test_gateway_cutoff_and_restore_end_to_end(mosquitto: Broker, tmp_path
     async with MeterSimulator.tcp([meter], port=0) as sim:
         site = load(tmp_path, mqtt_port=mosquitto.port, modbus_port=sim.port)
         gateway = Gateway(site)
-        stop = asyncio.Event()
-        async with watching(mosquitto) as watcher:
-            run = asyncio.create_task(gateway.run(stop.wait))
-            await gateway.ready.wait()
+        async with watching(mosquitto) as watcher, running(gateway):
             await watcher.wait_for(lambda t, d: t.endswith("/status") and d["status"] == "online")
 
             # A signed top-up of 10.00 yuan is applied once and answered with a receipt.
@@ -89,7 +82,8 @@ async def test_gateway_cutoff_and_restore_end_to_end(mosquitto: Broker, tmp_path
             assert result["receipt"]["receipt_seq"] == 1
 
             # Consumption runs the credit out: the valve closes and the device confirms it.
-            await wait_until(lambda: not meter.supply_on)
+            # The simulated meter is a Modbus server: its valve has no event to await.
+            await eventually(lambda: not meter.supply_on, what="the valve closed")
             await watcher.wait_for(lambda t, d: t.endswith("/event") and d["event"] == "cutoff")
             await watcher.wait_for(
                 lambda t, d: (
@@ -125,11 +119,8 @@ async def test_gateway_cutoff_and_restore_end_to_end(mosquitto: Broker, tmp_path
                 {"account": "A1", "amount_minor": 50_000, "currency": "CNY"},
                 "t-2",
             )
-            await wait_until(lambda: meter.supply_on)
+            await eventually(lambda: meter.supply_on, what="the valve reopened")
             await watcher.wait_for(lambda t, d: t.endswith("/event") and d["event"] == "restored")
-            stop.set()
-            async with asyncio.timeout(6):
-                await run
 
     # Afterwards: the ledger chain verifies; balance = top-ups - deductions; deductions equal
     # the reference bill of every journalled reading.

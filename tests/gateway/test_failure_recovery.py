@@ -3,7 +3,6 @@ from the store and the journalled readings are billed again, once."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,10 +10,11 @@ import pytest
 
 from drivers.ports import Reading
 from gateway.config import load_site
-from gateway.daemon import Gateway
 from gateway.store import Transaction
 from tests.fixtures.mosquitto import free_port
 from tests.gateway.site import write_site
+from tests.support.gateways import offline_gateway, running
+from tests.support.waiting import eventually
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -22,12 +22,8 @@ T0 = datetime(2026, 6, 1, tzinfo=UTC)
 async def test_pipeline_failure_mid_transaction_bills_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gateway = Gateway(
-        load_site(write_site(tmp_path, mqtt_port=free_port())),
-        clock=lambda: T0 + timedelta(hours=1),
-        sources=[],
-        actuators=[],
-        connect_mqtt=False,
+    gateway, feed = offline_gateway(
+        load_site(write_site(tmp_path, mqtt_port=free_port())), lambda: T0 + timedelta(hours=1)
     )
     real = Transaction.mark_billed
     calls = {"n": 0}
@@ -41,22 +37,17 @@ async def test_pipeline_failure_mid_transaction_bills_once(
         real(self, row_id, status, deduction_minor, detail)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Transaction, "mark_billed", flaky)
-    stop = asyncio.Event()
-    task = asyncio.create_task(gateway.run(stop.wait))
-    await gateway.ready.wait()
-    await gateway.pipeline.put(Reading("m1", T0, 0))
-    async with asyncio.timeout(5):
-        while calls["n"] < 1:  # noqa: ASYNC110 - counting calls
-            await asyncio.sleep(0.01)
-    # +2 m3 at 5.00 yuan = 10.00 yuan; the first attempt fails after the engine ran.
-    await gateway.pipeline.put(Reading("m1", T0 + timedelta(minutes=5), 2_000))
-    async with asyncio.timeout(10):
-        while gateway.store.unbilled(10) or calls["n"] < 3:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-    assert gateway.supervisor.failures.get("pipeline") == 1
-    assert gateway.store.balance("A1") == -1000
-    assert gateway.book.by_id["A1"].balance_minor == -1000
-    entries = gateway.store.entries("A1")
-    assert [e.amount_minor for e in entries if e.kind.value == "deduction"] == [-1000]
-    stop.set()
-    await task
+    async with running(gateway):
+        await feed.put(Reading("m1", T0, 0))
+        await eventually(lambda: calls["n"] >= 1, what="the baseline billed")
+        # +2 m3 at 5.00 yuan = 10.00 yuan; the first attempt fails after the engine ran.
+        await feed.put(Reading("m1", T0 + timedelta(minutes=5), 2_000))
+        await eventually(
+            lambda: calls["n"] >= 3 and not gateway.store.unbilled(10),
+            what="the failed reading billed again",
+        )
+        assert gateway.supervisor.failures.get("pipeline") == 1
+        assert gateway.store.balance("A1") == -1000
+        assert gateway.probe.balance_minor("A1") == -1000
+        entries = gateway.store.entries("A1")
+        assert [e.amount_minor for e in entries if e.kind.value == "deduction"] == [-1000]

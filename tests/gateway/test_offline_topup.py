@@ -14,6 +14,7 @@ from gateway.config import load_site
 from gateway.daemon import Gateway
 from tests.fixtures.mosquitto import free_port
 from tests.gateway.site import write_site
+from tests.support.gateways import running
 
 pytestmark = pytest.mark.integration
 
@@ -24,11 +25,10 @@ async def test_offline_operator_topup_applied_once_and_queued(
     site_file = write_site(tmp_path, mqtt_port=free_port())  # nothing listens: offline
     site = load_site(site_file)
     gateway = Gateway(site)
-    stop = asyncio.Event()
-    run = asyncio.create_task(gateway.run(stop.wait))
-    await gateway.ready.wait()
     argv = [
         "topup",
+        "--wait",
+        "60",  # the daemon answers at once; a loaded machine may take seconds
         "-c",
         str(site_file),
         "--account",
@@ -40,23 +40,27 @@ async def test_offline_operator_topup_applied_once_and_queued(
         "--reference",
         "desk-1",
     ]
-    assert await asyncio.to_thread(main, argv) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["status"] == "applied"
-    assert result["receipt"]["amount_minor"] == 2550
-    assert result["receipt"]["payment_ref"] == "operator:desk-1"
-    assert gateway.book.by_id["A1"].balance_minor == 2550
+    async with running(gateway):
+        assert await asyncio.to_thread(main, argv) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["status"] == "applied"
+        assert result["receipt"]["amount_minor"] == 2550
+        assert result["receipt"]["payment_ref"] == "operator:desk-1"
+        assert gateway.probe.balance_minor("A1") == 2550
 
-    # A top-up signed with the wrong key (the backend's, not the operator's) is rejected.
-    bad = [*argv[:-4], "--operator-key", str(tmp_path / "keys" / "backend.pem"), "--reference", "x"]
-    assert await asyncio.to_thread(main, bad) == 1
-    rejected = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert (rejected["status"], rejected["reason"]) == ("rejected", "bad_signature")
-    assert gateway.book.by_id["A1"].balance_minor == 2550
+        # A top-up signed with the wrong key (the backend's, not the operator's) is rejected.
+        bad = [
+            *argv[:-4],
+            "--operator-key",
+            str(tmp_path / "keys" / "backend.pem"),
+            "--reference",
+            "x",
+        ]
+        assert await asyncio.to_thread(main, bad) == 1
+        rejected = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert (rejected["status"], rejected["reason"]) == ("rejected", "bad_signature")
+        assert gateway.probe.balance_minor("A1") == 2550
 
-    stats = gateway.store.outbox_stats()
-    stop.set()
-    async with asyncio.timeout(6):
-        await run
+        stats = gateway.store.outbox_stats()
     # Nothing reached a broker: the result, the event and the state wait in the outbox.
     assert sum(stats.pending.values()) >= 3

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 from drivers.ports import Reading
 from gateway.config import load_site
-from gateway.daemon import Gateway
-from gateway.quality import MeterConfig, Verdict, check, stale_meters
+from gateway.policy.quality import MeterConfig, Verdict, check, stale_meters
 from tests.fixtures.mosquitto import free_port
 from tests.gateway.site import write_site
+from tests.support.gateways import offline_gateway, running, settled
+from tests.support.waiting import eventually
 
 T0 = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)
 METER = MeterConfig(id="m1", rollover_at=Decimal(100_000), max_rate_per_h=Decimal(50))
@@ -119,17 +119,7 @@ async def test_pipeline_rollover_billed_jump_held_replacement_rebased(tmp_path: 
             ]
         },
     )
-    gateway = Gateway(
-        load_site(site_file),
-        clock=lambda: T0 + timedelta(hours=9),
-        sources=[],
-        actuators=[],
-        connect_mqtt=False,
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(gateway.run(stop.wait))
-    await gateway.ready.wait()
-    account = gateway.book.by_id["A1"]
+    gateway, feed = offline_gateway(load_site(site_file), lambda: T0 + timedelta(hours=9))
     readings = [
         (0, 99_990_000),  # baseline near the top of the counter
         (0, 99_990_001),  # same second, one litre more: not billed, not held (next one bills)
@@ -139,15 +129,11 @@ async def test_pipeline_rollover_billed_jump_held_replacement_rebased(tmp_path: 
         (6, 300),  # after the swap at 05:00: new baseline, nothing charged
         (7, 1_300),  # +1 m3 on the new meter: 5 yuan
     ]
-    for hours, register in readings:
-        await gateway.pipeline.put(Reading("m1", T0 + timedelta(hours=hours), register))
-    async with asyncio.timeout(10):
-        while gateway.pipeline.stats.billed_batches < 1 or gateway.store.unbilled(1):  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-    # 20 m3 + 10 m3 + 1 m3 = 31 m3 at 5.00 yuan (tier 1) = 155.00 yuan
-    assert account.balance_minor == -15_500
-    assert gateway.pipeline.stats.held == 1
-    alarms = [e.detail.get("alarm") for e in gateway.store.events("A1")]
+    async with running(gateway):
+        await feed.put(*(Reading("m1", T0 + timedelta(hours=h), r) for h, r in readings))
+        await eventually(lambda: settled(gateway), what="7 readings billed or held")
+        # 20 m3 + 10 m3 + 1 m3 = 31 m3 at 5.00 yuan (tier 1) = 155.00 yuan
+        assert gateway.probe.balance_minor("A1") == -15_500
+        assert gateway.probe.counters().held == 1
+        alarms = [e.detail.get("alarm") for e in gateway.store.events("A1")]
     assert {"meter_rollover", "implausible_jump", "meter_replaced"} <= set(alarms)
-    stop.set()
-    await task

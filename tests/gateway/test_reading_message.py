@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from gateway.northbound.topics import ReadingPayload, SiteTopics
+from gateway.northbound.payloads import ReadingPayload
+from gateway.northbound.topics import SiteTopics
 
 TOPICS = SiteTopics("site-1")
 T0 = datetime(2026, 6, 1, 8, 30, 15, 123456, tzinfo=UTC)

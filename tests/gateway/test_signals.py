@@ -21,7 +21,7 @@ import yaml
 from drivers.modbus.profiles import load_profile
 from firmware_sim.modbus_meter import MeterSimulator, SimMeter
 from gateway.config import load_site
-from gateway.daemon import STATE_FILE, read_ledger_key
+from gateway.startup import STATE_FILE, read_ledger_key
 from gateway.store import JournalState, Store
 from tests.fixtures.mosquitto import Broker
 from tests.gateway.crash_support import Watcher, all_rows, audit_books
@@ -70,6 +70,14 @@ async def _meters() -> AsyncIterator[MeterSimulator]:
 
 
 @contextlib.asynccontextmanager
+async def _two_meter_site(tmp_path: Path, broker: Broker) -> AsyncIterator[tuple[Path, Watcher]]:
+    """The site file of two simulated meters (served for the block) and a subscribed watcher."""
+    watcher = Watcher()
+    async with _meters() as sim, watcher.connected(broker.host, broker.port):
+        yield _write_two_meter_site(tmp_path, broker, sim.port), watcher
+
+
+@contextlib.asynccontextmanager
 async def _daemon(site: Path) -> AsyncIterator[asyncio.subprocess.Process]:
     log = (site.parent / "daemon.log").open("ab")
     proc = await asyncio.create_subprocess_exec(
@@ -107,12 +115,7 @@ def _journal(site_path: Path) -> list[Any]:
 async def test_signals_sigterm_while_readings_flow_exits_zero_drained_offline(
     mosquitto: Broker, tmp_path: Path
 ) -> None:
-    watcher = Watcher()
-    async with (
-        _meters() as sim,
-        watcher.connected(mosquitto.host, mosquitto.port),
-    ):
-        site = _write_two_meter_site(tmp_path, mosquitto, sim.port)
+    async with _two_meter_site(tmp_path, mosquitto) as (site, watcher):
         async with _daemon(site) as proc:
             await watcher.wait_for(lambda t, d: t.endswith("/status") and d["status"] == "online")
             await watcher.wait_until(lambda: len(watcher.readings("m1")) >= 3)
@@ -132,12 +135,7 @@ async def test_signals_sigterm_while_readings_flow_exits_zero_drained_offline(
 async def test_signals_sighup_adds_account_keeps_readings_and_survives_bad_file(
     mosquitto: Broker, tmp_path: Path
 ) -> None:
-    watcher = Watcher()
-    async with (
-        _meters() as sim,
-        watcher.connected(mosquitto.host, mosquitto.port),
-    ):
-        site = _write_two_meter_site(tmp_path, mosquitto, sim.port)
+    async with _two_meter_site(tmp_path, mosquitto) as (site, watcher):
         original = yaml.safe_load(site.read_text())
         async with _daemon(site) as proc:
             await watcher.wait_until(lambda: len(watcher.readings("m1")) >= 2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,9 +11,10 @@ import pytest
 from drivers.ports import Reading
 from gateway.cli import main
 from gateway.config import load_site
-from gateway.daemon import Gateway
 from tests.fixtures.mosquitto import free_port
 from tests.gateway.site import write_site
+from tests.support.gateways import offline_gateway, running, settled
+from tests.support.waiting import eventually
 
 T0 = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)
 
@@ -23,31 +23,22 @@ async def test_status_reports_journal_outbox_accounts_and_events(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     site_file = write_site(tmp_path, mqtt_port=free_port())
-    gateway = Gateway(
-        load_site(site_file),
-        clock=lambda: T0 + timedelta(hours=9),
-        sources=[],
-        actuators=[],
-        connect_mqtt=False,  # every message stays in the outbox
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(gateway.run(stop.wait))
-    await gateway.ready.wait()
-    # Beijing water, tier 1 at 5.00 yuan/m3: a baseline, then +3 m3 = 15.00 yuan.
-    await gateway.pipeline.put(Reading("m1", T0, 10_000))
-    await gateway.pipeline.put(Reading("m1", T0 + timedelta(hours=1), 13_000))
-    await gateway.pipeline.put(Reading("m-unknown", T0, 1))  # no account: held
-    async with asyncio.timeout(10):
-        while gateway.store.unbilled(1) or gateway.pipeline.stats.held < 1:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    # No broker: every message stays in the outbox.
+    gateway, feed = offline_gateway(load_site(site_file), lambda: T0 + timedelta(hours=9))
+    async with running(gateway):
+        # Beijing water, tier 1 at 5.00 yuan/m3: a baseline, then +3 m3 = 15.00 yuan.
+        await feed.put(
+            Reading("m1", T0, 10_000),
+            Reading("m1", T0 + timedelta(hours=1), 13_000),
+            Reading("m-unknown", T0, 1),  # no account: held
+        )
+        await eventually(lambda: settled(gateway), what="3 readings billed or held")
 
-    # With the daemon still running: a second connection reads a consistent snapshot.
-    assert main(["status", "-c", str(site_file), "--json", "--events", "50"]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    head = gateway.store.chain_head()
-    balance = gateway.store.balance("A1")
-    stop.set()
-    await task
+        # With the daemon still running: a second connection reads a consistent snapshot.
+        assert main(["status", "-c", str(site_file), "--json", "--events", "50"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        head = gateway.store.chain_head()
+        balance = gateway.store.balance("A1")
 
     assert doc["site"] == "test-site"
     assert doc["journal"] == {"unbilled": 0, "billed": 2, "held": 1}

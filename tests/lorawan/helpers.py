@@ -11,9 +11,9 @@ from drivers.lorawan.adapter import LnsAdapter
 from drivers.lorawan.codec import CodecSpec, load_codecs
 from drivers.lorawan.config import LnsConfig
 from drivers.ports import DriverEvent, DriverEventKind, Reading
+from tests.support.waiting import DEFAULT_TIMEOUT_S
 
 CODECS_DIR = Path(__file__).resolve().parents[2] / "configs" / "codecs"
-WAIT_S = 10.0
 
 
 def codecs() -> dict[str, CodecSpec]:
@@ -35,11 +35,11 @@ class QueueSink:
         await self.events.put(event)
 
     async def next_reading(self) -> Reading:
-        async with asyncio.timeout(WAIT_S):
+        async with asyncio.timeout(DEFAULT_TIMEOUT_S):
             return await self.readings.get()
 
     async def next_event(self, kind: DriverEventKind) -> DriverEvent:
-        async with asyncio.timeout(WAIT_S):
+        async with asyncio.timeout(DEFAULT_TIMEOUT_S):
             while True:
                 event = await self.events.get()
                 if event.kind is kind:
@@ -54,7 +54,7 @@ async def running(config: LnsConfig) -> AsyncIterator[tuple[LnsAdapter, QueueSin
     async with asyncio.TaskGroup() as group:
         task = group.create_task(adapter.run(sink), name=f"{adapter.name}.run")
         try:
-            async with asyncio.timeout(WAIT_S):
+            async with asyncio.timeout(DEFAULT_TIMEOUT_S):
                 await adapter.wait_connected()
             yield adapter, sink
         finally:

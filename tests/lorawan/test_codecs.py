@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from billing_engine.errors import InvalidConfigError
+from billing_engine.base.errors import InvalidConfigError
 from drivers.lorawan.codec import (
     CodecSpec,
+    ExampleSpec,
     decode_payload,
     load_codecs,
     register_milli,
@@ -36,8 +37,6 @@ def test_codecs_ship_a_meter_and_a_valve_with_vectors() -> None:
 
 @pytest.mark.parametrize(("codec", "example"), VECTORS)
 def test_codec_vendor_example_decodes_to_vendor_values(codec: CodecSpec, example: object) -> None:
-    from drivers.lorawan.codec import ExampleSpec  # noqa: PLC0415
-
     assert isinstance(example, ExampleSpec)
     decoded = decode_payload(codec, bytes.fromhex(example.hex), example.f_port)
     assert {k: decoded.values.get(k) for k in example.expect} == example.expect

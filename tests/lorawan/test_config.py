@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from billing_engine.errors import InvalidConfigError
-from billing_engine.yaml_config import load_model
+from billing_engine.base.errors import InvalidConfigError
+from billing_engine.base.yaml_lines import load_model
 from drivers.lorawan.adapter import LnsAdapter, build_lns
 from drivers.lorawan.config import LnsConfig
 from drivers.lorawan.router import UplinkRouter

@@ -18,7 +18,8 @@ from drivers.lorawan.valves import CommandPhase
 from drivers.ports import DriverError, DriverEventKind, Reading, SupplyState
 from firmware_sim.lns_uplink import LnsSimulator, SimKind
 from tests.fixtures.mosquitto import Broker
-from tests.lorawan.helpers import WAIT_S, QueueSink, codecs, running
+from tests.lorawan.helpers import QueueSink, codecs, running
+from tests.support.waiting import DEFAULT_TIMEOUT_S
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +89,7 @@ async def test_e2e_readings_then_close_confirmed_by_ack_and_report(
         assert not adapter.handles("M1")
 
         await adapter.set_supply("V2", on=False)
-        async with asyncio.timeout(WAIT_S):
+        async with asyncio.timeout(DEFAULT_TIMEOUT_S):
             await sim.wait_downlink(valve)
         assert valve.queue[0].payload == bytes.fromhex("ff1d0000")
         assert valve.queue[0].confirmed
@@ -103,18 +104,18 @@ async def test_e2e_readings_then_close_confirmed_by_ack_and_report(
         valve.pulse += 1
         await sim.uplink(valve)
         assert (await sink.next_reading()).register_milli == 8
-        async with asyncio.timeout(WAIT_S):
+        async with asyncio.timeout(DEFAULT_TIMEOUT_S):
             command = await adapter.wait_confirmed("V2", on=False)
         assert command.phase is CommandPhase.CONFIRMED
         assert command.acked
         assert await adapter.read_supply("V2") is SupplyState.OFF
 
         await adapter.set_supply("V2", on=True)
-        async with asyncio.timeout(WAIT_S):
+        async with asyncio.timeout(DEFAULT_TIMEOUT_S):
             await sim.wait_downlink(valve)
         await sim.uplink(valve)
         await sim.uplink(valve)
-        async with asyncio.timeout(WAIT_S):
+        async with asyncio.timeout(DEFAULT_TIMEOUT_S):
             await adapter.wait_confirmed("V2", on=True)
         assert await adapter.read_supply("V2") is SupplyState.ON
         assert adapter.errors == 0
@@ -187,9 +188,6 @@ async def test_e2e_nbiot_generic_mapping(mosquitto: Broker) -> None:
 
 
 async def test_e2e_set_supply_while_disconnected_raises(mosquitto: Broker) -> None:
-    from drivers.lorawan.adapter import LnsAdapter  # noqa: PLC0415
-    from tests.lorawan.helpers import codecs  # noqa: PLC0415
-
     adapter = LnsAdapter(_config(mosquitto, "chirpstack"), codecs())
     with pytest.raises(DriverError, match="not connected"):
         await adapter.set_supply("V2", on=False)
@@ -204,7 +202,7 @@ async def test_e2e_broker_restart_reports_offline_then_online_and_resumes(
         mosquitto.restart()
         await sink.next_event(DriverEventKind.OFFLINE)
         await sink.next_event(DriverEventKind.ONLINE)
-        async with asyncio.timeout(WAIT_S):
+        async with asyncio.timeout(DEFAULT_TIMEOUT_S):
             await adapter.wait_connected()
         async with _sim(mosquitto, "chirpstack") as sim:
             meter = sim.add_meter(METER_EUI, "meter-1", pulse=3)
@@ -239,7 +237,7 @@ async def test_e2e_simulator_program_publishes_to_the_adapter(mosquitto: Broker)
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        async with asyncio.timeout(WAIT_S):
+        async with asyncio.timeout(DEFAULT_TIMEOUT_S):
             assert await proc.wait() == 0
         got = {
             (r.meter_id, r.register_milli)
@@ -270,7 +268,7 @@ async def test_e2e_qos1_uplink_taken_before_a_crash_is_delivered_again(mosquitto
         crashing = _CrashingSink()
         adapter = LnsAdapter(config, codecs())
         task = asyncio.create_task(adapter.run(crashing))
-        async with asyncio.timeout(WAIT_S):
+        async with asyncio.timeout(DEFAULT_TIMEOUT_S):
             await adapter.wait_connected()
         await sim.uplink(meter)
         taken = await crashing.next_reading()

@@ -5,21 +5,21 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.lorawan.frames import FrameTracker, Verdict
+from drivers.lorawan.frames import FrameTracker, FrameVerdict
 
 
 def test_frames_repeat_of_same_counter_and_payload_is_dropped() -> None:
     frames = FrameTracker()
-    assert frames.observe("d", 5, b"a").verdict is Verdict.NEW
-    assert frames.observe("d", 5, b"a").verdict is Verdict.REPEAT
-    assert frames.observe("d", 6, b"b").verdict is Verdict.NEW
-    assert frames.observe("d", 5, b"a").verdict is Verdict.REPEAT  # late repeat
+    assert frames.observe("d", 5, b"a").verdict is FrameVerdict.NEW
+    assert frames.observe("d", 5, b"a").verdict is FrameVerdict.REPEAT
+    assert frames.observe("d", 6, b"b").verdict is FrameVerdict.NEW
+    assert frames.observe("d", 5, b"a").verdict is FrameVerdict.REPEAT  # late repeat
 
 
 def test_frames_gap_from_lost_uplinks_is_new() -> None:
     frames = FrameTracker()
     frames.observe("d", 1, b"a")
-    assert frames.observe("d", 9, b"b").verdict is Verdict.NEW
+    assert frames.observe("d", 9, b"b").verdict is FrameVerdict.NEW
 
 
 def test_frames_counter_back_is_reset_with_new_epoch() -> None:
@@ -28,13 +28,13 @@ def test_frames_counter_back_is_reset_with_new_epoch() -> None:
         frames.observe("d", n, bytes([n]))
     seen = frames.observe("d", 0, b"x")
     assert (seen.verdict, seen.epoch, seen.previous_f_cnt, seen.reason) == (
-        Verdict.RESET,
+        FrameVerdict.RESET,
         1,
         12,
         "counter_back",
     )
-    assert frames.observe("d", 1, b"y").verdict is Verdict.NEW
-    assert frames.observe("d", 1, b"y").verdict is Verdict.REPEAT
+    assert frames.observe("d", 1, b"y").verdict is FrameVerdict.NEW
+    assert frames.observe("d", 1, b"y").verdict is FrameVerdict.REPEAT
     assert frames.epoch("d") == 1
 
 
@@ -42,7 +42,7 @@ def test_frames_same_counter_new_payload_after_reset_is_not_a_repeat() -> None:
     frames = FrameTracker()
     frames.observe("d", 0, b"old")
     frames.observe("d", 1, b"old1")
-    assert frames.observe("d", 0, b"new").verdict is Verdict.RESET
+    assert frames.observe("d", 0, b"new").verdict is FrameVerdict.RESET
 
 
 def test_frames_join_forces_a_new_epoch_even_for_a_seen_frame() -> None:
@@ -50,20 +50,20 @@ def test_frames_join_forces_a_new_epoch_even_for_a_seen_frame() -> None:
     frames.observe("d", 0, b"same")
     frames.joined("d")
     seen = frames.observe("d", 0, b"same")
-    assert (seen.verdict, seen.reason, seen.epoch) == (Verdict.RESET, "join", 1)
+    assert (seen.verdict, seen.reason, seen.epoch) == (FrameVerdict.RESET, "join", 1)
 
 
 def test_frames_join_before_first_frame_is_just_new() -> None:
     frames = FrameTracker()
     frames.joined("d")
-    assert frames.observe("d", 0, b"a").verdict is Verdict.NEW
-    assert frames.observe("d", 1, b"b").verdict is Verdict.NEW
+    assert frames.observe("d", 0, b"a").verdict is FrameVerdict.NEW
+    assert frames.observe("d", 1, b"b").verdict is FrameVerdict.NEW
 
 
 def test_frames_devices_are_independent() -> None:
     frames = FrameTracker()
     frames.observe("a", 5, b"x")
-    assert frames.observe("b", 5, b"x").verdict is Verdict.NEW
+    assert frames.observe("b", 5, b"x").verdict is FrameVerdict.NEW
 
 
 @given(
@@ -80,8 +80,8 @@ def test_frames_every_frame_passes_once_whatever_the_repeats(
         f_cnt += gap
         for _ in range(times):
             seen = frames.observe("d", f_cnt, f_cnt.to_bytes(4, "little"))
-            if seen.verdict is not Verdict.REPEAT:
+            if seen.verdict is not FrameVerdict.REPEAT:
                 passed.append(f_cnt)
-            assert seen.verdict is not Verdict.RESET
+            assert seen.verdict is not FrameVerdict.RESET
     assert passed == sorted(set(passed))
     assert len(passed) == len(gaps)

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from billing_engine.errors import InvalidConfigError
-from billing_engine.yaml_config import load_model
+from billing_engine.base.errors import InvalidConfigError
+from billing_engine.base.yaml_lines import load_model
 from drivers.modbus.builder import build_modbus
 from drivers.modbus.config import DeviceProfile, ModbusBusConfig, SerialSettings
 from drivers.modbus.profiles import load_profile, profile_plan

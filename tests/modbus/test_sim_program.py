@@ -11,6 +11,7 @@ import pytest
 
 from tests.fixtures.modbus import PROFILES_DIR
 from tests.fixtures.mosquitto import free_port
+from tests.support.waiting import DEFAULT_TIMEOUT_S
 
 pytestmark = [
     pytest.mark.integration,
@@ -37,7 +38,7 @@ async def test_sim_program_serves_tcp_to_mbpoll() -> None:
     )
     try:
         assert proc.stderr is not None
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(DEFAULT_TIMEOUT_S):
             while b"serving" not in (line := await proc.stderr.readline()):
                 assert line, "the simulator exited before serving"
         mb = await asyncio.create_subprocess_exec(
@@ -45,7 +46,7 @@ async def test_sim_program_serves_tcp_to_mbpoll() -> None:
             *("-t", "4:int", "-r", "1", "-B", "127.0.0.1"),
             stdout=asyncio.subprocess.PIPE,
         )
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(DEFAULT_TIMEOUT_S):
             out, _ = await mb.communicate()
         assert mb.returncode == 0
         # 123 450 Wh = 12 345 in the meter's 0.01 kWh register
@@ -53,5 +54,5 @@ async def test_sim_program_serves_tcp_to_mbpoll() -> None:
         assert values == ["12345"]
     finally:
         proc.terminate()
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(DEFAULT_TIMEOUT_S):
             await proc.wait()

@@ -5,44 +5,23 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
 from drivers.modbus.client import ModbusBus
-from drivers.modbus.config import DeviceProfile, ModbusBusConfig
+from drivers.modbus.config import DeviceProfile
 from drivers.ports import DeviceRejectedError, DriverError, DriverEventKind, SupplyState
 from firmware_sim.modbus_meter import Fault, MeterSimulator, SimMeter
-from tests.fixtures.modbus import RecordingSink, running
+from tests.fixtures.modbus import (
+    RecordingSink,
+    bus_config,
+    modbus_device,
+    running,
+    tcp_endpoint,
+)
+from tests.support.waiting import DEFAULT_TIMEOUT_S
 
 pytestmark = pytest.mark.integration
-
-
-def tcp_bus(port: int, devices: list[dict[str, Any]], **extra: Any) -> ModbusBusConfig:
-    cfg: dict[str, Any] = {
-        "name": "tcp0",
-        "kind": "tcp",
-        "host": "127.0.0.1",
-        "port": port,
-        "timeout_s": 0.2,
-        "retries": 1,
-        "backoff_s": 0.01,
-        "offline_after": 2,
-        "devices": devices,
-    }
-    cfg.update(extra)
-    return ModbusBusConfig.model_validate(cfg)
-
-
-def device(device_id: str, unit: int, profile: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "device_id": device_id,
-        "unit_id": unit,
-        "profile": profile,
-        "meter_id": f"meter-{device_id}",
-        "poll_interval_s": 0.02,
-        **extra,
-    }
 
 
 @pytest.fixture
@@ -68,12 +47,13 @@ async def sim(meters: dict[str, SimMeter]) -> AsyncIterator[MeterSimulator]:
 async def bus(
     sim: MeterSimulator, modbus_profiles: dict[str, DeviceProfile]
 ) -> AsyncIterator[ModbusBus]:
-    cfg = tcp_bus(
-        sim.port,
+    cfg = bus_config(
+        "tcp0",
+        tcp_endpoint(sim.port),
         [
-            device("sdm", 1, "eastron_sdm120"),
-            device("water", 2, "water_xintai_valve", allow_unconfirmed_supply=True),
-            device("acrel", 3, "acrel_ddsy1352", allow_unconfirmed_supply=True),
+            modbus_device("sdm", 1, "eastron_sdm120"),
+            modbus_device("water", 2, "water_xintai_valve", allow_unconfirmed_supply=True),
+            modbus_device("acrel", 3, "acrel_ddsy1352", allow_unconfirmed_supply=True),
         ],
     )
     async with ModbusBus(cfg, modbus_profiles) as b:
@@ -242,7 +222,9 @@ async def test_tcp_server_down_is_a_timeout_then_reconnects(
     server = MeterSimulator.tcp([meter])
     await server.start()
     port = server.port
-    cfg = tcp_bus(port, [device("x", 7, "eastron_sdm630")], retries=0)
+    cfg = bus_config(
+        "tcp0", tcp_endpoint(port), [modbus_device("x", 7, "eastron_sdm630")], retries=0
+    )
     async with ModbusBus(cfg, modbus_profiles) as bus:
         assert await bus.poll_device("x", modbus_sink) is not None
         await server.stop()
@@ -285,7 +267,7 @@ async def test_mbpoll_reads_simulator_over_tcp(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(DEFAULT_TIMEOUT_S):
         out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     lines = [ln for ln in out.decode().splitlines() if ln.startswith("[")]

@@ -13,7 +13,8 @@ from typing import Any
 
 import aiomqtt
 
-from gateway.messages import MessageClass, OutboxMessage
+from gateway.messages import MessageClass, OutboxMessage, Outgoing
+from tests.support.waiting import DEFAULT_TIMEOUT_S
 
 
 class MemoryOutbox:
@@ -33,11 +34,24 @@ class MemoryOutbox:
         *,
         retain: bool = False,
         message_class: MessageClass = MessageClass.LEDGER,
+        batch_key: str | None = None,
     ) -> int:
         seq = next(self._seq)
-        self._messages[seq] = OutboxMessage(seq, topic, payload, 1, retain, message_class)
+        self._messages[seq] = OutboxMessage(
+            seq, topic, payload, 1, retain, message_class, batch_key
+        )
         self.emptied.clear()
         return seq
+
+    def put(self, message: Outgoing) -> int:
+        """Store a message as the real outbox would (`Transaction.enqueue`)."""
+        return self.add(
+            message.topic,
+            message.payload,
+            retain=message.retain,
+            message_class=message.message_class,
+            batch_key=message.batch_key,
+        )
 
     def pending(self, limit: int) -> list[OutboxMessage]:
         if self.hold:
@@ -205,7 +219,10 @@ class Recorder:
                 await asyncio.sleep(0.05)  # retry pace while the broker restarts
 
     async def next_matching(
-        self, predicate: Callable[[Received], bool], start: int = 0, timeout_s: float = 10.0
+        self,
+        predicate: Callable[[Received], bool],
+        start: int = 0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> int:
         """Index of the first message at or after ``start`` matching ``predicate``."""
         async with asyncio.timeout(timeout_s):
@@ -216,10 +233,3 @@ class Recorder:
                 start = len(self.messages)
                 self.new_message.clear()
                 await self.new_message.wait()
-
-
-async def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """Wait for a condition on state that has no event of its own (counters)."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - counters have no event of their own
-            await asyncio.sleep(0.01)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.northbound.commands import canonical_json, load_public_key, verify_receipt
+from gateway.northbound.receipts import verify_receipt
 from gateway.northbound.schemas import SCHEMA_MODELS, render
+from gateway.northbound.signing import canonical_json, load_public_key
 
 DOC = Path(__file__).parents[2] / "docs" / "mqtt-api.md"
 EXAMPLE = re.compile(r"<!-- example:(\w+) -->\n```json\n(.*?)\n```", re.DOTALL)

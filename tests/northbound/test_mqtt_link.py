@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import aiomqtt
 import pytest
 
-from gateway.northbound.mqtt import MqttLink, MqttSettings, TlsSettings
-from gateway.northbound.topics import ReadingPayload, SiteTopics
+from gateway.northbound.mqtt import CommandHandler, MqttLink
+from gateway.northbound.payloads import ReadingPayload
+from gateway.northbound.settings import MqttSettings, TlsSettings
+from gateway.northbound.topics import SiteTopics
 from tests.fixtures.mosquitto import Broker
 from tests.fixtures.mosquitto_tls import TlsBroker
-from tests.northbound.peers import MemoryOutbox, Received, Recorder, TcpProxy, eventually
+from tests.northbound.peers import MemoryOutbox, Received, Recorder, TcpProxy
+from tests.support.waiting import DEFAULT_TIMEOUT_S as WAIT_S
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +28,7 @@ TOPICS = SiteTopics(SITE)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-async def _ignore(kind: str, payload: bytes) -> None:
+async def _ignore(kind: str, payload: bytes, *, retained: bool = False) -> None:
     pass
 
 
@@ -46,14 +50,14 @@ async def running(
     link: MqttLink,
     outbox: MemoryOutbox,
     *recorders: Recorder,
-    on_command: Callable[[str, bytes], Awaitable[None]] = _ignore,
+    on_command: CommandHandler = _ignore,
 ) -> AsyncIterator[asyncio.Event]:
     """Run recorders (subscribed first) and the link; yield the link's wake event."""
     wake = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(r.run()) for r in recorders]
         for recorder in recorders:
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(WAIT_S):
                 await recorder.subscribed.wait()
         tasks.append(tg.create_task(link.run(outbox, wake, on_command)))
         try:
@@ -81,8 +85,7 @@ def _reading(outbox: MemoryOutbox, meter: str, n: int) -> None:
             "ts": T0,
         }
     )
-    message = TOPICS.reading_message(payload)
-    outbox.add(message.topic, message.payload, message_class=message.message_class)
+    outbox.put(TOPICS.reading_message(payload))
 
 
 def _identities(received: list[Received]) -> list[tuple[str, str]]:
@@ -136,7 +139,7 @@ async def test_link_status_online_retained_and_last_will_when_connection_dies(
     async with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
         link = MqttLink(_settings(proxy.port), SITE, "1.2.3")
         async with running(link, MemoryOutbox()):
-            await asyncio.wait_for(link.connected.wait(), 10)
+            await asyncio.wait_for(link.connected.wait(), WAIT_S)
             # A subscriber arriving later gets the retained online status.
             late = Recorder(mosquitto.host, mosquitto.port, TOPICS.status)
             async with asyncio.TaskGroup() as tg:
@@ -158,7 +161,7 @@ async def test_link_commands_reach_handler_including_those_sent_while_offline(
 ) -> None:
     received: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
-    async def on_command(kind: str, payload: bytes) -> None:
+    async def on_command(kind: str, payload: bytes, *, retained: bool = False) -> None:
         if payload == b"boom":
             raise RuntimeError("handler bug")
         await received.put((kind, payload))
@@ -169,25 +172,28 @@ async def test_link_commands_reach_handler_including_those_sent_while_offline(
             running(link, MemoryOutbox(), on_command=on_command),
             aiomqtt.Client(mosquitto.host, mosquitto.port) as backend,
         ):
-            await asyncio.wait_for(link.connected.wait(), 10)
+            await asyncio.wait_for(link.connected.wait(), WAIT_S)
             await backend.publish(TOPICS.command("topup"), b"boom", qos=1)
             await backend.publish(TOPICS.command("topup"), b'{"id":"a"}', qos=1)
             await backend.publish(TOPICS.command("tariff"), b'{"id":"b"}', qos=1)
             await backend.publish(f"prepay/{SITE}/cmd/topup/result", b"not ours", qos=1)
-            assert await asyncio.wait_for(received.get(), 10) == ("topup", b'{"id":"a"}')
-            assert await asyncio.wait_for(received.get(), 10) == ("tariff", b'{"id":"b"}')
+            assert await asyncio.wait_for(received.get(), WAIT_S) == ("topup", b'{"id":"a"}')
+            assert await asyncio.wait_for(received.get(), WAIT_S) == ("tariff", b'{"id":"b"}')
             assert link.counters.command_errors == 1
 
             # Offline: the persistent session keeps the command at the broker.
             proxy.refuse = True
             proxy.cut()
-            await eventually(lambda: not link.connected.is_set())
+            await eventually(lambda: not link.connected.is_set(), what="the link down")
             await backend.publish(TOPICS.command("refund"), b'{"id":"c"}', qos=1)
             proxy.refuse = False
             # QoS 1: a command whose PUBACK died with the connection comes again (the gateway
             # answers it `duplicate` by id); the one sent while offline must arrive.
             redelivered = []
-            while (item := await asyncio.wait_for(received.get(), 10)) != ("refund", b'{"id":"c"}'):
+            while (item := await asyncio.wait_for(received.get(), WAIT_S)) != (
+                "refund",
+                b'{"id":"c"}',
+            ):
                 redelivered.append(item)
             assert set(redelivered) <= {("topup", b'{"id":"a"}'), ("tariff", b'{"id":"b"}')}
 
@@ -209,7 +215,7 @@ async def test_link_acknowledges_only_after_puback_and_drains_in_order(
     async with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
         link = MqttLink(_settings(proxy.port, max_inflight=window), SITE, "1")
         async with running(link, outbox, recorder) as wake:
-            await asyncio.wait_for(link.connected.wait(), 10)
+            await asyncio.wait_for(link.connected.wait(), WAIT_S)
             proxy.stall()  # PUBLISHes reach the broker; its PUBACKs do not reach the link
             outbox.hold = False
             wake.set()
@@ -220,8 +226,8 @@ async def test_link_acknowledges_only_after_puback_and_drains_in_order(
             assert outbox.acknowledged == []
             assert len(outbox) == 300
             proxy.resume()
-            await asyncio.wait_for(outbox.emptied.wait(), 20)
-            await asyncio.wait_for(recorder.done.wait(), 10)
+            await asyncio.wait_for(outbox.emptied.wait(), WAIT_S)
+            await asyncio.wait_for(recorder.done.wait(), WAIT_S)
     assert outbox.acknowledged == list(range(1, 301))
     streams = _first_seen_per_stream(recorder.messages)
     for account in ("a0", "a1", "a2"):
@@ -257,15 +263,18 @@ async def test_link_broker_restart_mid_stream_loses_nothing_and_keeps_order(
         await recorder.next_matching(
             lambda m: m.topic.endswith(("/reading", "/readings", "/event"))
         )
-        await eventually(lambda: len(outbox.acknowledged) >= 200)
+        await eventually(lambda: len(outbox.acknowledged) >= 200, what="200 acknowledged")
         assert len(outbox) > 0
         outbox.hold = True  # the producer pauses until the subscriber is back on the new broker
-        mosquitto.restart()  # SIGKILL, then a fresh process (no persistence)
-        await eventually(lambda: link.counters.connects >= 2 and recorder.subscribed.is_set())
+        await asyncio.to_thread(mosquitto.restart)  # SIGKILL, then a fresh process
+        await eventually(
+            lambda: link.counters.connects >= 2 and recorder.subscribed.is_set(),
+            what="the link and the recorder back on the new broker",
+        )
         outbox.hold = False
         wake.set()
-        await asyncio.wait_for(outbox.emptied.wait(), 20)
-        await asyncio.wait_for(recorder.done.wait(), 10)
+        await asyncio.wait_for(outbox.emptied.wait(), WAIT_S)
+        await asyncio.wait_for(recorder.done.wait(), WAIT_S)
     assert link.counters.reconnects >= 1
     assert sorted(outbox.acknowledged) == list(range(1, total + 1))
     for stream, numbers in _first_seen_per_stream(recorder.messages).items():
@@ -289,7 +298,7 @@ async def test_link_batches_reading_backlog_per_meter(mosquitto: Broker) -> None
     )
     link = MqttLink(_settings(mosquitto.port, batch_max=100), SITE, "1")
     async with running(link, outbox, recorder):
-        await asyncio.wait_for(recorder.done.wait(), 20)
+        await asyncio.wait_for(recorder.done.wait(), WAIT_S)
     batches = [m for m in recorder.messages if m.topic.endswith("/readings")]
     assert batches
     assert all(len(m.json()["readings"]) <= 100 for m in batches)
@@ -303,14 +312,14 @@ async def test_link_stop_drains_outbox_then_says_offline(mosquitto: Broker) -> N
     recorder = Recorder(mosquitto.host, mosquitto.port, f"prepay/{SITE}/#")
     link = MqttLink(_settings(mosquitto.port), SITE, "1")
     async with running(link, outbox, recorder) as wake:
-        await asyncio.wait_for(link.connected.wait(), 10)
+        await asyncio.wait_for(link.connected.wait(), WAIT_S)
         for n in range(50):
             _ledger(outbox, "a0", n)
         wake.set()
         link.request_stop()
         run_task = asyncio.current_task()
         assert run_task is not None
-        await asyncio.wait_for(outbox.emptied.wait(), 10)
+        await asyncio.wait_for(outbox.emptied.wait(), WAIT_S)
         await recorder.next_matching(_is_status("offline"))
     assert len(outbox) == 0
     assert not link.connected.is_set()
@@ -321,14 +330,14 @@ async def test_link_forced_mqtt311(mosquitto: Broker) -> None:
     _ledger(outbox, "a0", 1)
     link = MqttLink(_settings(mosquitto.port, protocol="3.1.1"), SITE, "1")
     async with running(link, outbox):
-        await asyncio.wait_for(outbox.emptied.wait(), 10)
+        await asyncio.wait_for(outbox.emptied.wait(), WAIT_S)
     assert link.protocol_in_use == "3.1.1"
 
 
 async def test_link_auto_prefers_mqtt5(mosquitto: Broker) -> None:
     link = MqttLink(_settings(mosquitto.port), SITE, "1")
     async with running(link, MemoryOutbox()):
-        await asyncio.wait_for(link.connected.wait(), 10)
+        await asyncio.wait_for(link.connected.wait(), WAIT_S)
     assert link.protocol_in_use == "5"
 
 
@@ -339,7 +348,7 @@ async def test_link_auto_falls_back_to_mqtt311_when_broker_refuses_5(mosquitto: 
         proxy.v3_only = True
         link = MqttLink(_settings(proxy.port), SITE, "1")
         async with running(link, outbox):
-            await asyncio.wait_for(outbox.emptied.wait(), 10)
+            await asyncio.wait_for(outbox.emptied.wait(), WAIT_S)
     assert link.protocol_in_use == "3.1.1"
 
 
@@ -364,7 +373,7 @@ async def test_link_tls_with_client_certificate(mosquitto_tls: TlsBroker) -> Non
     )
     link = MqttLink(_settings(mosquitto_tls.port, tls=tls), SITE, "1")
     async with running(link, outbox, recorder):
-        await asyncio.wait_for(recorder.done.wait(), 10)
+        await asyncio.wait_for(recorder.done.wait(), WAIT_S)
     assert recorder.messages[0].json() == {"event_id": "a0:7"}
 
 
@@ -372,5 +381,5 @@ async def test_link_tls_without_client_certificate_is_refused(mosquitto_tls: Tls
     tls = TlsSettings(ca_file=mosquitto_tls.ca_file)
     link = MqttLink(_settings(mosquitto_tls.port, tls=tls, connect_timeout_s=0.5), SITE, "1")
     async with running(link, MemoryOutbox()):
-        await eventually(lambda: link.counters.last_error is not None)
+        await eventually(lambda: link.counters.last_error is not None, what="a refused connect")
     assert link.counters.connects == 0

@@ -11,23 +11,23 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gateway.messages import MessageClass
-from gateway.northbound.topics import (
+from gateway.northbound.payloads import (
     IDENTIFIER_PATTERN,
     AccountEventPayload,
     AccountStatePayload,
     CommandKind,
+    CommandResultPayload,
     DeviceStatePayload,
     ReadingBatchPayload,
     ReadingPayload,
-    SiteTopics,
+    ResultStatus,
     StatusPayload,
-    TopicKind,
     decode_payload,
     encode_payload,
     encode_reading_batch,
     format_rfc3339,
-    result_payload,
 )
+from gateway.northbound.topics import SiteTopics, TopicKind
 
 TOPICS = SiteTopics("site-1")
 TS = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -200,7 +200,9 @@ def test_device_state_desired_only_when_pending() -> None:
 
 
 def test_result_payload_rules_and_encoding() -> None:
-    rejected = result_payload(None, CommandKind.TOPUP, "rejected", TS, reason="malformed")
+    rejected = CommandResultPayload(
+        kind=CommandKind.TOPUP, status=ResultStatus.REJECTED, ts=TS, reason="malformed"
+    )
     body = json.loads(TOPICS.command_result_message(rejected).payload)
     assert body == {
         "kind": "topup",
@@ -209,6 +211,8 @@ def test_result_payload_rules_and_encoding() -> None:
         "ts": "2026-03-01T12:00:00.123Z",
     }
     with pytest.raises(ValidationError):
-        result_payload("x", CommandKind.TOPUP, "rejected", TS)
+        CommandResultPayload(id="x", kind=CommandKind.TOPUP, status=ResultStatus.REJECTED, ts=TS)
     with pytest.raises(ValidationError):
-        result_payload("x", CommandKind.TOPUP, "applied", TS, reason="malformed")
+        CommandResultPayload(
+            id="x", kind=CommandKind.TOPUP, status=ResultStatus.APPLIED, ts=TS, reason="malformed"
+        )

@@ -7,7 +7,7 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,12 +15,11 @@ from typing import Any
 import yaml
 
 from drivers.modbus.client import ModbusBus
-from drivers.modbus.config import ModbusBusConfig
 from drivers.modbus.profiles import load_profiles
-from tests.fixtures.modbus import PROFILES_DIR
+from tests.fixtures.modbus import PROFILES_DIR, bus_config
+from tests.support.waiting import DEFAULT_TIMEOUT_S, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
-WAIT_S = 15.0
 
 
 def write_scenario(directory: Path, doc: dict[str, Any]) -> Path:
@@ -47,15 +46,31 @@ class SimProcess:
         doc: dict[str, Any] = json.loads(self.status_path.read_text())
         return doc
 
+    async def wait_device(
+        self, device_id: str, predicate: Callable[[dict[str, Any]], bool], what: str
+    ) -> dict[str, Any]:
+        """Wait until the status file's ``devices[device_id]`` satisfies ``predicate``.
+
+        Returns that entry, so that the values a test goes on with come from the same snapshot.
+        The status file has no change notification a test could await: it is polled.
+        """
+        matched: list[dict[str, Any]] = []
+
+        def check() -> bool:
+            # the file appears after the first write; a reader may race its replacement
+            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+                device: dict[str, Any] = self.status()["devices"][device_id]
+                if predicate(device):
+                    matched.append(device)
+                    return True
+            return False
+
+        await eventually(check, what=f"status of {device_id}: {what}")
+        return matched[-1]
+
     async def wait_status(self, device_id: str, key: str, value: object) -> dict[str, Any]:
         """Wait until the status file shows ``devices[device_id][key] == value``."""
-        async with asyncio.timeout(WAIT_S):
-            while True:
-                with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
-                    device: dict[str, Any] = self.status()["devices"][device_id]
-                    if device[key] == value:
-                        return device
-                await asyncio.sleep(0.05)
+        return await self.wait_device(device_id, lambda d: d[key] == value, f"{key} == {value!r}")
 
     def command(self, line: str) -> None:
         with self.control_path.open("a") as handle:
@@ -65,7 +80,7 @@ class SimProcess:
         """SIGTERM; the exit code and what it printed after ``ready``."""
         self.proc.send_signal(signal.SIGTERM)
         assert self.proc.stdout is not None
-        async with asyncio.timeout(WAIT_S):
+        async with asyncio.timeout(DEFAULT_TIMEOUT_S):
             rest = await self.proc.stdout.read()
             code = await self.proc.wait()
         return code, rest.decode()
@@ -95,7 +110,7 @@ async def sim_process(scenario: Path, *extra: str) -> AsyncIterator[SimProcess]:
     sim = SimProcess(proc, status, control)
     try:
         assert proc.stdout is not None
-        async with asyncio.timeout(WAIT_S):
+        async with asyncio.timeout(DEFAULT_TIMEOUT_S):
             while True:
                 raw = await proc.stdout.readline()
                 assert raw, f"the simulator exited before ready: {sim.lines}"
@@ -109,17 +124,11 @@ async def sim_process(scenario: Path, *extra: str) -> AsyncIterator[SimProcess]:
             await proc.wait()
 
 
-def modbus_bus(name: str, devices: list[dict[str, Any]], **where: Any) -> ModbusBus:
-    """The gateway's own Modbus driver, pointed at the simulator."""
-    config = ModbusBusConfig.model_validate(
-        {
-            "name": name,
-            "timeout_s": 0.3,
-            "retries": 0,
-            "offline_after": 100,
-            "devices": devices,
-            **where,
-        }
-    )
+def modbus_bus(name: str, endpoint: dict[str, Any], devices: list[dict[str, Any]]) -> ModbusBus:
+    """The gateway's own Modbus driver, pointed at the simulator; tests poll it by hand.
+
+    No retries and never offline: each `ModbusBus.poll_device` is one request, counted once.
+    """
+    config = bus_config(name, endpoint, devices, retries=0, offline_after=100)
     profiles = load_profiles(PROFILES_DIR, [d["profile"] for d in devices])
     return ModbusBus(config, profiles)

@@ -17,14 +17,15 @@ from typing import Any
 
 import pytest
 
-from billing_engine.errors import InvalidConfigError
+from billing_engine.base.errors import InvalidConfigError
 from drivers.ble.dispenser import DispenserClient, build_ble, resolve_backend
 from drivers.ble.gatt import AppError, DispenseRef, RefKind
 from drivers.ports import DeviceRejectedError, DriverError, DriverEventKind, SupplyState
 from firmware_sim.ble_remote import SOCKET_ENV, RemoteSimBackend
 from firmware_sim.scenario import load_scenario
 from tests.ble.conftest import RecordingSink, make_config, ticking_clock
-from tests.sim.helpers import WAIT_S, SimProcess, sim_process, write_scenario
+from tests.sim.helpers import SimProcess, sim_process, write_scenario
+from tests.support.waiting import DEFAULT_TIMEOUT_S
 
 pytestmark = pytest.mark.integration
 
@@ -111,10 +112,17 @@ async def test_readings_lock_and_unlock_across_processes(sim: SimProcess) -> Non
             assert device["lock_reason"] == "no_credit"
             assert device["supply_on"] is False
 
-            # while locked nobody pours: the counter stands still
-            locked_total = int(sim.status()["devices"][DEVICE]["total_ml"])
-            await asyncio.sleep(POUR_EVERY_S * 5)
-            assert sim.status()["devices"][DEVICE]["total_ml"] == locked_total
+            # while locked nobody pours: three more customers come, the counter stands still
+            locked_total = int(device["total_ml"])
+            await sink.wait_for(lambda: sink.registers[-1] == locked_total)
+            later = await sim.wait_device(
+                DEVICE,
+                lambda d: d["pour_attempts"] >= device["pour_attempts"] + 3,
+                "three pour attempts while locked",
+            )
+            assert later["locked"] is True
+            assert later["total_ml"] == locked_total
+            assert later["pours"] == device["pours"]
             assert max(sink.registers) == locked_total
             # an authorisation is refused with the device's ATT error, across the socket
             with pytest.raises(DeviceRejectedError) as refused:
@@ -173,7 +181,7 @@ async def test_remote_backend_without_a_simulator_is_a_driver_error(
     config = _config(connect_attempts=1, connect_timeout_s=0.5)
     (client,) = build_ble([config.model_copy(update={"backend": BACKEND_PATH})])[0]
     assert isinstance(client, DispenserClient)
-    async with asyncio.timeout(WAIT_S):
+    async with asyncio.timeout(DEFAULT_TIMEOUT_S):
         with pytest.raises(DriverError, match="failed"):
             await client.read_supply(DEVICE)
 

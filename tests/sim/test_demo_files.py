@@ -11,7 +11,7 @@ from firmware_sim.ble_remote import DEFAULT_SOCKET
 from firmware_sim.scenario import load_scenario
 from gateway.cli import main as prepay
 from gateway.config import load_site
-from gateway.keys import init_keys
+from gateway.ops.keys import init_keys
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SCENARIO = CONFIGS / "sites" / "demo-scenario.yaml"

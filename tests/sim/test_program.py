@@ -14,9 +14,10 @@ import aiomqtt
 import pytest
 
 from drivers.ports import SupplyState
-from tests.fixtures.modbus import RecordingSink
+from tests.fixtures.modbus import RecordingSink, modbus_device, rtu_endpoint, tcp_endpoint
 from tests.fixtures.mosquitto import Broker, free_port
-from tests.sim.helpers import ROOT, WAIT_S, modbus_bus, sim_process, write_scenario
+from tests.sim.helpers import ROOT, modbus_bus, sim_process, write_scenario
+from tests.support.waiting import DEFAULT_TIMEOUT_S
 
 pytestmark = pytest.mark.integration
 
@@ -26,16 +27,6 @@ VALVE_EUI = "24e124460c000002"
 
 def _meter(device_id: str, unit_id: int, profile: str, start: int) -> dict[str, Any]:
     return {"device_id": device_id, "unit_id": unit_id, "profile": profile, "start": start}
-
-
-def _device(device_id: str, unit_id: int, profile: str, meter_id: str) -> dict[str, Any]:
-    return {
-        "device_id": device_id,
-        "unit_id": unit_id,
-        "profile": profile,
-        "meter_id": meter_id,
-        "allow_unconfirmed_supply": True,
-    }
 
 
 async def test_program_serves_modbus_tcp_and_rtu_and_reports_a_valve_write(
@@ -69,13 +60,11 @@ async def test_program_serves_modbus_tcp_and_rtu_and_reports_a_valve_write(
 
         tcp = modbus_bus(
             "tcp0",
+            tcp_endpoint(port),
             [
-                _device("elec-1", 1, "acrel_ddsy1352", "m-e1"),
-                _device("water-1", 2, "water_xintai_valve", "m-w1"),
+                modbus_device("elec-1", 1, "acrel_ddsy1352"),
+                modbus_device("water-1", 2, "water_xintai_valve", allow_unconfirmed_supply=True),
             ],
-            kind="tcp",
-            host="127.0.0.1",
-            port=port,
         )
         async with tcp:
             elec = await tcp.poll_device("elec-1", sink)
@@ -94,9 +83,8 @@ async def test_program_serves_modbus_tcp_and_rtu_and_reports_a_valve_write(
 
         rtu = modbus_bus(
             "rs485a",
-            [_device("water-2", 5, "water_xintai_valve", "m-w2")],
-            kind="rtu",
-            serial={"port": gateway_port},
+            rtu_endpoint(gateway_port),
+            [modbus_device("water-2", 5, "water_xintai_valve")],
         )
         async with rtu:
             reading = await rtu.poll_device("water-2", sink)
@@ -145,7 +133,7 @@ async def test_program_publishes_chirpstack_uplinks_and_obeys_a_downlink(
         await client.subscribe("application/app/device/+/event/up", qos=1)
         async with sim_process(scenario) as sim:
             seen: dict[str, list[dict[str, Any]]] = {METER_EUI: [], VALVE_EUI: []}
-            async with asyncio.timeout(WAIT_S):
+            async with asyncio.timeout(DEFAULT_TIMEOUT_S):
                 async for message in client.messages:
                     assert isinstance(message.payload, bytes)
                     body = json.loads(message.payload)
@@ -193,24 +181,21 @@ async def test_program_applies_scheduled_and_commanded_faults(tmp_path: Path) ->
             ],
         },
     )
-    devices = [
-        {"device_id": "a", "unit_id": 1, "profile": "eastron_sdm120", "meter_id": "ma"},
-        {"device_id": "b", "unit_id": 2, "profile": "eastron_sdm120", "meter_id": "mb"},
-    ]
+    devices = [modbus_device("a", 1, "eastron_sdm120"), modbus_device("b", 2, "eastron_sdm120")]
     async with sim_process(scenario, "--stdin") as sim:
         assert sim.status()["devices"]["a"]["fault"] == "no_answer"
         sink = RecordingSink()
-        bus = modbus_bus("tcp0", devices, kind="tcp", host="127.0.0.1", port=port)
+        bus = modbus_bus("tcp0", tcp_endpoint(port), devices)
         async with bus:
             assert await bus.poll_device("a", sink) is None
             assert bus.stats("a").timeouts == 1
 
-            async with asyncio.timeout(WAIT_S):  # the scheduled exception replies start
+            async with asyncio.timeout(DEFAULT_TIMEOUT_S):  # the scheduled exception replies start
                 while bus.stats("b").rejections == 0:
                     await bus.poll_device("b", sink)
 
             sim.command("a clear")  # the control file
-            async with asyncio.timeout(WAIT_S):
+            async with asyncio.timeout(DEFAULT_TIMEOUT_S):
                 while (reading := await bus.poll_device("a", sink)) is None:
                     pass
             assert reading.register_milli == 1_000
@@ -218,7 +203,7 @@ async def test_program_applies_scheduled_and_commanded_faults(tmp_path: Path) ->
             assert sim.proc.stdin is not None
             sim.proc.stdin.write(b"b clear\n")  # a command on stdin
             await sim.proc.stdin.drain()
-            async with asyncio.timeout(WAIT_S):
+            async with asyncio.timeout(DEFAULT_TIMEOUT_S):
                 while (reading := await bus.poll_device("b", sink)) is None:
                     pass
             assert reading.register_milli == 2_000
@@ -247,7 +232,7 @@ async def test_program_refuses_an_invalid_scenario_with_file_and_line(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    async with asyncio.timeout(WAIT_S):
+    async with asyncio.timeout(DEFAULT_TIMEOUT_S):
         out, err = await proc.communicate()
     assert proc.returncode == 1
     assert f"{scenario}:8: modbus_tcp.0.meters.0.profile: no profile 'nope'" in err.decode()

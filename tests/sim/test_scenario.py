@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from billing_engine.errors import InvalidConfigError
+from billing_engine.base.errors import InvalidConfigError
 from drivers.modbus.profiles import load_profile
 from firmware_sim.scenario import Curve, FaultAction, load_scenario, rate_function
 from firmware_sim.site_runtime import Accumulator, SiteMeter, parse_command

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from drivers.ports import Reading
-from gateway.messages import MessageClass
+from gateway.messages import MessageClass, Outgoing
 from gateway.store import EntryKind, Store
 
 KEY = b"crash-test-ledger-key-32-bytes!!"
@@ -50,7 +50,9 @@ def main() -> None:
                     if row_id is None:
                         raise RuntimeError(f"reading {i} journalled without its deduction")
                     tx.mark_billed(row_id, "billed", deduction_minor(i), {"seq": entry.seq})
-                    tx.enqueue("site/ledger", f"r{i}".encode(), 1, False, MessageClass.LEDGER)
+                    tx.enqueue(
+                        Outgoing("site/ledger", f"r{i}".encode(), 1, False, MessageClass.LEDGER)
+                    )
                     tx.save_account_state(ACCOUNT, {"last": i})
             sys.stdout.write(f"{i} {int(created)}\n")
             sys.stdout.flush()

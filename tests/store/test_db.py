@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.messages import MessageClass
+from gateway.messages import MessageClass, Outgoing
 from gateway.store import EntryKind, SchemaError, Store, StoreError, Transaction
 from gateway.store import db as store_db
 from tests.store.conftest import KEY, T0
@@ -63,13 +63,25 @@ def test_failed_migration_leaves_previous_version(db_path: Path) -> None:
         conn.close()
 
 
-def test_transaction_sqlite_error_wrapped_and_rolled_back(store: Store) -> None:
-    def bad_sql(tx: Transaction) -> None:
+def test_transaction_sqlite_error_wrapped_and_rolled_back(store: Store, db_path: Path) -> None:
+    # The file refuses one kind of write (as a full disk or a broken file would): a trigger
+    # added behind the store's back, so the error comes from SQLite itself.
+    conn = sqlite3.connect(db_path)
+    try:
+        conn.execute(
+            "CREATE TRIGGER refuse_events BEFORE INSERT ON events"
+            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        conn.commit()
+    finally:
+        conn.close()
+
+    def refused_write(tx: Transaction) -> None:
         tx.append_entry("a", EntryKind.TOPUP, 1, "EUR", "k", created_at=T0)
-        tx._c().execute("INSERT INTO nonexistent VALUES (1)")
+        tx.record_event("a", "topup", None, T0)
 
     with pytest.raises(StoreError), store.transaction() as tx:
-        bad_sql(tx)
+        refused_write(tx)
     assert store.balance("a") == 0
 
 
@@ -99,7 +111,7 @@ def test_concurrent_threads_serialised(store: Store) -> None:
         for i in range(20):
             with store.transaction() as tx:
                 tx.append_entry(name, EntryKind.TOPUP, 1, "EUR", f"k{i}", created_at=T0)
-                tx.enqueue("t", f"{name}{i}".encode(), 1, False, MessageClass.LEDGER)
+                tx.enqueue(Outgoing("t", f"{name}{i}".encode(), 1, False, MessageClass.LEDGER))
 
     threads = [threading.Thread(target=work, args=(f"acct{n}",)) for n in range(4)]
     for thread in threads:

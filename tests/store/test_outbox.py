@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.messages import MessageClass, OutboxReader
+from gateway.messages import MessageClass, OutboxReader, Outgoing
 from gateway.store import NOT_QUEUED, Store
 from tests.store.conftest import KEY, abort_after
 
@@ -17,7 +17,7 @@ def put(
     store: Store, payload: bytes, cls: MessageClass, topic: str = "t", retain: bool = False
 ) -> int:
     with store.transaction() as tx:
-        return tx.enqueue(topic, payload, 1, retain, cls)
+        return tx.enqueue(Outgoing(topic, payload, 1, retain, cls))
 
 
 def payloads(store: Store) -> list[bytes]:
@@ -31,8 +31,8 @@ def test_store_is_an_outbox_reader(store: Store) -> None:
 
 def test_pending_oldest_first_with_fields(store: Store) -> None:
     with store.transaction() as tx:
-        s1 = tx.enqueue("site/a/ledger", b"one", 1, False, LEDGER)
-        s2 = tx.enqueue("site/a/state", b"two", 0, True, STATE)
+        s1 = tx.enqueue(Outgoing("site/a/ledger", b"one", 1, False, LEDGER))
+        s2 = tx.enqueue(Outgoing("site/a/state", b"two", 0, True, STATE))
     s3 = put(store, b"three", TELEMETRY)
     assert s1 < s2 < s3
     messages = store.pending(10)
@@ -64,7 +64,7 @@ def test_seq_not_reused_after_acknowledge(store: Store) -> None:
 
 
 def test_enqueue_rolled_back_with_transaction(store: Store) -> None:
-    abort_after(store, lambda tx: tx.enqueue("t", b"x", 1, False, LEDGER))
+    abort_after(store, lambda tx: tx.enqueue(Outgoing("t", b"x", 1, False, LEDGER)))
     assert store.pending(10) == []
     assert store.outbox_stats().pending[LEDGER] == 0
 
@@ -165,4 +165,4 @@ def test_lowered_bound_on_reopen_drops_down_to_it(db_path: Path) -> None:
 @pytest.mark.parametrize("qos", [-1, 3])
 def test_enqueue_bad_qos_raises(store: Store, qos: int) -> None:
     with pytest.raises(ValueError, match="qos"), store.transaction() as tx:
-        tx.enqueue("t", b"x", qos, False, LEDGER)
+        tx.enqueue(Outgoing("t", b"x", qos, False, LEDGER))

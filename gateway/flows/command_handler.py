@@ -1,0 +1,381 @@
+"""Backend commands: verify, apply exactly once, answer on ``cmd/{kind}/result``.
+
+A command that cannot be verified (malformed, badly signed, expired, for another site) is
+answered ``rejected`` and changes nothing; its id cannot be trusted, so nothing is recorded.
+A verified command is applied in one transaction together with its recorded result, so the same
+id later is answered ``duplicate`` with the first result (and the same receipt) and no effect.
+Top-ups credit the ledger (key ``topup:<id>``), run the policy (debt recovery, restore) and yield
+a receipt with the site's next sequence number, signed by the gateway's key.
+
+What the ``tariff`` and ``account`` commands change is decided in
+`gateway.flows.overlay_commands`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import ValidationError
+
+from billing_engine.base.errors import PrepayError
+from gateway.errors import CommandRejectedError
+from gateway.flows.accounts import Account
+from gateway.flows.context import FlowContext
+from gateway.flows.effects import apply_decision, enqueue_account_state, enqueue_event
+from gateway.flows.overlay import OVERLAY_KEY, Overlay, apply_overlay
+from gateway.flows.overlay_commands import account_overlay, tariff_overlay
+from gateway.northbound.commands import (
+    Command,
+    ReceiptCommand,
+    RefundCommand,
+    SupplyCommand,
+    TariffCommand,
+    TopupCommand,
+    command_digest,
+    command_id_of,
+    parse_and_verify,
+)
+from gateway.northbound.payloads import (
+    CommandKind,
+    CommandResultPayload,
+    ReceiptPayload,
+    ResultStatus,
+    encode_payload,
+)
+from gateway.northbound.receipts import make_receipt
+from gateway.northbound.signing import canonical_json
+from gateway.policy.machine import on_balance, on_topup, set_override
+from gateway.policy.state import EventKind
+from gateway.store import EntryKind, Transaction
+
+logger = logging.getLogger(__name__)
+
+_INT64_MAX = 2**63 - 1  # SQLite INTEGER: the ledger's amounts and balances
+_REJECT_LOG_EVERY_S = 10.0
+
+
+class _RejectionLog:
+    """Logs refused commands at a bounded rate: a flood of bad commands costs one line per
+    interval (with how many were refused meanwhile), not one line each."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._next_at = 0.0
+        self._suppressed = 0
+
+    def rejected(self, command_id: str | None, kind: str, exc: CommandRejectedError) -> None:
+        now = self._clock()
+        if now < self._next_at:
+            self._suppressed += 1
+            return
+        more = f" ({self._suppressed} more refused since the last line)" if self._suppressed else ""
+        logger.warning("command %s on cmd/%s rejected: %s%s", command_id, kind, exc, more)
+        self._suppressed = 0
+        self._next_at = now + _REJECT_LOG_EVERY_S
+
+
+class CommandHandler:
+    """Applies verified backend commands to the store and the account book."""
+
+    def __init__(
+        self,
+        ctx: FlowContext,
+        *,
+        backend_key: Ed25519PublicKey,
+        gateway_key: Ed25519PrivateKey,
+    ) -> None:
+        self._ctx = ctx
+        self._backend_key = backend_key
+        self._gateway_key = gateway_key
+        self._overlay_changed = False
+        self._rejections = _RejectionLog(time.monotonic)
+        self.applied = 0
+        self.rejected = 0
+        self.duplicates = 0
+
+    async def handle(self, kind: str, raw: bytes, *, retained: bool = False) -> None:
+        """Entry point for every message on ``cmd/{kind}`` (the MQTT link's callback).
+
+        A retained command is refused: the broker would hand it to every future connection,
+        so it would be replayed at each restart of the gateway.
+        """
+        ctx = self._ctx
+        now = ctx.clock()
+        try:
+            command = self._verify(kind, raw, retained=retained, now=now)
+        except CommandRejectedError as exc:
+            self.rejected += 1
+            command_id = command_id_of(raw, ctx.site.config.commands.max_payload_bytes)
+            self._rejections.rejected(command_id, kind, exc)
+            await asyncio.to_thread(self._answer_unverified, kind, command_id, exc, now)
+            ctx.wishes.flush()
+            return
+        await self.apply(command, now)
+
+    def _verify(self, kind: str, raw: bytes, *, retained: bool, now: datetime) -> Command:
+        if retained:
+            raise CommandRejectedError(
+                "retained", "commands must be published with the retain flag off"
+            )
+        return parse_and_verify(
+            kind,
+            raw,
+            site_id=self._ctx.topics.site,
+            backend_public_key=self._backend_key,
+            now=now,
+            limits=self._ctx.site.config.commands,
+        )
+
+    async def apply(self, command: Command, now: datetime) -> CommandResultPayload:
+        """Apply a verified command (also used by the local ``prepay topup``); returns the
+        result as it was published."""
+        ctx = self._ctx
+        async with ctx.lock:
+            self._overlay_changed = False
+            try:
+                result = await asyncio.to_thread(self._apply, command, now)
+            except BaseException as exc:
+                # The transaction rolled back but the accounts in memory may have moved on:
+                # reload them from the store before anything else uses them.
+                ctx.wishes.discard()
+                await asyncio.to_thread(ctx.reload)
+                if not isinstance(exc, Exception):
+                    raise  # cancellation: the command is resent by the backend, unanswered
+                # Every command gets exactly one answer, a bug or a full disk included: the
+                # effect rolled back, so say so (not recorded: a resend may then succeed).
+                logger.exception(
+                    "command %s (%s) failed; answered internal_error", command.id, command.kind
+                )
+                self.rejected += 1
+                result = CommandResultPayload(
+                    id=command.id,
+                    kind=CommandKind(command.kind),
+                    status=ResultStatus.REJECTED,
+                    reason="internal_error",
+                    detail=f"{type(exc).__name__}; nothing was changed",
+                    ts=now,
+                )
+                await asyncio.to_thread(self._answer, result)
+            if self._overlay_changed:
+                await asyncio.to_thread(ctx.reload)
+        ctx.wishes.flush()
+        return result
+
+    def _answer(self, result: CommandResultPayload) -> None:
+        """Publish a result that is not recorded against the command's id."""
+        with self._ctx.store.transaction() as tx:
+            tx.enqueue(self._ctx.topics.command_result_message(result))
+
+    def _answer_unverified(
+        self, kind: str, command_id: str | None, exc: CommandRejectedError, now: datetime
+    ) -> None:
+        try:
+            command_kind = CommandKind(kind)
+        except ValueError:
+            return  # not a topic we answer on
+        result = CommandResultPayload(
+            id=command_id,
+            kind=command_kind,
+            status=ResultStatus.REJECTED,
+            reason=exc.reason,
+            detail=exc.detail or None,
+            ts=now,
+        )
+        self._answer(result)
+
+    def _apply(self, command: Command, now: datetime) -> CommandResultPayload:
+        kind = CommandKind(command.kind)
+        digest = command_digest(command)
+        with self._ctx.store.transaction() as tx:
+            first = tx.stored_command(command.id)
+            if first is not None and first.content_hash not in (None, digest):
+                # The same id with other content: not a resend. Refused, and not recorded (the
+                # id keeps its first result).
+                self.rejected += 1
+                result = CommandResultPayload(
+                    id=command.id,
+                    kind=kind,
+                    status=ResultStatus.REJECTED,
+                    reason="duplicate_conflict",
+                    detail="this id was used before with different content",
+                    ts=now,
+                )
+                tx.enqueue(self._ctx.topics.command_result_message(result))
+                return result
+            if first is not None:
+                # The same id again: the first result, said again as a duplicate, with no effect.
+                self.duplicates += 1
+                result = CommandResultPayload.model_validate_json(first.result_json)
+                if result.status is ResultStatus.APPLIED:
+                    result = result.model_copy(update={"status": ResultStatus.DUPLICATE})
+                result = result.model_copy(update={"ts": now})
+                tx.enqueue(self._ctx.topics.command_result_message(result))
+                return result
+            try:
+                receipt = self._dispatch(tx, command, now)
+            except CommandRejectedError as exc:
+                self.rejected += 1
+                result = CommandResultPayload(
+                    id=command.id,
+                    kind=kind,
+                    status=ResultStatus.REJECTED,
+                    reason=exc.reason,
+                    detail=exc.detail or None,
+                    ts=now,
+                )
+            else:
+                self.applied += 1
+                result = CommandResultPayload(
+                    id=command.id, kind=kind, status=ResultStatus.APPLIED, receipt=receipt, ts=now
+                )
+            tx.record_command(command.id, kind.value, encode_payload(result).decode(), digest)
+            tx.enqueue(self._ctx.topics.command_result_message(result))
+            return result
+
+    def _account(self, account_id: str) -> Account:
+        account = self._ctx.book.by_id.get(account_id)
+        if account is None:
+            raise CommandRejectedError("unknown_account", f"no account {account_id!r} here")
+        return account
+
+    def _account_in(self, account_id: str, currency: str) -> Account:
+        """The account, refusing money in another currency than the account's."""
+        account = self._account(account_id)
+        if currency != account.currency:
+            raise CommandRejectedError(
+                "currency_mismatch", f"account {account.id} is in {account.currency}"
+            )
+        return account
+
+    def _save_and_publish(self, tx: Transaction, account: Account, now: datetime) -> None:
+        """Persist the account's state and queue its retained ``state`` message."""
+        tx.save_account_state(account.id, account.to_record())
+        enqueue_account_state(tx, self._ctx.topics, account, now)
+
+    def _dispatch(self, tx: Transaction, command: Command, now: datetime) -> ReceiptPayload | None:
+        if isinstance(command, TopupCommand):
+            return self._topup(tx, command, now)
+        if isinstance(command, RefundCommand):
+            self._refund(tx, command, now)
+            return None
+        if isinstance(command, ReceiptCommand):
+            receipt = tx.receipt_for_topup(command.topup_id)
+            if receipt is None:
+                raise CommandRejectedError("unknown_topup", f"no top-up {command.topup_id!r}")
+            # The receipt is stored as its canonical JSON (what was signed) and its signature.
+            signed = {**json.loads(receipt.payload), "signature": receipt.signature.decode()}
+            return ReceiptPayload.model_validate(signed)
+        if isinstance(command, SupplyCommand):
+            self._supply(tx, command, now)
+            return None
+        if isinstance(command, TariffCommand):
+            self._save_overlay(tx, tariff_overlay(self._ctx, command, now))
+            return None
+        self._save_overlay(tx, account_overlay(self._ctx, command))
+        return None
+
+    def _save_overlay(self, tx: Transaction, overlay: Overlay) -> None:
+        try:
+            apply_overlay(self._ctx.site, overlay)  # everything must still load
+        except (ValidationError, PrepayError, ValueError) as exc:
+            raise CommandRejectedError("invalid_config", str(exc).splitlines()[0]) from None
+        tx.save_account_state(OVERLAY_KEY, overlay.to_record())
+        self._overlay_changed = True
+
+    def _topup(self, tx: Transaction, command: TopupCommand, now: datetime) -> ReceiptPayload:
+        account = self._account_in(command.account, command.currency)
+        before = account.billing.balance_minor
+        if before + command.amount_minor > _INT64_MAX:
+            raise CommandRejectedError(
+                "balance_overflow", "the balance would leave the 64-bit range the ledger keeps"
+            )
+        tx.append_entry(
+            account.id,
+            EntryKind.TOPUP,
+            command.amount_minor,
+            account.currency,
+            f"topup:{command.id}",
+            created_at=now,
+            ref=command.id,
+            detail={"payment_ref": command.payment_ref or ""},
+        )
+        account.billing.balance_minor += command.amount_minor
+        decision = on_topup(
+            account.policy,
+            account.policy_state,
+            before,
+            command.amount_minor,
+            account.debt_minor,
+            now,
+        )
+        apply_decision(tx, self._ctx, account, decision, now, key_base=command.id)
+        seq = tx.next_receipt_seq()
+        receipt = make_receipt(
+            seq,
+            command,
+            account.billing.balance_minor,
+            applied_at=now,
+            gateway_key=self._gateway_key,
+        )
+        signature = str(receipt["signature"]).encode()
+        tx.save_receipt(seq, command.id, account.id, canonical_json(receipt), signature)
+        payload = ReceiptPayload.model_validate(receipt)
+        enqueue_event(
+            tx,
+            self._ctx.topics,
+            account,
+            EventKind.TOPUP_APPLIED,
+            now,
+            amount_minor=command.amount_minor,
+            receipt=payload,
+        )
+        self._save_and_publish(tx, account, now)
+        return payload
+
+    def _refund(self, tx: Transaction, command: RefundCommand, now: datetime) -> None:
+        account = self._account_in(command.account, command.currency)
+        if command.amount_minor > account.billing.balance_minor:
+            raise CommandRejectedError(
+                "insufficient_balance",
+                f"refund {command.amount_minor} exceeds the balance "
+                f"{account.billing.balance_minor}",
+            )
+        tx.append_entry(
+            account.id,
+            EntryKind.REFUND,
+            -command.amount_minor,
+            account.currency,
+            f"refund:{command.id}",
+            created_at=now,
+            ref=command.id,
+            detail={"reason": command.reason},
+        )
+        account.billing.balance_minor -= command.amount_minor
+        decision = on_balance(
+            account.policy, account.policy_state, account.billing.balance_minor, now
+        )
+        apply_decision(tx, self._ctx, account, decision, now, key_base=command.id)
+        self._save_and_publish(tx, account, now)
+
+    def _supply(self, tx: Transaction, command: SupplyCommand, now: datetime) -> None:
+        account = self._ctx.book.by_actuator.get(command.device)
+        if account is None:
+            raise CommandRejectedError("unknown_device", f"no account is cut by {command.device}")
+        override = None if command.override == "auto" else command.override == "on"
+        decision = set_override(
+            account.policy,
+            account.policy_state,
+            override,
+            command.reason,
+            command.until,
+            now,
+            account.billing.balance_minor,
+        )
+        apply_decision(tx, self._ctx, account, decision, now, key_base=command.id)
+        self._save_and_publish(tx, account, now)

@@ -1,0 +1,74 @@
+"""`DeviceJournal`: where actuation reports supply progress, journalled and published.
+
+`gateway.flows.actuation` only drives devices; this module turns what happened into the
+retained ``device/{id}/state`` message (with ``confirmation`` pending or confirmed), a journal
+event, and, when a device does not confirm, an ``alarm`` on the account it cuts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.flows.context import FlowContext
+from gateway.flows.effects import enqueue_alarm
+from gateway.northbound.payloads import Confirmation, DeviceStatePayload
+from gateway.policy.state import Supply
+
+
+def _supply(on: bool) -> Supply:
+    return Supply.ON if on else Supply.OFF
+
+
+class DeviceJournal:
+    """The `ActuationJournal` of the running gateway."""
+
+    def __init__(self, ctx: FlowContext) -> None:
+        self._ctx = ctx
+
+    def _write(
+        self,
+        device_id: str,
+        on: bool,
+        confirmed: bool,
+        event: str,
+        detail: str,
+        alarm: str | None = None,
+    ) -> None:
+        ctx = self._ctx
+        now = ctx.clock()
+        wanted = _supply(on)
+        state = DeviceStatePayload(
+            device=device_id,
+            supply=wanted if confirmed else _supply(not on),
+            confirmation=Confirmation.CONFIRMED if confirmed else Confirmation.PENDING,
+            desired=None if confirmed else wanted,
+            last_seen=now if confirmed else None,
+            ts=now,
+        )
+        account = ctx.book.by_actuator.get(device_id)
+        with ctx.store.transaction() as tx:
+            tx.enqueue(ctx.topics.device_state_message(state))
+            if alarm is not None and account is not None:
+                enqueue_alarm(tx, ctx.topics, account, alarm, detail, now)
+            else:
+                tx.record_event(
+                    account.id if account else None,
+                    event,
+                    {"device": device_id, "supply": wanted.value, "detail": detail},
+                    now,
+                )
+
+    async def supply_pending(self, device_id: str, on: bool, reason: str) -> None:
+        await asyncio.to_thread(self._write, device_id, on, False, "supply_sent", reason)
+        self._ctx.wake.set()
+
+    async def supply_confirmed(self, device_id: str, on: bool, reason: str) -> None:
+        await asyncio.to_thread(self._write, device_id, on, True, "supply_confirmed", reason)
+        self._ctx.wake.set()
+
+    async def supply_alarm(self, device_id: str, on: bool, tries: int, error: str) -> None:
+        detail = f"{device_id}: supply {_supply(on)} unconfirmed after {tries}: {error}"
+        await asyncio.to_thread(
+            self._write, device_id, on, False, "supply_alarm", detail, "supply_unconfirmed"
+        )
+        self._ctx.wake.set()

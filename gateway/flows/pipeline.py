@@ -1,0 +1,560 @@
+"""Ingest -> journal -> bill -> decide -> persist -> actuate -> publish.
+
+Readings arrive through `Pipeline.put` (the drivers' `ReadingSink`) into a bounded queue: a
+full queue makes the driver wait, which is the back-pressure. The pipeline takes them in
+batches and, for each batch:
+
+1. **journals** them in one transaction and commits; only then does `put` return (a reading is
+   on disk before it is billed or acknowledged; a re-delivered reading is recognised by its
+   identity and goes no further). A batch the journal refuses because of one reading's values
+   (`JournalRowError`) is written again reading by reading: the others commit, only the bad
+   reading's `put` raises, and the pipeline goes on; any other failure (the disk) fails the
+   task as before;
+2. **bills** the new ones with the engine of each account's tariff;
+3. in **one transaction**: the ledger deductions (idempotency key ``deduct:<reading id>``), the
+   journal rows marked billed or held, the policy's decisions and events, the accounts' new
+   billing and policy state, and the outgoing messages;
+4. hands supply changes to actuation and wakes the MQTT link.
+
+A crash between 1 and 3 leaves journalled, unbilled rows: `start` bills them again from the
+state saved with the last committed batch, which gives the same result, so nothing is lost or
+charged twice. If step 3 fails, the in-memory state is reloaded from the store before the next
+batch (the daemon restarts the task).
+
+Why one module of this size: the journal stage and the billing stage share the queues, the
+statistics and the one transaction per batch; the policy, quality check and message writing
+they call live in their own modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+from billing_engine.engine import ReadingStatus
+from billing_engine.tariff import REGISTER_UNIT
+from drivers.ports import DriverEvent, Reading
+from gateway.flows.accounts import Account
+from gateway.flows.context import FlowContext
+from gateway.flows.effects import (
+    apply_decision,
+    enqueue_account_state,
+    enqueue_alarm,
+    publish_state_if_due,
+    state_due,
+)
+from gateway.policy import quality
+from gateway.policy.machine import on_balance
+from gateway.store import EntryKind, JournalRowError, StoreError, Transaction
+
+logger = logging.getLogger(__name__)
+
+_HELD = {
+    ReadingStatus.REGISTER_BACKWARDS: "register_backwards",
+    ReadingStatus.NO_TARIFF: "before_tariff",
+    ReadingStatus.LIMIT: "beyond_limits",
+    ReadingStatus.OUTSIDE_WINDOW: "outside_window",
+}
+_STATUS_NAME = {status: status.name.lower() for status in ReadingStatus}
+_NOT_BILLED = frozenset(
+    {ReadingStatus.DUPLICATE, ReadingStatus.OUT_OF_ORDER, ReadingStatus.CONFLICT}
+)
+
+
+class _Journalled(NamedTuple):
+    """A reading committed to the journal, with its row."""
+
+    row_id: int
+    reading: Reading
+
+
+class _Checked(NamedTuple):
+    """A reading that passed the data-quality check, with its unwrapped register."""
+
+    row_id: int
+    reading: Reading
+    account: Account
+    register_milli: int
+
+
+class _Hold(NamedTuple):
+    """A reading held before billing; ``account`` None for a meter no account is billed by."""
+
+    row_id: int
+    reading: Reading
+    account: Account | None
+    reason: str
+
+
+class _Note(NamedTuple):
+    """An alarm the quality check raised for an account (rollover, meter replaced)."""
+
+    account: Account
+    alarm: str
+    detail: str
+
+
+class _Outcome(NamedTuple):
+    # A tuple: one is made per reading, and a frozen dataclass takes three times as long.
+    row_id: int
+    reading: Reading
+    account: Account
+    status: ReadingStatus
+    deduction: int
+    delta: int
+
+
+@dataclass
+class PipelineStats:
+    """Counters for status and benchmarks."""
+
+    received: int = 0
+    journalled: int = 0
+    duplicates: int = 0
+    billed: int = 0
+    held: int = 0
+    refused: int = 0  # readings the journal refused for their values (their put raised)
+    batches: int = 0  # journal commits
+    billed_batches: int = 0
+    deducted_minor: int = 0
+    by_status: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class Pipeline:
+    """The reading path; also the `ReadingSink` handed to every driver."""
+
+    def __init__(
+        self,
+        ctx: FlowContext,
+        *,
+        queue_size: int = 10_000,
+        batch_max: int = 500,
+        state_every_s: float = 10.0,
+    ) -> None:
+        self._ctx = ctx
+        self._queue: asyncio.Queue[tuple[Reading, asyncio.Future[None]]] = asyncio.Queue(
+            maxsize=queue_size
+        )
+        self._journalled: asyncio.Queue[list[_Journalled]] = asyncio.Queue()
+        self._events: asyncio.Queue[DriverEvent] = asyncio.Queue(maxsize=1_000)
+        self._batch_max = batch_max
+        self._unknown_meters: set[str] = set()
+        self._stale: set[str] = set()
+        self._state_every_s = state_every_s
+        self._runs = 0
+        self.stats = PipelineStats()
+
+    # ReadingSink
+
+    async def put(self, reading: Reading) -> None:
+        """Hand over one reading; returns once it is committed to the journal.
+
+        Raises:
+            StoreError: the journal could not be written (the driver should retry).
+        """
+        # `put_many` for one reading, without its gather: most drivers put one at a time, and
+        # a gather per reading costs the event loop as much as the rest of the put.
+        self.stats.received += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((reading, future))
+        await future
+
+    async def put_many(self, readings: Sequence[Reading]) -> None:
+        """Hand over several readings at once (one journal commit for all, when they fit)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for reading in readings:
+            self.stats.received += 1
+            future: asyncio.Future[None] = loop.create_future()
+            await self._queue.put((reading, future))
+            futures.append(future)
+        await asyncio.gather(*futures)
+
+    async def event(self, event: DriverEvent) -> None:
+        await self._events.put(event)
+
+    # The loops
+
+    async def run(self) -> None:
+        """Bill what was journalled but not billed, then journal and bill until cancelled.
+
+        Journalling and billing are two stages: a reading is committed to the journal (and its
+        `put` returns) without waiting for the billing of the batch before it. After a failure
+        (the supervisor restarts this), the in-memory accounts may be ahead of the store, so
+        they are reloaded from it first, and journalled rows waiting in memory are dropped:
+        they are unbilled in the store and billed from there.
+        """
+        ctx = self._ctx
+        self._runs += 1
+        if self._runs > 1:
+            ctx.wishes.discard()
+            async with ctx.lock:
+                await asyncio.to_thread(ctx.reload)
+        while not self._journalled.empty():
+            self._journalled.get_nowait()
+        await self._drain_unbilled()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._events_loop(), name="pipeline.events")
+            group.create_task(self._journal_loop(), name="pipeline.journal")
+            while True:
+                rows = await self._journalled.get()
+                while len(rows) < self._batch_max and not self._journalled.empty():
+                    rows += self._journalled.get_nowait()
+                await self._bill_batch(rows)
+
+    async def _take_batch(self) -> list[tuple[Reading, asyncio.Future[None]]]:
+        batch = [await self._queue.get()]
+        while len(batch) < self._batch_max and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        return batch
+
+    async def _journal(self, batch: list[tuple[Reading, asyncio.Future[None]]]) -> None:
+        readings = [r for r, _ in batch]
+        refused: dict[int, JournalRowError] = {}
+        try:
+            try:
+                fresh = await asyncio.to_thread(self._write_journal, readings)
+            except JournalRowError as exc:
+                # One reading's values, not the database: nothing of the batch was committed.
+                # Write it again reading by reading, so the others are journalled and only the
+                # bad one's put fails; no restart, no backoff for every meter.
+                logger.warning(
+                    "journal refused a batch of %d readings (%s); writing them one by one",
+                    len(readings),
+                    exc,
+                )
+                fresh, refused = await asyncio.to_thread(self._write_journal_each, readings)
+        except BaseException as exc:
+            # Also on cancellation (the pipeline restarting): a driver must not wait forever.
+            # The batch may have been committed anyway; a re-sent reading is then a duplicate.
+            error = exc if isinstance(exc, Exception) else StoreError("pipeline restarted")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            raise
+        for i, (_, future) in enumerate(batch):
+            if future.done():
+                continue
+            if i in refused:
+                future.set_exception(refused[i])
+            else:
+                future.set_result(None)
+        if fresh:
+            self._journalled.put_nowait(fresh)
+
+    async def _journal_loop(self) -> None:
+        while True:
+            await self._journal(await self._take_batch())
+
+    async def _bill_batch(self, rows: list[_Journalled]) -> None:
+        async with self._ctx.lock:
+            await asyncio.to_thread(self._bill_rows, rows)
+        self.stats.billed_batches += 1
+        self._ctx.wishes.flush()
+
+    async def _events_loop(self) -> None:
+        while True:
+            await self._handle_event(await self._events.get())
+
+    async def drain(self, timeout_s: float) -> None:
+        """Journal and bill what is already queued (shutdown); gives up after ``timeout_s``."""
+        async with asyncio.timeout(timeout_s):
+            while not self._queue.empty():
+                batch = [
+                    self._queue.get_nowait()
+                    for _ in range(min(self._batch_max, self._queue.qsize()))
+                ]
+                await self._journal(batch)
+            while not self._journalled.empty():
+                await self._bill_batch(self._journalled.get_nowait())
+
+    async def _drain_unbilled(self) -> None:
+        ctx = self._ctx
+        while True:
+            rows = await asyncio.to_thread(ctx.store.unbilled, self._batch_max)
+            if not rows:
+                return
+            logger.info("billing %d journalled readings left unbilled by the last run", len(rows))
+            async with ctx.lock:
+                await asyncio.to_thread(
+                    self._bill_rows, [_Journalled(r.row_id, r.reading) for r in rows]
+                )
+            ctx.wishes.flush()
+
+    async def _handle_event(self, event: DriverEvent) -> None:
+        logger.warning("device %s: %s %s", event.device_id, event.kind.value, event.detail)
+        async with self._ctx.lock:
+            try:
+                await asyncio.to_thread(self._journal_event, event)
+            except (ValueError, TypeError, OverflowError):
+                # An event the store cannot hold (a bad timestamp, an unstorable detail) is that
+                # driver's bug: drop it and keep the pipeline. A StoreError (the disk) is raised.
+                logger.exception(
+                    "device %s: %s event not journalled", event.device_id, event.kind.value
+                )
+        self._ctx.wishes.flush()
+
+    def _journal_event(self, event: DriverEvent) -> None:
+        ctx = self._ctx
+        account = ctx.book.of_device(event.device_id)
+        detail = {str(k): str(v) for k, v in event.detail.items()}
+        with ctx.store.transaction() as tx:
+            if account is None:
+                tx.record_event(
+                    None,
+                    f"device_{event.kind.value}",
+                    {"device": event.device_id, **detail},
+                    event.at,
+                )
+                return
+            text = f"{event.device_id}: {detail}" if detail else event.device_id
+            enqueue_alarm(tx, ctx.topics, account, f"device_{event.kind.value}", text, event.at)
+
+    # Batch processing (runs in a worker thread, under the state lock)
+
+    def _write_journal(self, batch: Sequence[Reading]) -> list[_Journalled]:
+        """Commit a batch to the journal; returns the new rows (duplicates go no further)."""
+        with self._ctx.store.transaction() as tx:
+            row_ids = tx.journal_readings(batch, self._ctx.clock())
+        self.stats.batches += 1
+        fresh = [_Journalled(i, r) for i, r in zip(row_ids, batch, strict=True) if i is not None]
+        self.stats.journalled += len(fresh)
+        self.stats.duplicates += len(batch) - len(fresh)
+        return fresh
+
+    def _write_journal_each(
+        self, batch: Sequence[Reading]
+    ) -> tuple[list[_Journalled], dict[int, JournalRowError]]:
+        """`_write_journal` one reading per transaction, after the batch was refused for one
+        reading's values: returns the new rows and, by position, the readings refused. A
+        failure that is not about one reading (the disk) is raised as from `_write_journal`."""
+        fresh: list[_Journalled] = []
+        refused: dict[int, JournalRowError] = {}
+        for i, reading in enumerate(batch):
+            try:
+                fresh += self._write_journal([reading])
+            except JournalRowError as exc:
+                refused[i] = exc
+        self.stats.refused += len(refused)
+        for i, error in refused.items():
+            logger.error("meter %s: reading not journalled: %s", batch[i].meter_id, error)
+        return fresh, refused
+
+    def _bill_rows(self, rows: Sequence[_Journalled]) -> None:
+        ctx = self._ctx
+        now = ctx.clock()
+        book = ctx.book
+        holds: list[_Hold] = []
+        notes: list[_Note] = []
+        pending: list[_Checked] = []
+        outcomes: list[_Outcome] = []
+        last: dict[str, tuple[int, datetime]] = {}  # account -> (register, read_at) so far
+        for row_id, reading in rows:
+            account = book.by_meter.get(reading.meter_id)
+            if account is None:
+                holds.append(_Hold(row_id, reading, None, "unknown_meter"))
+                continue
+            billing = account.billing
+            previous = last.get(account.id)
+            if previous is None and billing.last_ts is not None:
+                previous = (
+                    billing.last_register_milli,
+                    datetime.fromtimestamp(billing.last_ts, tz=UTC),
+                )
+            checked = quality.check(
+                account.meter,
+                raw_milli=reading.register_milli,
+                read_at=reading.read_at,
+                wraps=account.wraps,
+                last_register_milli=previous[0] if previous else None,
+                last_read_at=previous[1] if previous else None,
+            )
+            if checked.verdict is quality.Verdict.JUMP:
+                holds.append(_Hold(row_id, reading, account, "implausible_jump"))
+                continue
+            if checked.verdict is quality.Verdict.REBASE:
+                # Bill what came before the swap, then start the new meter from a baseline.
+                outcomes += self._bill(pending)
+                pending = []
+                billing.last_ts = None
+                billing.last_register_milli = 0
+                notes.append(
+                    _Note(
+                        account,
+                        "meter_replaced",
+                        f"{reading.meter_id}: new baseline {reading.register_milli}",
+                    )
+                )
+            elif checked.verdict is quality.Verdict.ROLLOVER:
+                notes.append(
+                    _Note(
+                        account,
+                        "meter_rollover",
+                        f"{reading.meter_id}: register wrapped ({checked.wraps} times)",
+                    )
+                )
+            account.wraps = checked.wraps
+            last[account.id] = (checked.register_milli, reading.read_at)
+            pending.append(_Checked(row_id, reading, account, checked.register_milli))
+        outcomes += self._bill(pending)
+        outcomes.sort(key=lambda o: o.row_id)
+
+        with ctx.store.transaction() as tx:
+            touched: dict[str, Account] = {}
+            for hold in holds:
+                self._hold(tx, now, hold, detail=hold.reason)
+            for note in notes:
+                enqueue_alarm(tx, ctx.topics, note.account, note.alarm, note.detail, now)
+                touched[note.account.id] = note.account
+            for outcome in outcomes:
+                self.stats.by_status[_STATUS_NAME[outcome.status]] += 1
+                self._record_outcome(tx, now, outcome)
+                touched[outcome.account.id] = outcome.account
+            tx.save_account_states((a.id, a.to_record()) for a in touched.values())
+            for account in touched.values():
+                publish_state_if_due(tx, ctx.topics, account, now, self._state_every_s)
+
+    def _hold(self, tx: Transaction, now: datetime, hold: _Hold, *, detail: str) -> None:
+        """Mark a reading held and raise its alarm (a meter without an account is logged once:
+        there is no account to raise it on)."""
+        tx.mark_held(hold.row_id, hold.reason)
+        self.stats.held += 1
+        if hold.account is None:
+            if hold.reading.meter_id not in self._unknown_meters:
+                self._unknown_meters.add(hold.reading.meter_id)
+                logger.warning(
+                    "meter %s: readings held, no account is billed by it", hold.reading.meter_id
+                )
+            return
+        enqueue_alarm(
+            tx,
+            self._ctx.topics,
+            hold.account,
+            hold.reason,
+            f"reading {hold.reading.reading_id} held: {detail}",
+            now,
+        )
+
+    def _bill(self, pending: Sequence[_Checked]) -> list[_Outcome]:
+        """Bill readings (with their checked registers) with each tariff's engine."""
+        per_tariff: dict[str, list[_Checked]] = defaultdict(list)
+        for item in pending:
+            per_tariff[item.account.config.tariff].append(item)
+        outcomes: list[_Outcome] = []
+        for tariff_id, items in per_tariff.items():
+            engine = self._ctx.book.engines[tariff_id]
+            accounts: list[Account] = []
+            index: dict[str, int] = {}
+            for item in items:
+                if item.account.id not in index:
+                    index[item.account.id] = len(accounts)
+                    accounts.append(item.account)
+            previous = {a.id: a.billing.last_register_milli for a in accounts}
+            results = engine.bill(
+                [a.billing for a in accounts],
+                [(index[i.account.id], i.reading.read_at, i.register_milli) for i in items],
+            )
+            for item, result in zip(items, results, strict=True):
+                account, register = item.account, item.register_milli
+                delta = 0
+                if result.status is ReadingStatus.BILLED:
+                    delta = register - previous[account.id]
+                if result.status in (ReadingStatus.BILLED, ReadingStatus.BASELINE):
+                    previous[account.id] = register
+                outcomes.append(
+                    _Outcome(
+                        item.row_id,
+                        item.reading,
+                        account,
+                        result.status,
+                        result.deduction_minor,
+                        delta,
+                    )
+                )
+        return outcomes
+
+    def publish_dirty_states(self, *, force: bool = False) -> int:
+        """Queue the state message of every account whose balance moved since its last one
+        and whose interval has passed, or all of them with ``force`` (shutdown). Runs in a
+        worker thread, under the state lock."""
+        ctx = self._ctx
+        now = ctx.clock()
+        due = [
+            a
+            for a in ctx.book.by_id.values()
+            if (force and a.state_dirty and a.published is not None)
+            or state_due(a, now, self._state_every_s)
+        ]
+        if due:
+            with ctx.store.transaction() as tx:
+                for account in due:
+                    enqueue_account_state(tx, ctx.topics, account, now)
+        return len(due)
+
+    def stale_check(self, now: datetime) -> list[tuple[Account, bool]]:
+        """Meters that went stale (True) or came back (False) since the last check."""
+        book = self._ctx.book
+        last_seen = {
+            a.config.meter: (
+                datetime.fromtimestamp(a.billing.last_ts, tz=UTC)
+                if a.billing.last_ts is not None
+                else None
+            )
+            for a in book.by_id.values()
+        }
+        meters = {a.config.meter: a.meter for a in book.by_id.values() if a.meter is not None}
+        stale = quality.stale_meters(meters, last_seen, now)
+        changes = [(book.by_meter[m], True) for m in sorted(stale - self._stale)]
+        changes += [
+            (book.by_meter[m], False) for m in sorted(self._stale - stale) if m in book.by_meter
+        ]
+        self._stale = stale
+        return changes
+
+    def _record_outcome(self, tx: Transaction, now: datetime, outcome: _Outcome) -> None:
+        ctx = self._ctx
+        row_id, reading, account = outcome.row_id, outcome.reading, outcome.account
+        status, deduction = outcome.status, outcome.deduction
+        name = _STATUS_NAME[status]
+        if status in _HELD:
+            self._hold(tx, now, _Hold(row_id, reading, account, _HELD[status]), detail=name)
+            return
+        if deduction:
+            tx.append_entry(
+                account.id,
+                EntryKind.DEDUCTION,
+                -deduction,
+                account.currency,
+                f"deduct:{reading.reading_id}",
+                created_at=now,
+                ref=reading.reading_id,
+            )
+            self.stats.deducted_minor += deduction
+        tx.mark_billed(row_id, name, deduction)
+        if status in _NOT_BILLED:
+            # A conflict is a second reading within the same whole second (the engine's time
+            # unit): registers are cumulative, so the next reading bills what this one saw.
+            return
+        self.stats.billed += 1
+        tariff = ctx.book.engine_for(account).tariff
+        tx.enqueue(
+            ctx.topics.reading_message_of(
+                meter=reading.meter_id,
+                reading_id=reading.reading_id,
+                read_at=reading.read_at,
+                register=reading.register_milli,
+                delta=outcome.delta,
+                unit=REGISTER_UNIT[tariff.unit],
+                quality=reading.quality,
+                ts=now,
+            )
+        )
+        decision = on_balance(
+            account.policy, account.policy_state, account.billing.balance_minor, now
+        )
+        apply_decision(tx, ctx, account, decision, now, key_base=f"reading:{reading.reading_id}")

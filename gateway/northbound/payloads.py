@@ -1,0 +1,321 @@
+"""The payloads of the northbound MQTT contract: pydantic models, their wire vocabulary and
+JSON encoding. Pure: no I/O. Topic names are in `gateway.northbound.topics`.
+
+All messages are QoS 1. Payloads are compact UTF-8 JSON objects; every one carries ``ts``, an
+RFC 3339 UTC timestamp with millisecond precision and a ``Z`` suffix. Money is integer minor
+units plus an ISO 4217 currency code; no payload ever holds a float.
+
+Strings only on the wire: a field with a closed vocabulary is typed with the enum that defines
+it inside the gateway (`PolicyMode`, `EventKind`, `Supply`, `Quality`, `RegisterUnit`), so the
+payload and the code that fills it cannot drift apart.
+
+Identifiers that become topic levels (site, meter, account, device) match `IDENTIFIER_PATTERN`,
+so they can never contain ``/``, ``+``, ``#`` or whitespace.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Final, Literal, Self, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
+
+from billing_engine.tariff import RegisterUnit
+from drivers.ports import Quality
+from gateway.policy.state import EventKind, PolicyMode, Supply
+
+IDENTIFIER_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+IDENTIFIER_RE: Final = re.compile(IDENTIFIER_PATTERN)
+
+# Stable machine-readable reasons of a rejected command (``CommandRejectedError.reason``).
+REJECT_REASONS: Final = {
+    "malformed": "not JSON, a float, a missing/extra/mistyped field, kind not the topic's",
+    "bad_signature": "signature missing, not base64 of 64 bytes, or not valid for the content",
+    "expired": "expires_at is not after the gateway's clock",
+    "not_yet_valid": "issued_at is further in the future than the allowed clock skew",
+    "wrong_site": "the command names another site",
+    "non_positive_amount": "a top-up or refund amount is zero or negative",
+    "unknown_account": "the account does not exist on this site",
+    "currency_mismatch": "the amount's currency is not the account's currency",
+    "duplicate_conflict": "the id was used before with different content",
+    "unknown_topup": "a receipt or refund names a top-up this site never applied",
+    "retained": "the command was published with the retain flag; commands must not be retained",
+    "too_large": "the payload is larger than commands.max_payload_bytes; it was not parsed",
+    "lifetime_too_long": "expires_at - issued_at is longer than commands.max_lifetime_s",
+    "amount_too_large": "a top-up or refund above commands.max_amount_minor",
+    "balance_overflow": "the top-up would take the balance out of the 64-bit range",
+    "insufficient_balance": "a refund larger than the balance",
+    "internal_error": "the gateway failed while applying it; nothing was changed; resend it",
+}
+
+
+def format_rfc3339(value: datetime) -> str:
+    """An aware datetime as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC, milliseconds).
+
+    Raises:
+        ValueError: ``value`` is naive.
+    """
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: pass an aware UTC datetime")
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[
+    AwareDatetime,
+    AfterValidator(_to_utc),
+    PlainSerializer(format_rfc3339, return_type=str, when_used="json"),
+]
+Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+MinorUnits = Annotated[int, Field(strict=True, description="integer minor units (cents, fen)")]
+
+
+class CommandKind(enum.StrEnum):
+    """The ``{kind}`` level of ``cmd/{kind}``."""
+
+    TOPUP = "topup"
+    REFUND = "refund"
+    TARIFF = "tariff"
+    ACCOUNT = "account"
+    SUPPLY = "supply"
+    RECEIPT = "receipt"
+
+
+class ResultStatus(enum.StrEnum):
+    """What became of a command (``cmd/{kind}/result``)."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+class Confirmation(enum.StrEnum):
+    """Whether a device's ``supply`` is what it confirmed, or a change is on its way."""
+
+    CONFIRMED = "confirmed"
+    PENDING = "pending"
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StatusPayload(_Payload):
+    """``status``: is the gateway connected? Retained; the Last Will says ``offline``.
+
+    In the Last Will, ``ts`` is when the connection that left the will was opened.
+    """
+
+    status: Literal["online", "offline"]
+    version: str
+    ts: UtcDatetime
+
+
+class ReadingPayload(_Payload):
+    """``meter/{meter}/reading``: one billed reading.
+
+    ``reading_id`` is the reading's identity: unique per site and stable across resends, so
+    consumers dedupe on it.
+    """
+
+    meter: Identifier
+    reading_id: Annotated[str, Field(min_length=1, max_length=255)]
+    read_at: UtcDatetime
+    # ``register`` would shadow ABCMeta.register, hence the alias.
+    register_value: int = Field(
+        strict=True, alias="register", description="cumulative register, in `unit`"
+    )
+    delta: Annotated[int, Field(strict=True, description="consumption billed by this reading")]
+    unit: RegisterUnit
+    quality: Quality
+    ts: UtcDatetime
+
+
+class ReadingBatchPayload(_Payload):
+    """``meter/{meter}/readings``: a backlog of readings of one meter, oldest first.
+
+    Each item is exactly the `ReadingPayload` that would have gone to ``meter/{meter}/reading``.
+    A reading is sent either alone or inside one batch (resends after a reconnect aside).
+    """
+
+    meter: Identifier
+    readings: Annotated[list[ReadingPayload], Field(min_length=1)]
+    ts: UtcDatetime
+
+
+class ReceiptPayload(_Payload):
+    """A top-up receipt signed by the gateway's own Ed25519 key.
+
+    ``signature`` is base64 Ed25519 over the canonical JSON of every other field (the same rule
+    as for commands). ``receipt_seq`` counts 1, 2, 3 ... per site, without gaps.
+    """
+
+    receipt_seq: Annotated[int, Field(strict=True, ge=1)]
+    site: Identifier
+    topup_id: Annotated[str, Field(min_length=1, max_length=255)]
+    account: Identifier
+    amount_minor: Annotated[int, Field(strict=True, gt=0)]
+    currency: Currency
+    balance_after_minor: MinorUnits
+    applied_at: UtcDatetime
+    payment_ref: str | None = None
+    key_id: str
+    signature: str
+
+
+class AccountStatePayload(_Payload):
+    """``account/{account}/state``: the latest balance and state. Retained."""
+
+    account: Identifier
+    balance_minor: MinorUnits
+    currency: Currency
+    state: PolicyMode
+    debt_minor: Annotated[int, Field(strict=True, ge=0)]
+    ts: UtcDatetime
+
+
+class AccountEventPayload(_Payload):
+    """``account/{account}/event``: something happened. ``event_id`` is its identity."""
+
+    event_id: Annotated[str, Field(min_length=1, max_length=255)]
+    account: Identifier
+    event: EventKind
+    balance_minor: MinorUnits | None = None
+    currency: Currency | None = None
+    amount_minor: MinorUnits | None = None
+    receipt: ReceiptPayload | None = None
+    alarm: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")] | None = None
+    detail: str | None = None
+    ts: UtcDatetime
+
+    @model_validator(mode="after")
+    def receipt_with_topup_and_alarm_with_code(self) -> Self:
+        if (self.event is EventKind.TOPUP_APPLIED) != (self.receipt is not None):
+            raise ValueError("a receipt goes with topup_applied, and topup_applied needs one")
+        if (self.event is EventKind.ALARM) != (self.alarm is not None):
+            raise ValueError("an alarm code goes with event alarm, and alarm needs one")
+        if self.event is EventKind.DEBT_RECOVERED and self.amount_minor is None:
+            raise ValueError("debt_recovered needs amount_minor (the debt recovered)")
+        if (self.balance_minor is not None or self.amount_minor is not None) and (
+            self.currency is None
+        ):
+            raise ValueError("an amount or balance needs its currency")
+        return self
+
+
+class DeviceStatePayload(_Payload):
+    """``device/{device}/state``: the supply switch (relay, valve). Retained.
+
+    ``supply`` is the last state the device confirmed; while a change is on its way,
+    ``confirmation`` is ``pending`` and ``desired`` says where it is going.
+    """
+
+    device: Identifier
+    supply: Supply
+    confirmation: Confirmation
+    desired: Supply | None = None
+    last_seen: UtcDatetime | None = None
+    ts: UtcDatetime
+
+    @model_validator(mode="after")
+    def desired_only_when_pending(self) -> Self:
+        if (self.confirmation is Confirmation.PENDING) != (self.desired is not None):
+            raise ValueError("set desired exactly when confirmation is pending")
+        return self
+
+
+class CommandResultPayload(_Payload):
+    """``cmd/{kind}/result``: what became of a command.
+
+    ``id`` is the command's id, left out when the payload was too broken to read one. A top-up
+    (applied or duplicate) and a receipt reissue carry the receipt.
+    """
+
+    id: str | None = None
+    kind: CommandKind
+    status: ResultStatus
+    reason: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")] | None = None
+    detail: str | None = None
+    receipt: ReceiptPayload | None = None
+    ts: UtcDatetime
+
+    @model_validator(mode="after")
+    def reason_exactly_when_rejected(self) -> Self:
+        if (self.status is ResultStatus.REJECTED) != (self.reason is not None):
+            raise ValueError("a reason goes with status rejected, and rejected needs one")
+        return self
+
+
+# Every payload model, for the docs (`gateway.northbound.schemas`).
+PAYLOAD_MODELS: Final[tuple[type[_Payload], ...]] = (
+    StatusPayload,
+    ReadingPayload,
+    ReadingBatchPayload,
+    AccountStatePayload,
+    AccountEventPayload,
+    ReceiptPayload,
+    DeviceStatePayload,
+    CommandResultPayload,
+)
+
+PayloadT = TypeVar("PayloadT", bound=BaseModel)
+
+
+def encode_payload(payload: BaseModel) -> bytes:
+    """Compact UTF-8 JSON of a payload model; absent optional fields are left out."""
+    return payload.model_dump_json(exclude_none=True, by_alias=True).encode()
+
+
+def decode_payload(model: type[PayloadT], raw: bytes) -> PayloadT:
+    """Parse and validate a payload (for consumers and tests).
+
+    Raises:
+        pydantic.ValidationError: ``raw`` does not match ``model``.
+    """
+    return model.model_validate_json(raw)
+
+
+def encode_reading_batch(meter: str, readings: Sequence[bytes], ts: datetime) -> bytes:
+    """A `ReadingBatchPayload` made from already encoded `ReadingPayload`s of ``meter``.
+
+    The items are spliced in byte for byte (no re-encoding), which keeps backlog draining cheap.
+
+    Raises:
+        ValueError: no readings, or ``meter`` is not an identifier.
+    """
+    if not readings:
+        raise ValueError("a batch needs at least one reading")
+    check_identifier(meter)
+    return b"".join(
+        (
+            b'{"meter":"',
+            meter.encode(),
+            b'","readings":[',
+            b",".join(readings),
+            b'],"ts":"',
+            format_rfc3339(ts).encode(),
+            b'"}',
+        )
+    )
+
+
+def check_identifier(value: str) -> str:
+    """Return ``value`` if it may be a topic level, else raise `ValueError`."""
+    if not IDENTIFIER_RE.match(value):
+        raise ValueError(f"{value!r} is not an identifier (pattern {IDENTIFIER_PATTERN})")
+    return value

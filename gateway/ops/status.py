@@ -1,0 +1,177 @@
+"""``prepay status``: the questions an operator on the box asks first.
+
+Is it billing? Is anything stuck (unbilled or held readings, messages waiting for the broker,
+dropped telemetry)? Where does every account stand, and what happened lately? Everything is read
+from the store, so it works with the daemon running (SQLite in WAL mode: a reader never blocks
+the writer) or stopped, and without the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from billing_engine.money import format_minor
+from gateway.config import Site
+from gateway.flows.accounts import load_book
+from gateway.northbound.payloads import format_rfc3339
+from gateway.startup import STATE_FILE, load_keys, open_store
+from gateway.store import Store
+from gateway.store.events import Event
+from gateway.store.journal import JournalState
+
+
+@dataclass(frozen=True)
+class AccountStatus:
+    id: str
+    meter: str
+    currency: str
+    balance_minor: int
+    debt_minor: int
+    mode: str
+    supply: str
+    last_reading_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SiteStatus:
+    site: str
+    store_path: str
+    store_bytes: int
+    journal: dict[str, int]  # rows per state
+    held: dict[str, int]  # held rows per reason
+    outbox_pending: dict[str, int]  # per message class
+    outbox_dropped: dict[str, int]
+    ledger_entries: int
+    accounts: list[AccountStatus]
+    recent_events: list[Event]
+
+    @property
+    def outbox_total(self) -> int:
+        return sum(self.outbox_pending.values())
+
+
+def collect(site: Site, *, events: int = 10) -> SiteStatus:
+    """Read the site's store.
+
+    Raises:
+        KeyPermissionError: a private key file is readable by its group or others.
+        FileNotFoundError: there is no store yet (the daemon never ran); nothing is created.
+        OSError: a key file or the store cannot be read.
+    """
+    path = site.state_dir / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no store at {path}: the gateway has not run with this site yet")
+    with open_store(site, load_keys(site)) as store:
+        return _collect(site, store, events)
+
+
+def _collect(site: Site, store: Store, events: int) -> SiteStatus:
+    by_state, held = store.journal_counts()
+    outbox = store.outbox_stats()
+    head = store.chain_head()
+    book, _ = load_book(site, store)
+    accounts = [
+        AccountStatus(
+            id=account.id,
+            meter=account.config.meter,
+            currency=account.currency,
+            balance_minor=account.billing.balance_minor,
+            debt_minor=account.debt_minor,
+            mode=account.policy_state.mode.value,
+            supply=account.policy_state.supply.value,
+            last_reading_at=(
+                None
+                if account.billing.last_ts is None
+                else datetime.fromtimestamp(account.billing.last_ts, tz=UTC)
+            ),
+        )
+        for account in sorted(book.by_id.values(), key=lambda a: a.id)
+    ]
+    path = site.state_dir / STATE_FILE
+    return SiteStatus(
+        site=site.config.site,
+        store_path=str(path),
+        store_bytes=path.stat().st_size,
+        journal={state.value: count for state, count in by_state.items()},
+        held=held,
+        outbox_pending={c.value: n for c, n in outbox.pending.items() if n},
+        outbox_dropped={c.value: n for c, n in outbox.dropped.items() if n},
+        ledger_entries=0 if head is None else head.seq,
+        accounts=accounts,
+        recent_events=store.recent_events(events),
+    )
+
+
+def to_json(status: SiteStatus) -> dict[str, Any]:
+    """The status as a JSON object (money in minor units, times in RFC 3339 UTC)."""
+    return {
+        "site": status.site,
+        "store": {"path": status.store_path, "bytes": status.store_bytes},
+        "journal": status.journal,
+        "held": status.held,
+        "outbox": {"pending": status.outbox_pending, "dropped": status.outbox_dropped},
+        "ledger_entries": status.ledger_entries,
+        "accounts": [
+            {
+                "account": a.id,
+                "meter": a.meter,
+                "balance_minor": a.balance_minor,
+                "debt_minor": a.debt_minor,
+                "currency": a.currency,
+                "state": a.mode,
+                "supply": a.supply,
+                "last_reading_at": _time(a.last_reading_at),
+            }
+            for a in status.accounts
+        ],
+        "recent_events": [
+            {"account": e.account_id, "event": e.kind, "detail": e.detail, "at": _time(e.at)}
+            for e in status.recent_events
+        ],
+    }
+
+
+def render(status: SiteStatus) -> str:
+    """The status as text for a terminal."""
+    journal = status.journal
+    lines = [
+        f"site {status.site}: {status.store_path} ({status.store_bytes / 1e6:.1f} MB)",
+        f"journal: {sum(journal.values()):,} readings: "
+        + ", ".join(f"{journal[s.value]:,} {s.value}" for s in JournalState),
+    ]
+    if status.held:
+        lines.append("  held: " + ", ".join(f"{r} {n:,}" for r, n in status.held.items()))
+    lines.append(
+        f"outbox: {status.outbox_total:,} waiting for the broker"
+        + _by_class(status.outbox_pending)
+        + (f"; dropped{_by_class(status.outbox_dropped)}" if status.outbox_dropped else "")
+    )
+    lines.append(f"ledger: {status.ledger_entries:,} entries")
+    lines.append(f"accounts ({len(status.accounts)}):")
+    width = max((len(a.id) for a in status.accounts), default=0)
+    money = max(
+        (len(format_minor(a.balance_minor, a.currency)) for a in status.accounts), default=0
+    )
+    for a in status.accounts:
+        debt = f", debt {format_minor(a.debt_minor, a.currency)}" if a.debt_minor else ""
+        balance = format_minor(a.balance_minor, a.currency)
+        lines.append(
+            f"  {a.id:<{width}}  {balance:>{money}}  {a.mode}, supply {a.supply}{debt};"
+            f" {a.meter} last read {_time(a.last_reading_at) or 'never'}"
+        )
+    if status.recent_events:
+        lines.append(f"recent events ({len(status.recent_events)}):")
+        for e in status.recent_events:
+            detail = ", ".join(f"{k}={v}" for k, v in sorted(e.detail.items()))
+            lines.append(f"  {_time(e.at)}  {e.account_id or '-'}  {e.kind}  {detail}")
+    return "\n".join(lines)
+
+
+def _by_class(counts: dict[str, int]) -> str:
+    return f" ({', '.join(f'{c} {n:,}' for c, n in counts.items())})" if counts else ""
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else format_rfc3339(value)
