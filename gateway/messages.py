@@ -40,17 +40,11 @@ class Outgoing:
     batch_key: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxMessage:
-    """One stored northbound message. ``seq`` orders delivery (oldest first)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxMessage(Outgoing):
+    """An `Outgoing` as the outbox stored it. ``seq`` orders delivery (oldest first)."""
 
     seq: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    message_class: MessageClass
-    batch_key: str | None = None
 
 
 class OutboxReader(Protocol):

@@ -18,6 +18,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from drivers.ports import Actuator, Clock, DriverError, SupplyConfirmation, SupplyState
@@ -26,14 +27,32 @@ from gateway.config import ActuationConfig
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """What the gateway knows of a supply device, as it reports it: what the device last
+    confirmed (None: nothing since the start) and when it last answered, next to the wish.
+
+    Attributes:
+        device_id: the device.
+        wanted: where the policy wants the supply.
+        confirmed: what the device reported when last read back, when that was on or off.
+        last_contact: when the device last answered a read-back (None: never since the start).
+    """
+
+    device_id: str
+    wanted: bool
+    confirmed: bool | None
+    last_contact: datetime | None
+
+
 class ActuationJournal(Protocol):
     """Where the manager reports (the daemon journals and publishes these)."""
 
-    async def supply_pending(self, device_id: str, on: bool, reason: str) -> None: ...
+    async def supply_pending(self, view: DeviceView, reason: str) -> None: ...
 
-    async def supply_confirmed(self, device_id: str, on: bool, reason: str) -> None: ...
+    async def supply_confirmed(self, view: DeviceView, reason: str) -> None: ...
 
-    async def supply_alarm(self, device_id: str, on: bool, tries: int, error: str) -> None: ...
+    async def supply_alarm(self, view: DeviceView, tries: int, error: str) -> None: ...
 
 
 @dataclass
@@ -41,7 +60,8 @@ class _Device:
     actuator: Actuator
     desired: bool | None = None
     reason: str = ""
-    confirmed: bool | None = None
+    confirmed: bool | None = None  # what the device last reported on a read-back
+    last_contact: datetime | None = None  # when it last answered a read-back
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     sent_at: dict[bool, float] = field(default_factory=dict)
 
@@ -107,19 +127,31 @@ class ActuationManager:
             for device_id, device in self._devices.items():
                 group.create_task(self._work(device_id, device), name=f"actuation[{device_id}]")
 
+    def _view(self, device_id: str, device: _Device, on: bool) -> DeviceView:
+        return DeviceView(device_id, on, device.confirmed, device.last_contact)
+
     async def _read_back(self, device_id: str, device: _Device, on: bool) -> SupplyConfirmation:
         async with asyncio.timeout(self._config.io_timeout_s):
             observed = await device.actuator.read_supply(device_id)
+        device.last_contact = self._clock()
+        if observed is not SupplyState.UNKNOWN:
+            device.confirmed = observed is SupplyState.ON
         return SupplyConfirmation(device_id, SupplyState.ON if on else SupplyState.OFF, observed)
 
-    async def _attempt(self, device_id: str, device: _Device, on: bool, window_s: float) -> bool:
+    async def _attempt(
+        self, device_id: str, device: _Device, on: bool, window_s: float, *, retry: bool
+    ) -> bool:
         """Send once, then read back until it matches or ``window_s`` has passed.
 
-        Reading back several times before sending again matters for slow links: a LoRaWAN valve
-        reports its new state only with its next uplink, and re-sending the downlink at every
-        read would only spend the network's duty cycle.
+        A retry reads back first: the device may have reached the target since the last read
+        (a slow valve), and a command it no longer needs is not sent. Reading back several
+        times before sending again matters for slow links: a LoRaWAN valve reports its new
+        state only with its next uplink, and re-sending the downlink at every read would only
+        spend the network's duty cycle.
         """
         loop = asyncio.get_running_loop()
+        if retry and (await self._read_back(device_id, device, on)).confirmed:
+            return True
         async with asyncio.timeout(self._config.io_timeout_s):
             device.sent_at[on] = loop.time()
             await device.actuator.set_supply(device_id, on)
@@ -144,7 +176,8 @@ class ActuationManager:
             # Send first, journal after: the cutoff itself is already durable (committed with
             # the deduction that caused it); only the "pending" device state waits.
             pending = asyncio.create_task(
-                self._journal.supply_pending(device_id, on, reason), name=f"pending[{device_id}]"
+                self._journal.supply_pending(self._view(device_id, device, on), reason),
+                name=f"pending[{device_id}]",
             )
             self._background.add(pending)
             pending.add_done_callback(self._background.discard)
@@ -155,15 +188,14 @@ class ActuationManager:
                 tries += 1
                 error = "state read back does not match"
                 try:
-                    ok = await self._attempt(device_id, device, on, delay)
+                    ok = await self._attempt(device_id, device, on, delay, retry=tries > 1)
                 except (DriverError, TimeoutError) as exc:
                     ok = False
                     error = str(exc) or type(exc).__name__
                 if ok:
-                    device.confirmed = on
                     self.confirmed += 1
                     await pending  # keep "pending" before "confirmed" on the device's topic
-                    await self._journal.supply_confirmed(device_id, on, reason)
+                    await self._journal.supply_confirmed(self._view(device_id, device, on), reason)
                     break
                 logger.warning(
                     "device %s: supply %s not confirmed (try %d): %s",
@@ -175,7 +207,9 @@ class ActuationManager:
                 if tries >= self._config.confirm_tries and not alarmed:
                     alarmed = True
                     self.alarms += 1
-                    await self._journal.supply_alarm(device_id, on, tries, error)
+                    await self._journal.supply_alarm(
+                        self._view(device_id, device, on), tries, error
+                    )
                 if not device.changed.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay / 2):

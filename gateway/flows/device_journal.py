@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+from gateway.flows.actuation import DeviceView
 from gateway.flows.context import FlowContext
 from gateway.flows.effects import enqueue_alarm
 from gateway.northbound.payloads import Confirmation, DeviceStatePayload
@@ -20,15 +21,20 @@ def _supply(on: bool) -> Supply:
 
 
 class DeviceJournal:
-    """The `ActuationJournal` of the running gateway."""
+    """The `ActuationJournal` of the running gateway.
+
+    ``device/{id}/state`` says what the device confirmed, never the wish: ``supply`` is what it
+    last reported on a read-back (left out until it has reported anything since the start),
+    ``desired`` and ``confirmation: pending`` say where it is being driven, and ``last_seen``
+    is when it last answered.
+    """
 
     def __init__(self, ctx: FlowContext) -> None:
         self._ctx = ctx
 
     def _write(
         self,
-        device_id: str,
-        on: bool,
+        view: DeviceView,
         confirmed: bool,
         event: str,
         detail: str,
@@ -36,16 +42,16 @@ class DeviceJournal:
     ) -> None:
         ctx = self._ctx
         now = ctx.clock()
-        wanted = _supply(on)
+        wanted = _supply(view.wanted)
         state = DeviceStatePayload(
-            device=device_id,
-            supply=wanted if confirmed else _supply(not on),
+            device=view.device_id,
+            supply=None if view.confirmed is None else _supply(view.confirmed),
             confirmation=Confirmation.CONFIRMED if confirmed else Confirmation.PENDING,
             desired=None if confirmed else wanted,
-            last_seen=now if confirmed else None,
+            last_seen=view.last_contact,
             ts=now,
         )
-        account = ctx.book.by_actuator.get(device_id)
+        account = ctx.book.by_actuator.get(view.device_id)
         with ctx.store.transaction() as tx:
             tx.enqueue(ctx.topics.device_state_message(state))
             if alarm is not None and account is not None:
@@ -54,21 +60,23 @@ class DeviceJournal:
                 tx.record_event(
                     account.id if account else None,
                     event,
-                    {"device": device_id, "supply": wanted.value, "detail": detail},
+                    {"device": view.device_id, "supply": wanted.value, "detail": detail},
                     now,
                 )
 
-    async def supply_pending(self, device_id: str, on: bool, reason: str) -> None:
-        await asyncio.to_thread(self._write, device_id, on, False, "supply_sent", reason)
+    async def supply_pending(self, view: DeviceView, reason: str) -> None:
+        await asyncio.to_thread(self._write, view, False, "supply_sent", reason)
         self._ctx.wake.set()
 
-    async def supply_confirmed(self, device_id: str, on: bool, reason: str) -> None:
-        await asyncio.to_thread(self._write, device_id, on, True, "supply_confirmed", reason)
+    async def supply_confirmed(self, view: DeviceView, reason: str) -> None:
+        await asyncio.to_thread(self._write, view, True, "supply_confirmed", reason)
         self._ctx.wake.set()
 
-    async def supply_alarm(self, device_id: str, on: bool, tries: int, error: str) -> None:
-        detail = f"{device_id}: supply {_supply(on)} unconfirmed after {tries}: {error}"
+    async def supply_alarm(self, view: DeviceView, tries: int, error: str) -> None:
+        detail = (
+            f"{view.device_id}: supply {_supply(view.wanted)} unconfirmed after {tries}: {error}"
+        )
         await asyncio.to_thread(
-            self._write, device_id, on, False, "supply_alarm", detail, "supply_unconfirmed"
+            self._write, view, False, "supply_alarm", detail, "supply_unconfirmed"
         )
         self._ctx.wake.set()

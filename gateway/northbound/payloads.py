@@ -221,12 +221,14 @@ class AccountEventPayload(_Payload):
 class DeviceStatePayload(_Payload):
     """``device/{device}/state``: the supply switch (relay, valve). Retained.
 
-    ``supply`` is the last state the device confirmed; while a change is on its way,
-    ``confirmation`` is ``pending`` and ``desired`` says where it is going.
+    ``supply`` is what the device itself last reported when read back, never the gateway's
+    wish; it is left out until the device has reported anything since the gateway started.
+    While a change is on its way, ``confirmation`` is ``pending`` and ``desired`` says where
+    it is going. ``last_seen`` is when the device last answered.
     """
 
     device: Identifier
-    supply: Supply
+    supply: Supply | None = None
     confirmation: Confirmation
     desired: Supply | None = None
     last_seen: UtcDatetime | None = None
@@ -236,6 +238,8 @@ class DeviceStatePayload(_Payload):
     def desired_only_when_pending(self) -> Self:
         if (self.confirmation is Confirmation.PENDING) != (self.desired is not None):
             raise ValueError("set desired exactly when confirmation is pending")
+        if self.confirmation is Confirmation.CONFIRMED and self.supply is None:
+            raise ValueError("a confirmed state says what the device reported (supply)")
         return self
 
 

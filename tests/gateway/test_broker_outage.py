@@ -280,7 +280,7 @@ async def test_broker_outage_backlog_drains_complete_and_in_order(
                 await watcher.wait_for(
                     lambda t, d: (
                         t.endswith("device/v1/state")
-                        and d["supply"] == "off"
+                        and d.get("supply") == "off"
                         and d["confirmation"] == "confirmed"
                     )
                 )

@@ -88,7 +88,7 @@ async def test_gateway_cutoff_and_restore_end_to_end(mosquitto: Broker, tmp_path
             await watcher.wait_for(
                 lambda t, d: (
                     t.endswith("device/v1/state")
-                    and d["supply"] == "off"
+                    and d.get("supply") == "off"
                     and d["confirmation"] == "confirmed"
                 )
             )

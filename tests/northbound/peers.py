@@ -38,7 +38,7 @@ class MemoryOutbox:
     ) -> int:
         seq = next(self._seq)
         self._messages[seq] = OutboxMessage(
-            seq, topic, payload, 1, retain, message_class, batch_key
+            topic, payload, 1, retain, message_class, batch_key, seq=seq
         )
         self.emptied.clear()
         return seq

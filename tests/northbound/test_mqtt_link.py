@@ -310,7 +310,8 @@ async def test_link_batches_reading_backlog_per_meter(mosquitto: Broker) -> None
 async def test_link_stop_drains_outbox_then_says_offline(mosquitto: Broker) -> None:
     outbox = MemoryOutbox()
     recorder = Recorder(mosquitto.host, mosquitto.port, f"prepay/{SITE}/#")
-    link = MqttLink(_settings(mosquitto.port), SITE, "1")
+    # A deadline a loaded machine cannot miss: the point is the order (drain, then offline).
+    link = MqttLink(_settings(mosquitto.port, drain_deadline_s=WAIT_S), SITE, "1")
     async with running(link, outbox, recorder) as wake:
         await asyncio.wait_for(link.connected.wait(), WAIT_S)
         for n in range(50):
