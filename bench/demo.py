@@ -245,6 +245,9 @@ def main() -> None:
     (DEMO / "sim-control").write_text("")
     init_keys(SITES / "keys", with_backend=True)
     run_cli(["check-config", "-c", str(SITES / "demo-site.yaml")])
+    # The demo starts from an empty store each time, deliberately: the gateway refuses to start
+    # on a missing state directory where the site has run before.
+    run_cli(["init", "--new-store", "-c", str(SITES / "demo-site.yaml")])
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     broker_port = 1883
     if port_free(broker_port):

@@ -114,7 +114,12 @@ def _write_site(directory: Path, port: int, rich: int, poor: int, kernel: str) -
         mqtt_port=port,
         tariffs=[TARIFF],
         accounts=accounts,
-        extra={"billing": {"kernel": kernel}},
+        extra={
+            "billing": {"kernel": kernel},
+            # The shutoff phase adds EXHAUST_WH (100 kWh) in one 10 s step on purpose: far above
+            # the default plausible rate (100 kWh/h), so these meters allow it.
+            "meters": [{"id": f"m-P{i:04d}", "max_rate_per_h": 100_000} for i in range(poor)],
+        },
     )
 
 

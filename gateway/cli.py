@@ -17,9 +17,8 @@ from billing_engine.base.errors import InvalidConfigError, PrepayError
 from billing_engine.quote import load_readings_csv, quote
 from billing_engine.tariff import load_tariff
 from gateway.config import load_site
-from gateway.ops import keys, status, topup
-from gateway.startup import STATE_FILE, read_ledger_key
-from gateway.store import verify_ledger
+from gateway.ops import keys, ledger_check, status, store_init, topup
+from gateway.startup import read_ledger_key
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -153,18 +152,65 @@ def _kernel_info(args: argparse.Namespace) -> int:
 
 
 def _ledger_verify(args: argparse.Namespace) -> int:
+    if args.gateway_key and not args.checkpoint:
+        print("--gateway-key checks a --checkpoint's signature; give both", file=sys.stderr)
+        return EXIT_USAGE
     try:
         key = read_ledger_key(Path(args.key))
     except PrepayError as exc:  # the key file is too open
         print(exc, file=sys.stderr)
         return EXIT_INVALID
-    report = verify_ledger(Path(args.state) / STATE_FILE, key)
-    if report.ok:
-        print(f"ledger ok: {report.entries_checked} entries, chain intact")
+    try:
+        checkpoint = None
+        if args.checkpoint:
+            gateway_key = Path(args.gateway_key) if args.gateway_key else None
+            checkpoint = ledger_check.load_checkpoint(Path(args.checkpoint), gateway_key)
+        verdict = ledger_check.verify(
+            Path(args.state), key, expected_head=args.expected_head, checkpoint=checkpoint
+        )
+    except ledger_check.CheckpointFileError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    except ValueError as exc:  # --expected-head is not SEQ:MACHEX
+        print(f"--expected-head: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PrepayError as exc:  # no store file, or unreadable
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    report = verdict.report
+    if verdict.ok:
+        reached = (
+            f"; holds the expected head at seq {verdict.expected.seq}"
+            if verdict.expected is not None
+            else ""
+        )
+        print(f"ledger ok: {report.entries_checked} entries, chain intact{reached}")
         return EXIT_OK
     for problem in report.problems:
         print(f"seq {problem.seq}: {problem.kind.value}: {problem.message}", file=sys.stderr)
+    for text in verdict.other_problems:
+        print(f"checkpoint: {text}", file=sys.stderr)
     return EXIT_INVALID
+
+
+def _init(args: argparse.Namespace) -> int:
+    if not args.new_store:
+        print(
+            "prepay init --new-store starts a new, empty store for the site deliberately;"
+            " nothing else to do",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        made = store_init.new_store(load_site(Path(args.config)))
+    except InvalidConfigError as exc:
+        return _print_errors(exc)
+    except (OSError, PrepayError) as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    replaced = f", replacing store {made.previous}" if made.previous else ""
+    print(f"new store {made.incarnation} at {made.path}{replaced}; recorded in {made.marker}")
+    return EXIT_OK
 
 
 def _keys_init(args: argparse.Namespace) -> int:
@@ -290,7 +336,34 @@ def build_parser() -> argparse.ArgumentParser:
     verify = ledger_commands.add_parser("verify", help="check the HMAC chain of the ledger")
     verify.add_argument("--state", required=True, metavar="DIR")
     verify.add_argument("--key", required=True, metavar="LEDGER.key")
+    head = verify.add_mutually_exclusive_group()
+    head.add_argument(
+        "--expected-head",
+        metavar="SEQ:MACHEX",
+        help="a head published earlier: the ledger must reach SEQ with this MAC there",
+    )
+    head.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="a checkpoint saved from prepay/{site}/checkpoint: the same check, and its store",
+    )
+    verify.add_argument(
+        "--gateway-key",
+        metavar="GATEWAY.pub.pem",
+        help="check the --checkpoint's signature with the gateway's public key",
+    )
     verify.set_defaults(func=_ledger_verify)
+
+    init_store = commands.add_parser(
+        "init", help="start a new, empty store for a site deliberately (--new-store)"
+    )
+    init_store.add_argument("-c", "--config", required=True, metavar="SITE.yaml")
+    init_store.add_argument(
+        "--new-store",
+        action="store_true",
+        help="create the site's store anew (never over an existing one) and record it",
+    )
+    init_store.set_defaults(func=_init)
 
     keys = commands.add_parser("keys", help="key files")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)

@@ -12,6 +12,7 @@ account, which device cuts it, under which tariff, class and policy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Self
 
@@ -24,9 +25,10 @@ from billing_engine.tariff import Tariff, load_tariff
 from drivers.ble.config import BleDispenserConfig
 from drivers.lorawan.config import LnsConfig
 from drivers.modbus.config import ModbusBusConfig
+from drivers.modbus.profiles import load_profiles  # YAML and pydantic only, never pymodbus
 from gateway.northbound.settings import CommandLimits, MqttSettings
 from gateway.policy.config import PolicyConfig
-from gateway.policy.quality import MeterConfig
+from gateway.policy.quality import MeterConfig, Rating
 
 Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 
@@ -155,6 +157,25 @@ class Site:
     def state_dir(self) -> Path:
         return self.resolve(self.config.state_dir)
 
+    @cached_property
+    def meter_ratings(self) -> dict[str, Rating]:
+        """The rated maximum of each meter read over Modbus whose device profile gives one, by
+        meter id (the default ``max_rate_per_h`` of `gateway.policy.quality.with_defaults`).
+
+        Raises:
+            InvalidConfigError: a profile is missing or invalid (`load_site` checks this).
+        """
+        devices = self.config.devices
+        named = [(d.meter_id, d.profile) for bus in devices.modbus_buses for d in bus.devices]
+        if not named:
+            return {}
+        profiles = load_profiles(self.resolve(devices.profiles_dir), {p for _, p in named})
+        return {
+            meter_id: Rating(rate, profiles[name].energy.unit, name)
+            for meter_id, name in named
+            if (rate := profiles[name].max_rate_per_h) is not None
+        }
+
 
 def load_site(path: Path) -> Site:
     """Load and validate a site file and the tariffs it names, all or nothing.
@@ -212,6 +233,12 @@ def load_site(path: Path) -> Site:
                         f"it has {list(tariff_found.class_names)}",
                     )
                 )
+    site = Site(config=config, path=path.resolve(), tariffs=tariffs)
+    if not errors:
+        try:
+            site.meter_ratings  # noqa: B018 - loads the Modbus profiles: a bad one is an error here
+        except InvalidConfigError as exc:
+            errors.extend(exc.errors)
     if errors:
         raise InvalidConfigError(errors)
-    return Site(config=config, path=path.resolve(), tariffs=tariffs)
+    return site

@@ -1,11 +1,15 @@
 """The composition root: config -> store -> flows -> drivers -> one TaskGroup.
 
-``prepay run -c SITE.yaml`` lands in `serve`. Every long-running part runs under the
-`Supervisor`: a task that fails is logged, counted, journalled and restarted with backoff, never
-silently lost. Shutdown (SIGTERM, or the injected ``shutdown_trigger``) stops the drivers
-first, bills what is queued, lets the MQTT link drain the outbox until its deadline, then
-cancels the rest: all within 5 s. SIGHUP reloads tariffs, policies and accounts without
-dropping a reading (the swap happens between two batches, under the state lock).
+``prepay run -c SITE.yaml`` lands in `serve`. Before anything runs, the start checks refuse a
+lost state directory (`startup.check_state_present`), a state directory of another store
+(`startup.adopt_store`) and, when the broker answers within a few seconds, a ledger behind or
+off the checkpoint it published (`startup.check_against_checkpoint`). Every long-running part
+runs under the `Supervisor`: a task that fails is logged, counted, journalled and restarted with
+backoff, never silently lost. Shutdown (SIGTERM, or the injected ``shutdown_trigger``) stops the
+drivers first, bills what is queued, checkpoints the ledger head, lets the MQTT link drain the
+outbox until its deadline, then cancels the rest: all within 5 s. SIGHUP reloads tariffs,
+policies and accounts without dropping a reading (the swap happens between two batches, under
+the state lock).
 
 This is the only module that names concrete driver adapters.
 """
@@ -30,14 +34,29 @@ from gateway.flows.device_journal import DeviceJournal
 from gateway.flows.pipeline import Pipeline
 from gateway.flows.probe import GatewayProbe
 from gateway.flows.spool import Spool
+from gateway.northbound.checkpoint_reader import (
+    CheckpointUnavailableError,
+    read_retained_checkpoint,
+)
 from gateway.northbound.mqtt import MqttLink
-from gateway.startup import claim_state_dir, load_keys, open_store, select_kernel, version
+from gateway.startup import (
+    adopt_store,
+    check_against_checkpoint,
+    check_state_present,
+    claim_state_dir,
+    load_keys,
+    open_store,
+    select_kernel,
+    version,
+)
 from gateway.supervisor import Supervisor
-from gateway.timers import Timers
+from gateway.timers import DEFAULT_CHECKPOINT_EVERY, Timers
 
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_BUDGET_S = 4.5
+#: How long the start may wait for the broker to hand back the retained checkpoint.
+CHECKPOINT_READ_TIMEOUT_S = 5.0
 
 
 def build_drivers(site: Site) -> tuple[list[ReadingSource], list[Actuator]]:
@@ -68,7 +87,15 @@ def build_drivers(site: Site) -> tuple[list[ReadingSource], list[Actuator]]:
 
 
 class Gateway:
-    """One running site. Tests and benchmarks build it directly with injected parts."""
+    """One running site. Tests and benchmarks build it directly with injected parts.
+
+    ``checkpoint_every``: the ledger head may move this many entries before a checkpoint is
+    published (top-ups and shutdown publish one anyway).
+
+    Raises:
+        StateMissingError: this site has run before but its state file is gone.
+        StoreMismatchError: the state directory holds another store than the site's.
+    """
 
     def __init__(
         self,
@@ -78,10 +105,17 @@ class Gateway:
         sources: Sequence[ReadingSource] | None = None,
         actuators: Sequence[Actuator] | None = None,
         connect_mqtt: bool = True,
+        checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     ) -> None:
         self.keys = load_keys(site)
         self.kernel = select_kernel(site)
+        check_state_present(site)  # before open_store, which would create an empty store
         self.store = open_store(site, self.keys)
+        try:
+            adopt_store(site, self.store)
+        except BaseException:
+            self.store.close()
+            raise
         self.ctx = FlowContext(site, self.store, clock, kernel=self.kernel)
         built_sources, built_actuators = ([], []) if sources is not None else build_drivers(site)
         self.sources = list(sources) if sources is not None else built_sources
@@ -100,7 +134,12 @@ class Gateway:
         self.commands = CommandHandler(
             self.ctx, backend_key=self.keys.backend, gateway_key=self.keys.gateway
         )
-        self.timers = Timers(self.ctx, self.pipeline)
+        self.timers = Timers(
+            self.ctx,
+            self.pipeline,
+            gateway_key=self.keys.gateway,
+            checkpoint_every=checkpoint_every,
+        )
         self.link = (
             MqttLink(
                 site.config.mqtt,
@@ -169,11 +208,48 @@ class Gateway:
     def _driver(self, source: ReadingSource) -> Callable[[], Awaitable[None]]:
         return lambda: source.run(self.pipeline)
 
+    async def check_rollback(self) -> None:
+        """Compare the ledger with the checkpoint retained at the broker (see
+        `startup.check_against_checkpoint`); a broker that does not answer within
+        `CHECKPOINT_READ_TIMEOUT_S` is logged and the gateway starts without the check.
+
+        Raises:
+            RollbackError: the ledger is behind the checkpoint or diverges from it.
+        """
+        site = self.site
+        try:
+            raw = await read_retained_checkpoint(
+                site.config.mqtt, site.config.site, timeout_s=CHECKPOINT_READ_TIMEOUT_S
+            )
+        except CheckpointUnavailableError as exc:
+            logger.warning(
+                "the rollback check could not run: no checkpoint read from the broker (%s);"
+                " starting without it",
+                exc,
+            )
+            return
+        if raw is None:
+            logger.info("no checkpoint retained at the broker yet: nothing to compare")
+            return
+        public_key = self.keys.gateway.public_key()
+        check = await asyncio.to_thread(check_against_checkpoint, site, self.store, raw, public_key)
+        if check.compared:
+            logger.info("rollback check: %s", check.message)
+        else:
+            logger.warning("rollback check: %s", check.message)
+
     async def run(self, shutdown_trigger: Callable[[], Awaitable[object]]) -> None:
-        """Run until ``shutdown_trigger`` returns, then shut down in order."""
+        """Check the ledger against the published checkpoint, run until ``shutdown_trigger``
+        returns, then shut down in order.
+
+        Raises:
+            RollbackError: the start check refused the ledger (nothing ran, nothing was sent).
+        """
         sup = self.supervisor.supervise
         timers = self.timers
         try:
+            if self.link is not None:  # before billing and before any command is answered
+                await self.check_rollback()
             async with asyncio.TaskGroup() as group:
                 core = [
                     group.create_task(sup(name, factory), name=name)
@@ -185,6 +261,7 @@ class Gateway:
                         ("stale-watch", timers.stale_watch),
                         ("state-flush", timers.state_flush),
                         ("journal-retention", timers.journal_retention),
+                        ("checkpoint", timers.checkpoint_watch),
                     )
                 ]
                 link_task = None
@@ -220,6 +297,7 @@ class Gateway:
                     await asyncio.to_thread(
                         functools.partial(self.pipeline.publish_dirty_states, force=True)
                     )
+                await asyncio.to_thread(timers.checkpoint)  # the head as it is left
                 self.ctx.wake.set()
                 if self.link is not None and link_task is not None:
                     self.link.request_stop()

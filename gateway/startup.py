@@ -8,12 +8,23 @@ Only the daemon claims the state directory (`claim_state_dir`): one ``prepay run
 held by an exclusive lock on ``STATE_DIR/prepay.lock`` for the life of the process; the directory
 is kept 0700 and the store's files 0600 whatever the umask. A private key file that its group or
 others may read is refused (`KeyPermissionError`), as ssh does.
+
+**Which store.** When a store is first created, a marker next to the ledger key
+(``<ledger_key_file>.store``: the site and the store's incarnation) records it. A start that
+finds the marker but no state file refuses (`StateMissingError`) instead of silently starting
+from zero balances; a state directory holding another store than the marker names is refused
+too (`StoreMismatchError`). ``prepay init --new-store`` starts a new store deliberately.
+**Rollback.** At start the daemon reads back the signed checkpoint it published (the ledger's
+head, retained at the broker) and `check_against_checkpoint` refuses a ledger that is behind it
+or diverges from it (`RollbackError`): a state directory restored from an older copy would
+otherwise credit the top-ups applied since a second time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import stat
@@ -27,7 +38,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from billing_engine import kernels
 from billing_engine.base.errors import PrepayError
 from gateway.config import Site
-from gateway.northbound.signing import load_private_key, load_public_key
+from gateway.northbound.payloads import format_rfc3339
+from gateway.northbound.receipts import InvalidCheckpointError, verify_checkpoint
+from gateway.northbound.signing import load_private_key, load_public_key, loads_strict
 from gateway.store import Store
 
 logger = logging.getLogger(__name__)
@@ -36,6 +49,8 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "prepay.sqlite"
 #: The daemon's lock file inside the state directory (it holds the daemon's pid).
 LOCK_FILE = "prepay.lock"
+#: Appended to the ledger key file's name: the marker of the site's current store.
+MARKER_SUFFIX = ".store"
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
@@ -51,6 +66,22 @@ class KeyFileError(PrepayError):
 
 class AlreadyRunningError(PrepayError):
     """Another ``prepay run`` holds the site's state directory."""
+
+
+class StateMissingError(PrepayError):
+    """The state file is missing, but the marker says this site has run with a store before."""
+
+
+class StoreMismatchError(PrepayError):
+    """The state directory holds another store than the one this site's marker names."""
+
+
+class StoreMarkerError(PrepayError):
+    """The store marker next to the ledger key cannot be read."""
+
+
+class RollbackError(PrepayError):
+    """The ledger is behind, or diverges from, the checkpoint the gateway published."""
 
 
 def version() -> str:
@@ -206,6 +237,195 @@ def open_store(site: Site, keys: Keys) -> Store:
         path,
         ledger_key=keys.ledger,
         max_outbox_messages=site.config.outbox.max_messages,
+    )
+
+
+@dataclass(frozen=True)
+class StoreMarker:
+    """What the marker next to the ledger key says: the site's current store."""
+
+    path: Path
+    site: str
+    incarnation: str
+
+
+def marker_path(site: Site) -> Path:
+    """``<ledger_key_file>.store``: kept with the keys, which outlive a lost state directory."""
+    key_file = site.resolve(site.config.keys.ledger_key_file)
+    return key_file.with_name(key_file.name + MARKER_SUFFIX)
+
+
+def read_marker(site: Site) -> StoreMarker | None:
+    """The site's store marker, or None when there is none (a store never created, or one
+    created by a gateway older than the marker).
+
+    Raises:
+        StoreMarkerError: the marker exists but cannot be read or is not a marker.
+    """
+    path = marker_path(site)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StoreMarkerError(f"{path}: cannot read the store marker: {exc}") from exc
+    if not (
+        isinstance(doc, dict)
+        and isinstance(doc.get("site"), str)
+        and isinstance(doc.get("incarnation"), str)
+    ):
+        raise StoreMarkerError(f"{path}: not a store marker (site and incarnation expected)")
+    return StoreMarker(path, doc["site"], doc["incarnation"])
+
+
+def write_marker(site: Site, incarnation: str, *, created_at: str) -> Path:
+    """Record ``incarnation`` as the site's current store (replacing the marker atomically).
+
+    Raises:
+        OSError: the key directory is not writable.
+    """
+    path = marker_path(site)
+    body = {"site": site.config.site, "incarnation": incarnation, "created_at": created_at}
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(body, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    return path
+
+
+def _own_marker(site: Site) -> StoreMarker | None:
+    marker = read_marker(site)
+    if marker is not None and marker.site != site.config.site:
+        logger.warning(
+            "%s names site %s, not %s: another site shares this ledger key file; the check"
+            " for a lost state directory is off for %s",
+            marker.path,
+            marker.site,
+            site.config.site,
+            site.config.site,
+        )
+        return None
+    return marker
+
+
+def check_state_present(site: Site) -> None:
+    """Refuse to start from nothing where this site has run before: call it before
+    `open_store`, which would create an empty store.
+
+    Raises:
+        StateMissingError: the marker exists but the state file does not.
+        StoreMarkerError: the marker cannot be read.
+    """
+    marker = _own_marker(site)
+    if marker is None or (site.state_dir / STATE_FILE).exists():
+        return
+    raise StateMissingError(
+        f"the state directory {site.state_dir} is missing (no {STATE_FILE}) but this site has"
+        f" run before (incarnation {marker.incarnation}, recorded in {marker.path}); restore it"
+        " from a backup, or start a new store deliberately with"
+        f" prepay init --new-store -c {site.path}"
+    )
+
+
+def adopt_store(site: Site, store: Store) -> None:
+    """Check that ``store`` is the site's current store, and record it when no store was
+    recorded yet (a store just created, or one made before markers existed).
+
+    A marker that cannot be written (a read-only key directory) is logged, not fatal: the
+    gateway runs, without the check for a lost state directory.
+
+    Raises:
+        StoreMismatchError: the marker names another store (incarnation).
+        StoreMarkerError: the marker cannot be read.
+    """
+    marker = _own_marker(site)
+    if marker is None:
+        try:
+            path = write_marker(site, store.incarnation, created_at=format_rfc3339(store.clock()))
+        except OSError as exc:
+            logger.warning(
+                "cannot record the store in %s (%s): a lost state directory will not be noticed",
+                marker_path(site),
+                exc,
+            )
+        else:
+            logger.info("store incarnation %s recorded in %s", store.incarnation, path)
+        return
+    if marker.incarnation != store.incarnation:
+        raise StoreMismatchError(
+            f"the state directory {site.state_dir} holds store {store.incarnation}, but this"
+            f" site's store is {marker.incarnation} (recorded in {marker.path}); restore that"
+            " store's state directory, or start a new store deliberately with"
+            f" prepay init --new-store -c {site.path}"
+        )
+
+
+@dataclass(frozen=True)
+class CheckpointCheck:
+    """What the start check made of the retained checkpoint: ``compared`` when it was this
+    store's and the ledger still holds it; else ``message`` says why it was not compared."""
+
+    compared: bool
+    message: str
+
+
+def check_against_checkpoint(
+    site: Site, store: Store, raw: bytes, gateway_public_key: Ed25519PublicKey
+) -> CheckpointCheck:
+    """Compare the ledger with the checkpoint read back from the broker (``raw``).
+
+    A checkpoint that is not validly signed by this gateway's key, or is of another store
+    (incarnation), is not compared: it is not this store's history (a store started anew
+    deliberately, or another gateway publishing under the same site id).
+
+    Raises:
+        RollbackError: the ledger ends before the checkpoint's seq, or holds another entry
+            there: the state was restored from an older copy (or cut back, or emptied).
+    """
+    try:
+        doc = loads_strict(raw)
+    except ValueError as exc:
+        return CheckpointCheck(False, f"the retained checkpoint is not JSON ({exc}); ignored")
+    if not isinstance(doc, dict):
+        return CheckpointCheck(False, "the retained checkpoint is not a JSON object; ignored")
+    try:
+        checkpoint = verify_checkpoint(doc, gateway_public_key)
+    except InvalidCheckpointError as exc:
+        return CheckpointCheck(False, f"the retained checkpoint is not valid ({exc}); ignored")
+    if checkpoint.site != site.config.site:
+        return CheckpointCheck(False, f"the retained checkpoint is of site {checkpoint.site}")
+    if checkpoint.incarnation != store.incarnation:
+        return CheckpointCheck(
+            False,
+            f"the retained checkpoint is of store {checkpoint.incarnation}, not of this store"
+            f" {store.incarnation} (a store started anew, or another gateway's); not compared",
+        )
+    seq, _ = store.ledger_head()
+    published = f"the checkpoint this gateway published at {format_rfc3339(checkpoint.ts)}"
+    recover = (
+        f"restore the newest copy of {site.state_dir} (check a copy with prepay ledger verify"
+        f" --expected-head {checkpoint.seq}:{checkpoint.mac}); if there is none, move this one"
+        f" away and start a new store deliberately with prepay init --new-store -c {site.path}"
+    )
+    if seq < checkpoint.seq:
+        raise RollbackError(
+            f"the ledger of store {store.incarnation} ends at seq {seq}, behind {published}"
+            f" (seq {checkpoint.seq}): the state was restored from an older copy or the ledger"
+            f" was cut back, and top-ups applied since would be credited again; {recover}"
+        )
+    mac = store.mac_at(checkpoint.seq)
+    if mac is None or mac.hex() != checkpoint.mac:
+        raise RollbackError(
+            f"the ledger of store {store.incarnation} diverges from {published}: its entry"
+            f" {checkpoint.seq} is not the published one (the state was restored from an"
+            f" older copy and written anew, or rewritten); {recover}"
+        )
+    return CheckpointCheck(
+        True,
+        f"the ledger (head seq {seq}) holds {published} (seq {checkpoint.seq})",
     )
 
 

@@ -1,6 +1,7 @@
-"""The daemon's clocks: the policy clock, the stale-meter watch, the state flush and journal
-retention. Each is a supervised task that sleeps until its next moment and then does one short
-piece of work under the state lock, in a worker thread.
+"""The daemon's clocks: the policy clock, the stale-meter watch, the state flush, journal
+retention and the ledger checkpoint. Each is a supervised task that sleeps until its next moment
+and then does one short piece of work in a worker thread (under the state lock when it touches
+the accounts).
 
 - **policy clock**: runs `on_tick` for every account whose grace, friendly window, dwell time
   or override ends (`next_wakeup` says when), or at once when a reload changed the accounts;
@@ -9,7 +10,10 @@ piece of work under the state lock, in a worker thread.
 - **state flush**: publishes the balances that moved but were not yet due when billed
   (``state_publish_interval_s``);
 - **journal retention**: prunes billed readings older than ``journal_retention_days``, at start
-  and then about every six hours, in short passes, so the journal stays bounded on an SD card.
+  and then about every six hours, in short passes, so the journal stays bounded on an SD card;
+- **checkpoint watch**: publishes the ledger's head as a signed, retained checkpoint once it has
+  moved by ``checkpoint_every`` entries since the last one this watch published (top-ups
+  publish one at once, and the daemon one at shutdown: `checkpoint`).
 """
 
 from __future__ import annotations
@@ -19,24 +23,51 @@ import contextlib
 import logging
 from datetime import datetime, timedelta
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from gateway.flows.accounts import Account
 from gateway.flows.context import FlowContext
 from gateway.flows.effects import apply_decision, enqueue_account_state, enqueue_alarm
 from gateway.flows.pipeline import Pipeline
+from gateway.northbound.receipts import make_checkpoint
 from gateway.policy.machine import next_wakeup, on_tick
 
 logger = logging.getLogger(__name__)
 
 _MAX_TICK_S = 60.0
 _RETENTION_PERIOD_S = 6 * 3600.0  # each run prunes about six hours of readings
+#: Publish a checkpoint once the ledger head has moved by this many entries.
+DEFAULT_CHECKPOINT_EVERY = 100
+_CHECKPOINT_POLL_S = 2.0
 
 
 class Timers:
-    """The four timed tasks of one running gateway (see the module docstring)."""
+    """The five timed tasks of one running gateway (see the module docstring).
 
-    def __init__(self, ctx: FlowContext, pipeline: Pipeline) -> None:
+    Args:
+        ctx: the flows' shared context.
+        pipeline: the billing pipeline (stale checks, dirty states).
+        gateway_key: signs the ledger checkpoints.
+        checkpoint_every: entries the head may move before the watch publishes a checkpoint.
+        checkpoint_poll_s: how often the watch looks at the head.
+    """
+
+    def __init__(
+        self,
+        ctx: FlowContext,
+        pipeline: Pipeline,
+        *,
+        gateway_key: Ed25519PrivateKey,
+        checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+        checkpoint_poll_s: float = _CHECKPOINT_POLL_S,
+    ) -> None:
+        if checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
         self._ctx = ctx
         self._pipeline = pipeline
+        self._gateway_key = gateway_key
+        self._checkpoint_every = checkpoint_every
+        self._checkpoint_poll_s = checkpoint_poll_s
         self._tick = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         ctx.on_reload(self._reloaded)
@@ -161,3 +192,34 @@ class Timers:
                     ctx.clock(),
                 )
         return pruned
+
+    # --- ledger checkpoint ------------------------------------------------------------------
+
+    async def checkpoint_watch(self) -> None:
+        """Publishes a checkpoint once the ledger head has moved by ``checkpoint_every``."""
+        ctx = self._ctx
+        published, _ = await asyncio.to_thread(ctx.store.ledger_head)
+        while True:
+            await asyncio.sleep(self._checkpoint_poll_s)
+            seq, _ = await asyncio.to_thread(ctx.store.ledger_head)
+            if seq - published >= self._checkpoint_every:
+                published = await asyncio.to_thread(self.checkpoint)
+                ctx.wake.set()
+
+    def checkpoint(self) -> int:
+        """Queue the ledger head as a signed, retained checkpoint now (in a worker thread);
+        returns its seq. Needs no state lock: it reads the head in its own transaction, and
+        transactions are serialised, so a later checkpoint never carries an older head."""
+        ctx = self._ctx
+        with ctx.store.transaction() as tx:
+            seq, mac = tx.ledger_head()
+            checkpoint = make_checkpoint(
+                ctx.topics.site,
+                tx.incarnation,
+                seq,
+                mac,
+                ts=ctx.clock(),
+                gateway_key=self._gateway_key,
+            )
+            tx.enqueue(ctx.topics.checkpoint_message(checkpoint))
+        return seq

@@ -22,8 +22,14 @@ Failure handling, per device:
   `DriverEventKind.FRAME_ERROR` event (detail ``condition=implausible_value``,
   ``state=raised``) and one log line when the condition starts, one (``state=cleared``) at the
   next good value; nothing per poll in between;
-* a reading the gateway refuses (``sink.put`` raising) is logged and counted, and the bus polls
-  on.
+* a reading the gateway refuses (``sink.put`` raising) is counted, and the bus polls on; the
+  first refusal is logged, the next ones only at debug until a reading is accepted again.
+
+Logging: one line per device state change (offline, online, implausible value raised and
+cleared, readings refused and accepted again), never one per poll. pymodbus's own log goes
+through `PymodbusLogFilter`: its debug and info lines (every frame sent and received) are
+dropped, the raw frames it appends to each error are cut (the offline line carries this bus's
+own), and a repeated message is logged once per `PYMODBUS_LOG_INTERVAL_S` with a count.
 
 Readings are integers in milli-units decoded by `drivers.modbus.registers`.
 """
@@ -34,6 +40,8 @@ import asyncio
 import collections
 import heapq
 import logging
+import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -82,6 +90,64 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 FRAME_DUMP_SIZE = 16
 
+#: The logger pymodbus writes everything to (``pymodbus.logging.Log``).
+PYMODBUS_LOGGER = "pymodbus.logging"
+#: A repeated pymodbus message is logged at most once per this many seconds.
+PYMODBUS_LOG_INTERVAL_S = 60.0
+_PYMODBUS_FRAMES = "\n>>>>> "  # pymodbus appends its last raw frames to errors after this
+_NUMBERS = re.compile(r"\d+")
+
+
+class PymodbusLogFilter(logging.Filter):
+    """Makes pymodbus's log fit a daemon's (install with `quiet_pymodbus`).
+
+    pymodbus logs every frame at debug and appends up to 20 raw frames to each error; a bus
+    with a dead device would write that every poll. This filter drops its records below
+    WARNING, cuts the appended frames, and lets one message through per ``interval_s`` for
+    each kind of message (its text with the numbers left out), the next one carrying how many
+    were left out meanwhile.
+    """
+
+    def __init__(
+        self,
+        interval_s: float = PYMODBUS_LOG_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._clock = clock
+        self._windows: dict[tuple[int, str], tuple[float, int]] = {}  # -> (start, left out)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return False
+        text = record.getMessage().split(_PYMODBUS_FRAMES, 1)[0]
+        if text == "Repeating....":  # pymodbus's own note of a repeat: counted below instead
+            return False
+        key = (record.levelno, _NUMBERS.sub("#", text))
+        now = self._clock()
+        window = self._windows.get(key)
+        if window is not None and now - window[0] < self._interval_s:
+            self._windows[key] = (window[0], window[1] + 1)
+            return False
+        if len(self._windows) >= 1_000:  # a bound, should pymodbus vary its texts
+            self._windows.clear()
+        self._windows[key] = (now, 0)
+        if window is not None and window[1]:
+            text += f" ({window[1]} more like it in the last {now - window[0]:.0f} s)"
+        record.msg, record.args = text, None
+        return True
+
+
+def quiet_pymodbus() -> None:
+    """Install `PymodbusLogFilter` on pymodbus's logger once (every bus calls this), and
+    raise the logger to WARNING so pymodbus stops formatting frames it would log at debug."""
+    target = logging.getLogger(PYMODBUS_LOGGER)
+    if not any(isinstance(f, PymodbusLogFilter) for f in target.filters):
+        target.addFilter(PymodbusLogFilter())
+    if target.level < logging.WARNING:
+        target.setLevel(logging.WARNING)
+
 
 @dataclass
 class DeviceStats:
@@ -98,6 +164,7 @@ class DeviceStats:
     unexpected_errors: int = 0
     implausible_values: int = 0  # polls refused for a value no meter can hold
     refused_readings: int = 0  # readings the sink refused (its put raised)
+    refusing: bool = False  # the sink refused the last reading (logged once until accepted)
     online: bool = True
     value_alarm: bool = False  # an implausible value is being reported (alarm raised)
     last_error: str = ""
@@ -124,6 +191,7 @@ class _Link:
     """
 
     def __init__(self, config: ModbusBusConfig) -> None:
+        quiet_pymodbus()
         self._timeout_s = config.timeout_s
         # pymodbus' own timeout is kept well above ours so that asyncio.timeout() decides and
         # pymodbus never counts "no response" towards its auto-disconnect; retries are ours.
@@ -404,7 +472,9 @@ class ModbusBus:
             # The gateway refused this one reading (it could not journal it): the next poll
             # reads the register again; the other devices on the bus must not wait for it.
             stats.refused_readings += 1
-            logger.warning(
+            log = logger.debug if stats.refusing else logger.warning
+            stats.refusing = True
+            log(
                 "%s: device %s: reading %s refused by the gateway: %s",
                 self.name,
                 device_id,
@@ -412,6 +482,9 @@ class ModbusBus:
                 exc,
             )
             return None
+        if stats.refusing:
+            stats.refusing = False
+            logger.info("%s: device %s: readings accepted again", self.name, device_id)
         return reading
 
     async def _answered(self, dev: _Device, at: datetime, sink: ReadingSink) -> None:

@@ -214,6 +214,11 @@ class DeviceProfile(BaseModel):
     registers: dict[str, RegisterSpec] = Field(default_factory=dict)
     supply: SupplySpec | None = None
     max_read_registers: Annotated[int, Field(ge=1, le=MAX_READ_REGISTERS)] = MAX_READ_REGISTERS
+    # The most the meter is rated to measure in one hour, in the billed register's ``unit``
+    # (kWh, m3): an electricity meter's Imax x Un x phases, a water meter's overload flow Q4.
+    # Cite the datasheet in the profile. None: not known (the gateway then uses its per-unit
+    # default, see docs/operator-guide.md "Meter problems").
+    max_rate_per_h: Annotated[Decimal, Field(gt=0)] | None = None
     max_gap: Annotated[int, Field(ge=0, le=MAX_READ_REGISTERS)] = 0
 
     @model_validator(mode="after")

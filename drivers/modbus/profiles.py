@@ -1,8 +1,10 @@
 """Device profiles: loading ``configs/devices/<name>.yaml`` and turning one into a read plan.
 
-A profile names the billed register (``energy``), optional extra registers, and the relay or
-valve (``supply``). Loading goes through `billing_engine.base.yaml_lines.load_model`, so every
-error names file, line and field, and a bad file loads nothing.
+A profile names the billed register (``energy``), optional extra registers, the relay or
+valve (``supply``) and the meter's rated maximum (``max_rate_per_h``, which the gateway's
+plausibility check uses when the site sets none for the meter). Loading goes through
+`billing_engine.base.yaml_lines.load_model`, so every error names file, line and field, and a
+bad file loads nothing.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ the same transaction as the ledger entries that changed it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +17,7 @@ from billing_engine.kernels import Kernel
 from gateway.config import AccountConfig, Site
 from gateway.flows.overlay import OVERLAY_KEY, Overlay, apply_overlay
 from gateway.policy.config import PolicyConfig
-from gateway.policy.quality import MeterConfig
+from gateway.policy.quality import HoldWatch, MeterConfig, with_defaults
 from gateway.policy.state import PolicyMode, PolicyState
 from gateway.store import Store
 
@@ -52,6 +52,7 @@ class Account:
     )
     meter: MeterConfig | None = None  # data-quality settings of the account's meter
     wraps: int = 0  # how often the meter's register rolled over (see `gateway.policy.quality`)
+    watch: HoldWatch = field(default_factory=HoldWatch)  # held readings since the last billed
     published: PublishedState | None = None  # the last state message queued
     state_dirty: bool = False  # the balance moved since the last state message
 
@@ -70,6 +71,7 @@ class Account:
             "class": self.billing.class_name,
             "balance_minor": self.billing.balance_minor,
             "meter.wraps": self.wraps,
+            **self.watch.to_record(),
         }
         for name in _BILLING_FIELDS:
             record[f"billing.{name}"] = getattr(self.billing, name)
@@ -110,6 +112,7 @@ class AccountBook:
         self.by_meter: dict[str, Account] = {}
         self.by_actuator: dict[str, Account] = {}
         meters = {m.id: m for m in site.config.meters}
+        ratings = site.meter_ratings
         for config in site.config.accounts:
             policy = site.config.policies[config.policy]
             record = records.get(config.id)
@@ -140,8 +143,12 @@ class AccountBook:
                 billing,
                 policy_state,
                 debts.get(config.id, 0),
-                meters.get(config.meter),
+                # Plausibility is on for every meter: its own rate, else a default.
+                with_defaults(
+                    meters.get(config.meter), config.meter, tariff.unit, ratings.get(config.meter)
+                ),
                 int((record or {}).get("meter.wraps") or 0),
+                HoldWatch.from_record(record or {}),
             )
             self.by_id[config.id] = account
             self.by_meter[config.meter] = account

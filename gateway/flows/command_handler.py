@@ -48,7 +48,7 @@ from gateway.northbound.payloads import (
     ResultStatus,
     encode_payload,
 )
-from gateway.northbound.receipts import make_receipt
+from gateway.northbound.receipts import make_checkpoint, make_receipt
 from gateway.northbound.signing import canonical_json
 from gateway.policy.machine import on_balance, on_topup, set_override
 from gateway.policy.state import EventKind
@@ -322,6 +322,7 @@ class CommandHandler:
             account.billing.balance_minor,
             applied_at=now,
             gateway_key=self._gateway_key,
+            store=tx.incarnation,
         )
         signature = str(receipt["signature"]).encode()
         tx.save_receipt(seq, command.id, account.id, canonical_json(receipt), signature)
@@ -336,7 +337,19 @@ class CommandHandler:
             receipt=payload,
         )
         self._save_and_publish(tx, account, now)
+        self._enqueue_checkpoint(tx, now)
         return payload
+
+    def _enqueue_checkpoint(self, tx: Transaction, now: datetime) -> None:
+        """Queue the signed ledger head with the top-up that moved it: once the top-up is
+        published, so is a head that a store restored from an older copy cannot reach (the
+        daemon refuses to start behind it), so the top-up cannot be credited twice."""
+        seq, mac = tx.ledger_head()
+        topics = self._ctx.topics
+        checkpoint = make_checkpoint(
+            topics.site, tx.incarnation, seq, mac, ts=now, gateway_key=self._gateway_key
+        )
+        tx.enqueue(topics.checkpoint_message(checkpoint))
 
     def _refund(self, tx: Transaction, command: RefundCommand, now: datetime) -> None:
         account = self._account_in(command.account, command.currency)

@@ -82,7 +82,11 @@ def enqueue_event(
     alarm: str | None = None,
     detail: str | None = None,
 ) -> None:
-    """Journal an account event and queue its message (one event id for both)."""
+    """Journal an account event and queue its message (one event id for both).
+
+    The published ``event_id`` is ``{site}-{incarnation}-{n}``: ``n`` restarts at 1 in a store
+    started anew, the store's incarnation does not repeat, so the id stays unique per site.
+    """
     record: dict[str, str | int] = {
         "event": event.value,
         "balance_minor": account.billing.balance_minor,
@@ -97,7 +101,7 @@ def enqueue_event(
     tx.enqueue(
         topics.account_event_message(
             AccountEventPayload(
-                event_id=f"{topics.site}-{event_id}",
+                event_id=f"{topics.site}-{tx.incarnation}-{event_id}",
                 account=account.id,
                 event=event,
                 balance_minor=account.billing.balance_minor,

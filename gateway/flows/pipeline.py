@@ -10,10 +10,13 @@ batches and, for each batch:
    (`JournalRowError`) is written again reading by reading: the others commit, only the bad
    reading's `put` raises, and the pipeline goes on; any other failure (the disk) fails the
    task as before;
-2. **bills** the new ones with the engine of each account's tariff;
+2. **bills** the new ones with the engine of each account's tariff, after the data-quality
+   check (`gateway.policy.quality`: rollover, replaced meter, implausible jump);
 3. in **one transaction**: the ledger deductions (idempotency key ``deduct:<reading id>``), the
    journal rows marked billed or held, the policy's decisions and events, the accounts' new
-   billing and policy state, and the outgoing messages;
+   billing and policy state, and the outgoing messages. A held reading raises its alarm only
+   when its condition starts for the meter, and the meter's next billed reading clears it
+   (`quality.on_hold`, `quality.on_billed`; the state is saved with the account);
 4. hands supply changes to actuation and wakes the MQTT link.
 
 A crash between 1 and 3 leaves journalled, unbilled rows: `start` bills them again from the
@@ -66,6 +69,16 @@ _NOT_BILLED = frozenset(
 )
 
 
+def _advances(previous: tuple[int, datetime], register_milli: int, read_at: datetime) -> bool:
+    """Whether the engine bills a reading after ``previous`` (register, time): a later whole
+    second and a register not below (else it is out of order, a conflict or backwards)."""
+    return register_milli >= previous[0] and quality.later_second(read_at, previous[1])
+
+
+def _row_id(step: _Hold | _Outcome) -> int:
+    return step.row_id
+
+
 class _Journalled(NamedTuple):
     """A reading committed to the journal, with its row."""
 
@@ -83,12 +96,14 @@ class _Checked(NamedTuple):
 
 
 class _Hold(NamedTuple):
-    """A reading held before billing; ``account`` None for a meter no account is billed by."""
+    """A held reading (``register_milli`` unwrapped); ``account`` None for a meter no account
+    is billed by."""
 
     row_id: int
     reading: Reading
     account: Account | None
     reason: str
+    register_milli: int
 
 
 class _Note(NamedTuple):
@@ -107,6 +122,7 @@ class _Outcome(NamedTuple):
     status: ReadingStatus
     deduction: int
     delta: int
+    register_milli: int  # the register billed (unwrapped)
 
 
 @dataclass
@@ -357,7 +373,7 @@ class Pipeline:
         for row_id, reading in rows:
             account = book.by_meter.get(reading.meter_id)
             if account is None:
-                holds.append(_Hold(row_id, reading, None, "unknown_meter"))
+                holds.append(_Hold(row_id, reading, None, "unknown_meter", reading.register_milli))
                 continue
             billing = account.billing
             previous = last.get(account.id)
@@ -375,7 +391,7 @@ class Pipeline:
                 last_read_at=previous[1] if previous else None,
             )
             if checked.verdict is quality.Verdict.JUMP:
-                holds.append(_Hold(row_id, reading, account, "implausible_jump"))
+                holds.append(_Hold(row_id, reading, account, quality.JUMP, checked.register_milli))
                 continue
             if checked.verdict is quality.Verdict.REBASE:
                 # Bill what came before the swap, then start the new meter from a baseline.
@@ -399,46 +415,74 @@ class Pipeline:
                     )
                 )
             account.wraps = checked.wraps
-            last[account.id] = (checked.register_milli, reading.read_at)
+            if (
+                previous is None
+                or checked.verdict is quality.Verdict.REBASE
+                or _advances(previous, checked.register_milli, reading.read_at)
+            ):
+                # What the engine will bill from next; a reading it refuses (backwards, out of
+                # order, same second) must not become the base of the next plausibility check.
+                last[account.id] = (checked.register_milli, reading.read_at)
             pending.append(_Checked(row_id, reading, account, checked.register_milli))
         outcomes += self._bill(pending)
         outcomes.sort(key=lambda o: o.row_id)
 
         with ctx.store.transaction() as tx:
             touched: dict[str, Account] = {}
-            for hold in holds:
-                self._hold(tx, now, hold, detail=hold.reason)
+            watched: dict[str, Account] = {}  # a held reading moved only the account's watch
             for note in notes:
                 enqueue_alarm(tx, ctx.topics, note.account, note.alarm, note.detail, now)
                 touched[note.account.id] = note.account
-            for outcome in outcomes:
-                self.stats.by_status[_STATUS_NAME[outcome.status]] += 1
-                self._record_outcome(tx, now, outcome)
-                touched[outcome.account.id] = outcome.account
-            tx.save_account_states((a.id, a.to_record()) for a in touched.values())
+            # In journal order: a meter's hold alarms are raised and cleared reading by reading.
+            steps: Sequence[_Hold | _Outcome] = outcomes
+            if holds:
+                steps = sorted([*holds, *outcomes], key=_row_id)
+            for step in steps:
+                if isinstance(step, _Hold):
+                    self._hold(tx, now, step)
+                    if step.account is not None:
+                        watched[step.account.id] = step.account
+                    continue
+                self.stats.by_status[_STATUS_NAME[step.status]] += 1
+                self._record_outcome(tx, now, step)
+                touched[step.account.id] = step.account
+            saved = watched | touched
+            tx.save_account_states((a.id, a.to_record()) for a in saved.values())
             for account in touched.values():
                 publish_state_if_due(tx, ctx.topics, account, now, self._state_every_s)
 
-    def _hold(self, tx: Transaction, now: datetime, hold: _Hold, *, detail: str) -> None:
-        """Mark a reading held and raise its alarm (a meter without an account is logged once:
-        there is no account to raise it on)."""
+    def _hold(self, tx: Transaction, now: datetime, hold: _Hold) -> None:
+        """Mark a reading held; raise its condition's alarm if the condition is new for the
+        meter, and `quality.RESET_OR_SWAP` when the held readings continue from a new level
+        (`quality.on_hold`). A meter without an account is logged once: there is no account to
+        raise an alarm on."""
         tx.mark_held(hold.row_id, hold.reason)
         self.stats.held += 1
-        if hold.account is None:
+        account = hold.account
+        if account is None:
             if hold.reading.meter_id not in self._unknown_meters:
                 self._unknown_meters.add(hold.reading.meter_id)
                 logger.warning(
                     "meter %s: readings held, no account is billed by it", hold.reading.meter_id
                 )
             return
-        enqueue_alarm(
-            tx,
-            self._ctx.topics,
-            hold.account,
-            hold.reason,
-            f"reading {hold.reading.reading_id} held: {detail}",
-            now,
+        account.watch, alarms = quality.on_hold(
+            account.meter,
+            account.watch,
+            reason=hold.reason,
+            reading_id=hold.reading.reading_id,
+            register_milli=hold.register_milli,
+            read_at=hold.reading.read_at,
+            billed_milli=account.billing.last_register_milli,
         )
+        self._raise(tx, now, account, alarms)
+
+    def _raise(
+        self, tx: Transaction, now: datetime, account: Account, alarms: Sequence[quality.Alarm]
+    ) -> None:
+        for alarm in alarms:
+            logger.warning("account %s: %s %s", account.id, alarm.code, alarm.detail)
+            enqueue_alarm(tx, self._ctx.topics, account, alarm.code, alarm.detail, now)
 
     def _bill(self, pending: Sequence[_Checked]) -> list[_Outcome]:
         """Bill readings (with their checked registers) with each tariff's engine."""
@@ -474,6 +518,7 @@ class Pipeline:
                         result.status,
                         result.deduction_minor,
                         delta,
+                        register,
                     )
                 )
         return outcomes
@@ -522,7 +567,8 @@ class Pipeline:
         status, deduction = outcome.status, outcome.deduction
         name = _STATUS_NAME[status]
         if status in _HELD:
-            self._hold(tx, now, _Hold(row_id, reading, account, _HELD[status]), detail=name)
+            hold = _Hold(row_id, reading, account, _HELD[status], outcome.register_milli)
+            self._hold(tx, now, hold)
             return
         if deduction:
             tx.append_entry(
@@ -540,6 +586,10 @@ class Pipeline:
             # A conflict is a second reading within the same whole second (the engine's time
             # unit): registers are cumulative, so the next reading bills what this one saw.
             return
+        if account.watch.active:
+            # Billed (or a new baseline) after held readings: their conditions clear.
+            account.watch, alarms = quality.on_billed(account.watch, reading.reading_id)
+            self._raise(tx, now, account, alarms)
         self.stats.billed += 1
         tariff = ctx.book.engine_for(account).tariff
         tx.enqueue(

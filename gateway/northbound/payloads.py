@@ -83,6 +83,9 @@ UtcDatetime = Annotated[
 Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
 MinorUnits = Annotated[int, Field(strict=True, description="integer minor units (cents, fen)")]
+Incarnation = Annotated[
+    str, Field(pattern=r"^[0-9a-f]{16}$", description="the store's incarnation: 16 hex digits")
+]
 
 
 class CommandKind(enum.StrEnum):
@@ -162,7 +165,9 @@ class ReceiptPayload(_Payload):
     """A top-up receipt signed by the gateway's own Ed25519 key.
 
     ``signature`` is base64 Ed25519 over the canonical JSON of every other field (the same rule
-    as for commands). ``receipt_seq`` counts 1, 2, 3 ... per site, without gaps.
+    as for commands). ``receipt_seq`` counts 1, 2, 3 ... per store, without gaps; ``store`` is
+    the store's incarnation (receipts made before it existed have none), so the pair
+    ``(store, receipt_seq)`` is unique per site even across a store started anew.
     """
 
     receipt_seq: Annotated[int, Field(strict=True, ge=1)]
@@ -174,6 +179,7 @@ class ReceiptPayload(_Payload):
     balance_after_minor: MinorUnits
     applied_at: UtcDatetime
     payment_ref: str | None = None
+    store: Incarnation | None = None
     key_id: str
     signature: str
 
@@ -265,6 +271,25 @@ class CommandResultPayload(_Payload):
         return self
 
 
+class CheckpointPayload(_Payload):
+    """``checkpoint``: the head of the gateway's ledger, signed by its key. Retained.
+
+    ``seq`` and ``mac`` (hex) are the newest ledger entry's sequence number and HMAC chain
+    value (seq 0 and 64 zeros for an empty ledger); ``incarnation`` names the store they belong
+    to. ``signature`` is base64 Ed25519 over the canonical JSON of every other field, with the
+    gateway's key (as receipts). At start the gateway reads it back and refuses to run on a
+    ledger that is behind it or diverges from it (a store restored from an older copy).
+    """
+
+    site: Identifier
+    incarnation: Incarnation
+    seq: Annotated[int, Field(strict=True, ge=0)]
+    mac: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    ts: UtcDatetime
+    key_id: str
+    signature: str
+
+
 # Every payload model, for the docs (`gateway.northbound.schemas`).
 PAYLOAD_MODELS: Final[tuple[type[_Payload], ...]] = (
     StatusPayload,
@@ -275,6 +300,7 @@ PAYLOAD_MODELS: Final[tuple[type[_Payload], ...]] = (
     ReceiptPayload,
     DeviceStatePayload,
     CommandResultPayload,
+    CheckpointPayload,
 )
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)

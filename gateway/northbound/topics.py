@@ -10,6 +10,7 @@ Every topic sits under ``prepay/{site}/``::
     device/{device}/state         retained              DeviceStatePayload
     cmd/{kind}                    in (backend -> gw)    see `gateway.northbound.commands`
     cmd/{kind}/result             out                   CommandResultPayload
+    checkpoint                    retained              CheckpointPayload
 
 The payload models are in `gateway.northbound.payloads`.
 """
@@ -27,6 +28,7 @@ from gateway.messages import MessageClass, Outgoing
 from gateway.northbound.payloads import (
     AccountEventPayload,
     AccountStatePayload,
+    CheckpointPayload,
     CommandKind,
     CommandResultPayload,
     DeviceStatePayload,
@@ -52,6 +54,7 @@ class TopicKind(enum.StrEnum):
     DEVICE_STATE = "device_state"
     COMMAND = "command"
     COMMAND_RESULT = "command_result"
+    CHECKPOINT = "checkpoint"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,11 @@ class SiteTopics:
         return f"{self.root}/status"
 
     @property
+    def checkpoint(self) -> str:
+        """The retained, signed head of the ledger (`CheckpointPayload`)."""
+        return f"{self.root}/checkpoint"
+
+    @property
     def command_filter(self) -> str:
         """The subscription that receives every command kind."""
         return f"{self.root}/cmd/+"
@@ -130,6 +138,8 @@ class SiteTopics:
         rest = levels[2:]
         if rest == ["status"]:
             return ParsedTopic(TopicKind.STATUS, None)
+        if rest == ["checkpoint"]:
+            return ParsedTopic(TopicKind.CHECKPOINT, None)
         if len(rest) == 3 and (rest[0], rest[2]) in _SUFFIXES:
             return ParsedTopic(_SUFFIXES[rest[0], rest[2]], check_identifier(rest[1]))
         if rest[0] == "cmd" and len(rest) in (2, 3):
@@ -255,3 +265,9 @@ class SiteTopics:
             False,
             MessageClass.LEDGER,
         )
+
+    def checkpoint_message(self, payload: CheckpointPayload) -> Outgoing:
+        """Retained STATE: an unsent older checkpoint in the outbox is replaced by a newer one."""
+        if payload.site != self.site:
+            raise ValueError(f"a checkpoint of site {payload.site!r} is not {self.site!r}'s")
+        return Outgoing(self.checkpoint, encode_payload(payload), QOS, True, MessageClass.STATE)

@@ -29,6 +29,7 @@ from gateway.store.ledger import (
     LedgerProblem,
     LedgerReport,
     ProblemKind,
+    parse_head,
 )
 from gateway.store.outbox import NOT_QUEUED, OutboxStats
 from gateway.store.transaction import Store, Transaction, verify_ledger
@@ -59,5 +60,6 @@ __all__ = [
     "Store",
     "StoreError",
     "Transaction",
+    "parse_head",
     "verify_ledger",
 ]

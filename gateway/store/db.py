@@ -159,8 +159,20 @@ _V3 = ("ALTER TABLE outbox ADD COLUMN batch_key TEXT",)
 # result. Commands recorded by an older version have none and are compared by id only.
 _V4 = ("ALTER TABLE commands ADD COLUMN content_hash TEXT",)
 
+#: The ``meta`` key of the store's incarnation (see `_V5`).
+INCARNATION_META = "store_incarnation"
+
+# Version 5: every store gets an incarnation, 16 random hex digits made once when the store is
+# created (or reaches this version) and never changed: published event ids and receipts carry
+# it, so a store started anew is told apart from the one before it, and the signed checkpoint
+# names it (a checkpoint of another incarnation is not this store's history).
+_V5 = (
+    "INSERT OR IGNORE INTO meta (key, value)"
+    " VALUES ('store_incarnation', lower(hex(randomblob(8))))",  # INCARNATION_META
+)
+
 #: Forward migrations, in order: ``MIGRATIONS[n - 1]`` brings the file to version ``n``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -254,6 +266,15 @@ def _step(
     )
     logger.info("store schema migrated from version %d to %d", current, current + 1)
     return None
+
+
+def incarnation(conn: sqlite3.Connection) -> str | None:
+    """The store's incarnation (see `_V5`); None for a file older than version 5."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (INCARNATION_META,)).fetchone()
+    except sqlite3.OperationalError:  # no meta table: not a store
+        return None
+    return None if row is None else str(row[0])
 
 
 def _seed_outbox_counters(conn: sqlite3.Connection) -> None:

@@ -19,6 +19,11 @@ What `verify` finds, and how it shows:
 * rows deleted at the tail: ``tail_deleted`` (the checkpoint names a seq past the last row);
 * a wrong key: ``wrong_key`` (the key check in ``meta`` fails) and every row mismatches;
 * a cached balance that is not the sum of the account's entries: ``balance_mismatch``.
+* an older copy of the file, the tail cut back together with its checkpoint, or emptied ledger
+  tables: nothing, on their own; ``expected_head_missing`` against a head published earlier
+  (``expected_head``: the ledger ends before its seq, or holds another MAC there). The gateway
+  publishes its head as a signed, retained checkpoint (`last_entry`, `mac_at`) and checks it
+  at start.
 
 The key is never logged or stored; ``meta`` holds only ``HMAC(key, "key-check")``.
 
@@ -139,6 +144,8 @@ class LedgerReport:
     entries_checked: int
     head: ChainHead | None
     problems: tuple[LedgerProblem, ...]
+    #: the store's incarnation, when the report was made from a store file (`verify_ledger`)
+    incarnation: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -420,6 +427,41 @@ def _chain_head_entry(conn: sqlite3.Connection) -> tuple[int, bytes]:
     return (0, GENESIS_MAC) if head is None else (int(head[0]), bytes(head[1]))
 
 
+def last_entry(conn: sqlite3.Connection) -> tuple[int, bytes]:
+    """``(seq, mac)`` of the newest stored entry (not the checkpoint in ``meta``);
+    ``(0, GENESIS_MAC)`` for an empty ledger. What the gateway publishes as its checkpoint."""
+    return _chain_head_entry(conn)
+
+
+def mac_at(conn: sqlite3.Connection, seq: int) -> bytes | None:
+    """The stored MAC of entry ``seq``; `GENESIS_MAC` for seq 0; None when there is no such
+    entry. A published head ``(seq, mac)`` is still in the ledger when ``mac_at(seq) == mac``."""
+    if seq == 0:
+        return GENESIS_MAC
+    row = conn.execute("SELECT mac FROM ledger WHERE seq = ?", (seq,)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def parse_head(text: str) -> ChainHead:
+    """A head written ``SEQ:MACHEX`` (as ``prepay ledger verify --expected-head`` takes it).
+
+    The result has no tag: only its seq and MAC are compared.
+
+    Raises:
+        ValueError: not ``SEQ:MACHEX`` with a seq >= 0 and a MAC of 32 bytes in hex.
+    """
+    seq_text, sep, mac_hex = text.strip().partition(":")
+    if not sep or not seq_text.isdigit():
+        raise ValueError(f"{text!r}: expected SEQ:MACHEX, e.g. 42:{'0' * 64}")
+    try:
+        mac = bytes.fromhex(mac_hex)
+    except ValueError:
+        raise ValueError(f"{text!r}: the MAC is not hex") from None
+    if len(mac) != len(GENESIS_MAC):
+        raise ValueError(f"{text!r}: the MAC must be {len(GENESIS_MAC)} bytes (64 hex digits)")
+    return ChainHead(seq=int(seq_text), mac_hex=mac.hex(), tag_hex="")
+
+
 def write_chain_head(conn: sqlite3.Connection, key: bytes, seq: int, mac: bytes) -> None:
     """Store the chain-head checkpoint (seq, mac, tag) that `verify` checks the tail against."""
     head_value = jsontext.dumps({"seq": seq, "mac": mac.hex(), "tag": _head_tag(key, seq, mac)})
@@ -597,15 +639,8 @@ def verify(
         prev_seq, prev_mac = seq, mac
 
     _check_head(key, head, prev_seq, macs_by_seq_wanted, problems)
-    if expected_head is not None and macs_by_seq_wanted.get(expected_head.seq) != bytes.fromhex(
-        expected_head.mac_hex
-    ):
-        problems.add(
-            ProblemKind.EXPECTED_HEAD_MISSING,
-            expected_head.seq,
-            f"the ledger does not contain the published head at seq {expected_head.seq}"
-            " (rolled back or rewritten)",
-        )
+    if expected_head is not None:
+        _check_expected_head(expected_head, prev_seq, macs_by_seq_wanted, problems)
     _check_balances(conn, sums, problems)
     if problems.left_off:
         problems.items.append(
@@ -648,6 +683,40 @@ def _check_head(
             ProblemKind.CHECKPOINT_INVALID,
             head.seq,
             f"entry {head.seq} is not the checkpointed one (tail rewritten)",
+        )
+
+
+def _check_expected_head(
+    expected: ChainHead, last_seq: int, macs: dict[int, bytes], problems: _Problems
+) -> None:
+    """The ledger must still hold the head published earlier: reach its seq, with its MAC."""
+    want = bytes.fromhex(expected.mac_hex)
+    if expected.seq == 0:
+        if want != GENESIS_MAC:
+            problems.add(
+                ProblemKind.EXPECTED_HEAD_MISSING, 0, "the expected head at seq 0 is not genesis"
+            )
+        return
+    have = macs.get(expected.seq)
+    if have is None and last_seq < expected.seq:
+        problems.add(
+            ProblemKind.EXPECTED_HEAD_MISSING,
+            expected.seq,
+            f"the ledger ends at seq {last_seq}, before the expected head at seq {expected.seq}"
+            " (rolled back to an older copy, or entries removed)",
+        )
+    elif have is None:
+        problems.add(
+            ProblemKind.EXPECTED_HEAD_MISSING,
+            expected.seq,
+            f"entry {expected.seq} of the expected head is missing (deleted)",
+        )
+    elif not hmac.compare_digest(have, want):
+        problems.add(
+            ProblemKind.EXPECTED_HEAD_MISSING,
+            expected.seq,
+            f"entry {expected.seq} is not the one of the expected head: the ledger diverged"
+            " from what was published (rolled back and written anew, or rewritten)",
         )
 
 

@@ -27,6 +27,7 @@ together so that what may happen inside one transaction reads in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import threading
@@ -158,6 +159,17 @@ class Transaction:
     def balance(self, account_id: str) -> int:
         """The account's balance (sum of entries) as seen inside this transaction."""
         return ledger.balance(self._c(), account_id)
+
+    def ledger_head(self) -> tuple[int, bytes]:
+        """``(seq, mac)`` of the newest entry as this transaction sees it (its own appends
+        included); ``(0, GENESIS_MAC)`` for an empty ledger. What a checkpoint publishes."""
+        conn = self._c()
+        return self._ledger.head if self._ledger.head is not None else ledger.last_entry(conn)
+
+    @property
+    def incarnation(self) -> str:
+        """The store's incarnation (see `Store.incarnation`)."""
+        return self._store.incarnation
 
     def entry(self, account_id: str, idempotency_key: str) -> LedgerEntry | None:
         """The entry under ``(account_id, idempotency_key)``, or None."""
@@ -307,9 +319,17 @@ class Store:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            incarnation = db.incarnation(conn)
         except BaseException:
             conn.close()
             raise
+        if incarnation is None:  # migration 5 makes one; a file without it is damaged
+            conn.close()
+            raise StoreError(f"{self.path}: the store has no incarnation")
+        #: 16 hex digits made when the store was created, never changed: tells this store
+        #: apart from one started anew in its place (event ids, receipts and checkpoints carry
+        #: it).
+        self.incarnation = incarnation
         self._conn: sqlite3.Connection | None = conn
         logger.info("store %s open at schema version %d", self.path, self.schema_version)
 
@@ -461,6 +481,16 @@ class Store:
         with self._locked() as conn:
             return ledger.chain_head(conn)
 
+    def ledger_head(self) -> tuple[int, bytes]:
+        """``(seq, mac)`` of the newest stored entry; ``(0, GENESIS_MAC)`` when empty."""
+        with self._locked() as conn:
+            return ledger.last_entry(conn)
+
+    def mac_at(self, seq: int) -> bytes | None:
+        """The MAC of entry ``seq`` (see `ledger.mac_at`); None when there is no such entry."""
+        with self._locked() as conn:
+            return ledger.mac_at(conn, seq)
+
     def verify_ledger(self, expected_head: ChainHead | None = None) -> LedgerReport:
         """Verify the ledger with this store's key; see `ledger.verify`."""
         with self._locked() as conn:
@@ -554,7 +584,8 @@ def verify_ledger(
     try:
         conn.execute("PRAGMA query_only = ON")
         conn.execute("BEGIN")
-        return ledger.verify(conn, key, expected_head)
+        report = ledger.verify(conn, key, expected_head)
+        return dataclasses.replace(report, incarnation=db.incarnation(conn))
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: cannot verify ledger: {exc}") from exc
     finally:

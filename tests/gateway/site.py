@@ -56,6 +56,8 @@ def write_site(
             "devices": [valve],
         }
         doc["devices"] = {"profiles_dir": str(PROFILES), "modbus_buses": [bus]}
+        # The simulated meters run up to 3,600 m3/h, far above the profile's rating.
+        doc["meters"] = [{"id": m, "max_rate_per_h": 4000} for m in ("m1", "m2")]
     doc.update(extra or {})
     return write_site_file(
         directory,

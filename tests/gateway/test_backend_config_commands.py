@@ -35,7 +35,10 @@ class Clock:
 
 def make_site(tmp_path: Path) -> Site:
     accounts = [water_account("A1", "m1"), water_account("A2", "m2", class_name="special")]
-    return load_site(write_site(tmp_path, mqtt_port=free_port(), accounts=accounts))
+    meters = [{"id": "m1", "max_rate_per_h": 100}]  # 1 m3 in a minute is billed here
+    return load_site(
+        write_site(tmp_path, mqtt_port=free_port(), accounts=accounts, extra={"meters": meters})
+    )
 
 
 class Running:
