@@ -1,7 +1,7 @@
 """The prepaid water dispenser GATT profile: UUIDs and pure frame codecs (bytes in, values out).
 
-This is **our own profile** (no Bluetooth SIG profile exists for water dispensers, and the shared
-notes cite no vendor one); it extends the suggestion in ``shared/domain/wire-formats.md`` §6 and is
+This is **our own profile** (no Bluetooth SIG profile exists for water dispensers, and no vendor
+publishes one); it extends a common private layout and is
 documented in ``docs/ble-gatt.md``. Every frame is little-endian and starts with a version byte,
 ``PROFILE_VERSION``; a frame of another version, of the wrong length or with an out-of-range
 field is rejected with `GattFrameError`, never guessed at.

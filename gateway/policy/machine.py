@@ -7,7 +7,7 @@ commands; it writes the returned ``ledger_ops``, journals and publishes the ``ev
 persists ``state.to_dict()`` in the same transaction, and drives the relay or valve to
 ``state.supply_on``.
 
-States follow ``shared/domain/prepaid-rules.md`` section 4 and the MQTT ``account/{id}/state``
+States follow the MQTT ``account/{id}/state``
 names. The rules, in short (``docs/prepaid-policy.md`` has the diagram and a worked example):
 
 * cut level = ``disconnect_threshold_minor`` minus the emergency credit, once accepted;

@@ -1,4 +1,4 @@
-"""Golden billing cases with the hand arithmetic in comments (shared/domain/tariffs.md, issue 3).
+"""Golden billing cases with the hand arithmetic in comments (issue 3).
 
 Every case runs through both the Numba kernel and the reference, and both must give the figure
 worked out by hand below.

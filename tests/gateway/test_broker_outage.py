@@ -309,7 +309,7 @@ async def test_silent_outage_keeps_every_unacknowledged_message(
 ) -> None:
     """The link black-holes (no RST, no FIN), then dies. A PUBLISH that got no PUBACK stays in
     the outbox and goes again on the next connection; nothing is deleted on a timer. (A peer
-    gateway lost most of such an outage this way: shared/research/peers-gateways.md.)"""
+    gateway, measured side by side, lost most of such an outage this way.)"""
     watcher = Watcher()
     source, valve = DrivenSource(), RecordingValve()
     async with GatedRelay(mosquitto.port) as relay:
