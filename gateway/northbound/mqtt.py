@@ -387,6 +387,8 @@ class MqttLink:
                 sent.update(unit.seqs)
                 tg.create_task(self._publish(client, unit, progress))
             if self._stop.is_set() and not inflight and not ready:
+                if wake.is_set():
+                    continue  # added after the last read (e.g. the shutdown's state flush)
                 return
             waiting_for = progress if inflight else wake
             if self._stop.is_set():
