@@ -91,4 +91,4 @@ class CommandLimits(BaseModel):
     max_payload_bytes: Annotated[int, Field(ge=1_024, le=16 * 1024 * 1024)] = 256 * 1024
     # Incoming commands waiting for the handler; beyond it the link drops them (counted, logged
     # once per interval): a flood must not grow the daemon's memory.
-    max_queued: Annotated[int, Field(ge=1, le=100_000)] = 100
+    max_queued: Annotated[int, Field(ge=1, le=100_000)] = 16
