@@ -49,6 +49,12 @@ _IMPORT_KERNEL = (
 )
 
 
+def _progress(step: str) -> None:
+    """One line on stderr per step: the run takes tens of seconds, and stdout keeps only the
+    results (its last line is the JSON object)."""
+    print(f"... {step}", file=sys.stderr, flush=True)
+
+
 def _import_seconds(cache_dir: str | None) -> float:
     env = dict(os.environ)
     if cache_dir is not None:
@@ -117,20 +123,24 @@ def main(argv: list[str]) -> int:
     n = args.readings or (1_000_000 if args.quick else 10_000_000)
     sample_n = args.reference_sample or (10_000 if args.quick else 30_000)
 
+    _progress("timing the JIT compile in a fresh process with an empty Numba cache")
     with tempfile.TemporaryDirectory() as empty_cache:
         compile_s = _import_seconds(empty_cache)
     cached_load_s = _import_seconds(None)
 
     tariff = load_tariff(TARIFF)
     engine = BillingEngine(tariff)
+    _progress(f"making {n:,} readings over {args.accounts:,} accounts")
     account, ts, register, opening = make_load(args.accounts, n, args.seed)
     accounts = [
         AccountState(10**9, "resident_tou", low_minor=5_000, usage_milli=int(u)) for u in opening
     ]
     state0 = engine.pack(accounts)
 
+    _progress("billing them with the JIT kernel, best of three")
     kernel_s, out = _best_of_three(engine, state0, (account, ts, register))
 
+    _progress("building the ahead-of-time kernel (Numba and a C compiler) and billing with it")
     with tempfile.TemporaryDirectory() as aot_dir:
         t = time.perf_counter()
         aot_path = kernels.build_aot(Path(aot_dir))
@@ -165,6 +175,7 @@ def main(argv: list[str]) -> int:
         for u in opening[:sample_accounts]
     ]
     biller = ReferenceBiller(tariff)
+    _progress(f"billing a sample of {len(s_ts):,} readings with the reference")
     stamps = [datetime.fromtimestamp(int(x), tz=ZoneInfo("UTC")) for x in s_ts]
     t = time.perf_counter()
     ref_deductions = [

@@ -171,6 +171,37 @@ class Actuator(Protocol):
         """
 
 
+@dataclass(frozen=True, slots=True)
+class ConfirmationPacing:
+    """How a device on a slow link confirms a supply change, so the gateway waits for it.
+
+    A Modbus relay answers a read-back within milliseconds; a class A LoRaWAN valve hears a
+    downlink only in the receive windows after one of its own uplinks, and reports its new
+    state with the uplink after that. Re-sending sooner only spends the network's duty cycle,
+    and calling it unconfirmed sooner is a false alarm.
+
+    Attributes:
+        resend_after_s: never send the same command again sooner than this.
+        alarm_after_s: unconfirmed this long after the first send: raise the alarm.
+        reports_only_on_contact: a read-back returns the device's last report, not a live
+            answer; the gateway trusts the state the device last confirmed (stored) until it
+            reports again, and looks again each ``resend_after_s`` to catch a drift.
+    """
+
+    resend_after_s: float
+    alarm_after_s: float
+    reports_only_on_contact: bool = True
+
+
+@runtime_checkable
+class PacedActuator(Actuator, Protocol):
+    """An actuator whose devices confirm at their own pace (see `ConfirmationPacing`); one
+    without it is paced by the site-wide ``actuation:`` settings."""
+
+    def pacing(self, device_id: str) -> ConfirmationPacing:
+        """The pacing of ``device_id`` (one this actuator handles)."""
+
+
 class DriverError(PrepayError):
     """A device or bus failed. Carries the device id."""
 

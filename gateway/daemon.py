@@ -25,8 +25,9 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from billing_engine.base.errors import InvalidConfigError
 from drivers.ports import Actuator, Clock, ReadingSource, utc_now
-from gateway.config import Site, load_site
+from gateway.config import Site, load_site, site_changes
 from gateway.flows.actuation import ActuationManager
 from gateway.flows.command_handler import CommandHandler
 from gateway.flows.context import FlowContext
@@ -39,6 +40,8 @@ from gateway.northbound.checkpoint_reader import (
     read_retained_checkpoint,
 )
 from gateway.northbound.mqtt import MqttLink
+from gateway.notify import ServiceWatch
+from gateway.site_checks import reference_errors
 from gateway.startup import (
     adopt_store,
     check_against_checkpoint,
@@ -46,11 +49,12 @@ from gateway.startup import (
     claim_state_dir,
     load_keys,
     open_store,
+    preflight,
     select_kernel,
     version,
 )
 from gateway.supervisor import Supervisor
-from gateway.timers import DEFAULT_CHECKPOINT_EVERY, Timers
+from gateway.timers import Timers
 
 logger = logging.getLogger(__name__)
 
@@ -86,11 +90,26 @@ def build_drivers(site: Site) -> tuple[list[ReadingSource], list[Actuator]]:
     return sources, actuators
 
 
+def _load_for_reload(path: Path, running: Site) -> Site:
+    """The site file as a reload takes it: loaded, and its accounts checked against the
+    devices that are running (they change only with a restart).
+
+    Raises:
+        InvalidConfigError: every problem, at its line.
+    """
+    site = load_site(path)
+    errors = reference_errors(site, running=running)
+    if errors:
+        raise InvalidConfigError(errors)
+    return site
+
+
 class Gateway:
     """One running site. Tests and benchmarks build it directly with injected parts.
 
     ``checkpoint_every``: the ledger head may move this many entries before a checkpoint is
-    published (top-ups and shutdown publish one anyway).
+    published (top-ups and shutdown publish one anyway); default: the site's
+    ``ledger_checkpoint_every``.
 
     Raises:
         StateMissingError: this site has run before but its state file is gone.
@@ -105,7 +124,7 @@ class Gateway:
         sources: Sequence[ReadingSource] | None = None,
         actuators: Sequence[Actuator] | None = None,
         connect_mqtt: bool = True,
-        checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+        checkpoint_every: int | None = None,
     ) -> None:
         self.keys = load_keys(site)
         self.kernel = select_kernel(site)
@@ -138,7 +157,7 @@ class Gateway:
             self.ctx,
             self.pipeline,
             gateway_key=self.keys.gateway,
-            checkpoint_every=checkpoint_every,
+            checkpoint_every=checkpoint_every or site.config.ledger_checkpoint_every,
         )
         self.link = (
             MqttLink(
@@ -176,23 +195,54 @@ class Gateway:
     async def reload(self) -> None:
         """SIGHUP: re-read the site file; on success swap tariffs, policies and accounts.
 
+        The new file gets the checks of a start that a reload can honour (`load_site`, and the
+        accounts against the running devices: `site_checks.reference_errors`); a file that
+        fails them is logged line by line (``FILE:LINE: field: message``) and the running
+        configuration stays. What changed is logged, and so is what waits for a restart
+        (`config.site_changes`: devices, broker, state directory, keys...).
+
         The swap happens under the state lock, between two batches: the accounts are reloaded
         from the store only once no batch is half-way, so nothing is billed twice or lost.
         """
-        path = self.ctx.site.path
+        running = self.ctx.site
+        path = running.path
         try:
-            site = await asyncio.to_thread(load_site, path)
-        except Exception:  # a bad file (any error) keeps the running configuration
+            site = await asyncio.to_thread(_load_for_reload, path, running)
+        except InvalidConfigError as exc:
+            logger.error(  # noqa: TRY400 - the lines say it all; a traceback would bury them
+                "reload of %s refused; the running configuration stays:", path
+            )
+            for error in exc.errors:
+                logger.error("%s", error)  # noqa: TRY400 - as above
+            return
+        except Exception:  # a bug in the loader must not end the daemon; its traceback helps
             logger.exception("reload of %s failed; keeping the running configuration", path)
             return
+        changes = site_changes(running, site)
         async with self.ctx.lock:
             await asyncio.to_thread(self.ctx.reload, site)
         logger.info(
-            "reloaded %s: %d accounts, %d tariffs",
+            "reloaded %s: %s (accounts in the book: %d, tariffs: %d)",
             site.path,
+            "; ".join(changes.applied) or "no change to tariffs, policies, accounts or meters",
             len(self.ctx.book.by_id),
             len(site.tariffs),
         )
+        if changes.need_restart:
+            logger.warning(
+                "reload of %s: %s changed; ignored until restart (prepay run applies them"
+                " at its next start)",
+                site.path,
+                ", ".join(changes.need_restart),
+            )
+        for account in site.config.accounts:
+            if account.actuator and not self.actuation.handles(account.actuator):
+                # Actuation drives the devices the accounts named at the start.
+                logger.warning(
+                    "account %s: device %s is switched only after a restart",
+                    account.id,
+                    account.actuator,
+                )
 
     def request_reload(self) -> None:
         """Signal-handler side of `reload`: schedule it (the task is kept until done)."""
@@ -201,8 +251,17 @@ class Gateway:
         task.add_done_callback(self._background.discard)
 
     def _reconcile_supply(self) -> None:
-        """After a start, drive every device to what its account's policy wants."""
+        """After a start, drive every device to what its account's policy wants.
+
+        What each device last confirmed (journalled) is handed to actuation first: a device
+        read back live is checked before anything is sent, and one that reports only when it
+        makes contact (a class A valve) is sent nothing while its stored state matches.
+        """
+        known = self.store.last_device_supply()
         for device_id, account in self.ctx.book.by_actuator.items():
+            record = known.get(device_id)
+            if record is not None and record.confirmed:
+                self.actuation.seed(device_id, record.on, record.at)
             self.actuation.request(device_id, account.policy_state.supply_on, "startup")
 
     def _driver(self, source: ReadingSource) -> Callable[[], Awaitable[None]]:
@@ -278,6 +337,7 @@ class Gateway:
                     group.create_task(sup(src.name, self._driver(src)), name=src.name)
                     for src in self.sources
                 ]
+                await timers.settle()
                 self._reconcile_supply()
                 # Everything loaded so far lives as long as the process: keep it out of the
                 # collector's way (gen-2 passes over it stalled the loop for ~100 ms).
@@ -315,11 +375,11 @@ async def serve(path: Path) -> int:
     """``prepay run``: load, run until SIGTERM/SIGINT, reload on SIGHUP.
 
     Raises:
-        KeyPermissionError: a private key file is readable by others (nothing is created).
+        InvalidConfigError: what ``prepay check-config`` reports (`startup.preflight`: the
+            file, the devices, the keys, the state directory); nothing is created.
         AlreadyRunningError: another ``prepay run`` holds the site's state directory.
     """
-    site = load_site(path)
-    load_keys(site)  # a key file that is missing or too open stops us before anything is created
+    site = preflight(path)  # exactly check-config's checks, before anything is created
     with claim_state_dir(site.state_dir):  # one daemon per store, before the store is opened
         return await _serve(site)
 
@@ -339,5 +399,9 @@ async def _serve(site: Site) -> int:
         len(gateway.actuators),
         site.state_dir,
     )
-    await gateway.run(stop.wait)
+    # systemd (Type=notify): READY=1 once ready, WATCHDOG=1 and STATUS= while the pipeline
+    # turns, STOPPING=1 on stop; nothing when not started by systemd.
+    service = ServiceWatch.from_environment(gateway.ctx.lock, gateway.store, gateway.probe.counters)
+    async with service.watching(gateway.ready, stop):
+        await gateway.run(stop.wait)
     return 0

@@ -4,6 +4,11 @@ files, the state file, and the billing kernel the site asks for.
 `prepay run` opens all three; `prepay status` and `prepay ledger verify` open the store and the
 ledger key without the rest, so they work next to a running daemon and without the network.
 
+**Before anything.** `preflight` is what ``prepay check-config`` runs and what ``prepay run``
+runs first, one code path: the site file and the files it names, the devices' cross-references
+(`gateway.site_checks`), the key files (present, private, keys) and a state directory this user
+can write, each problem a ``FILE:LINE: field: message`` line; it creates nothing.
+
 Only the daemon claims the state directory (`claim_state_dir`): one ``prepay run`` per store,
 held by an exclusive lock on ``STATE_DIR/prepay.lock`` for the life of the process; the directory
 is kept 0700 and the store's files 0600 whatever the umask. A private key file that its group or
@@ -28,19 +33,21 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from billing_engine import kernels
-from billing_engine.base.errors import PrepayError
-from gateway.config import Site
+from billing_engine.base.errors import ConfigError, InvalidConfigError, PrepayError
+from gateway.config import Site, load_site
 from gateway.northbound.payloads import format_rfc3339
 from gateway.northbound.receipts import InvalidCheckpointError, verify_checkpoint
 from gateway.northbound.signing import load_private_key, load_public_key, loads_strict
+from gateway.site_checks import reference_errors
 from gateway.store import Store
 
 logger = logging.getLogger(__name__)
@@ -52,16 +59,14 @@ LOCK_FILE = "prepay.lock"
 #: Appended to the ledger key file's name: the marker of the site's current store.
 MARKER_SUFFIX = ".store"
 
+_KeyT = TypeVar("_KeyT")
+
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
 
 class KeyPermissionError(PrepayError):
     """A private key file may be read by its group or by others: it is not used."""
-
-
-class KeyFileError(PrepayError):
-    """A key file the site names is missing, unreadable or not a key of the expected kind."""
 
 
 class AlreadyRunningError(PrepayError):
@@ -135,26 +140,124 @@ class Keys:
     operator: Ed25519PublicKey | None
 
 
+def _read_public_key(path: Path) -> Ed25519PublicKey:
+    return load_public_key(path.read_bytes())
+
+
+def _read_gateway_key(path: Path) -> Ed25519PrivateKey:
+    return load_private_key(read_private_key_file(path))
+
+
+class _KeyReader:
+    """Reads the site's key files one by one, keeping a `ConfigError` at the site file's
+    ``keys.<field>`` line for each that cannot be used, so that all are reported at once."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.errors: list[ConfigError] = []
+
+    def read(self, field: str, path: Path, reader: Callable[[Path], _KeyT]) -> _KeyT | None:
+        full = self.site.resolve(path)
+        try:
+            return reader(full)
+        except KeyPermissionError as exc:
+            self.errors.append(self.site.error(("keys", field), str(exc)))
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            self.errors.append(self.site.error(("keys", field), f"cannot read {full}: {reason}"))
+        except ValueError as exc:
+            self.errors.append(self.site.error(("keys", field), f"{full}: {exc}"))
+        return None
+
+
 def load_keys(site: Site) -> Keys:
     """Read the key files the site names (paths relative to the site file).
 
     Raises:
-        KeyPermissionError: a private key file is readable by its group or others.
-        KeyFileError: a key file is missing, unreadable or not a key.
+        InvalidConfigError: one ``FILE:LINE: keys.<field>: message`` per key file that is
+            missing, unreadable, readable by its group or others (a private key), or not a
+            key of the expected kind.
     """
     cfg = site.config.keys
+    keys = _KeyReader(site)
+    ledger = keys.read("ledger_key_file", cfg.ledger_key_file, read_ledger_key)
+    gateway = keys.read("gateway_private_key", cfg.gateway_private_key, _read_gateway_key)
+    backend = keys.read("backend_public_key", cfg.backend_public_key, _read_public_key)
+    operator = None
+    if cfg.operator_public_key is not None:
+        operator = keys.read("operator_public_key", cfg.operator_public_key, _read_public_key)
+    if keys.errors or ledger is None or gateway is None or backend is None:
+        raise InvalidConfigError(keys.errors)
+    return Keys(ledger=ledger, gateway=gateway, backend=backend, operator=operator)
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not os.path.lexists(path) and path.parent != path:
+        path = path.parent
+    return path
+
+
+def state_dir_errors(site: Site) -> list[ConfigError]:
+    """Whether this process can use the state directory, found without changing anything (no
+    directory created, no lock taken, no store opened): it is a directory this user may write,
+    with the store's files writable, or it does not exist and its nearest existing parent is a
+    directory this user may write (``prepay run`` creates it)."""
+    # os.access, not a probe file: the check must create nothing. It answers for this
+    # process's user, as the kernel would (EROFS included), which is what `prepay run` meets.
+    state_dir = site.state_dir
+    existing = _nearest_existing(state_dir)
+    user = f"user {os.getuid()}"
+    if existing != state_dir:
+        if not existing.is_dir():
+            return [
+                site.error(
+                    ("state_dir",),
+                    f"{existing} is not a directory: {state_dir} cannot be created under it",
+                )
+            ]
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return [
+                site.error(
+                    ("state_dir",),
+                    f"{state_dir} does not exist and {existing} is not writable by {user}:"
+                    f" create {state_dir} (mode 0700) for the gateway's user",
+                )
+            ]
+        return []
+    if not state_dir.is_dir():
+        return [site.error(("state_dir",), f"{state_dir} is not a directory")]
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        return [site.error(("state_dir",), f"{state_dir} is not writable by {user}")]
+    return [
+        site.error(("state_dir",), f"{state_dir / name} is not writable by {user}")
+        for name in (STATE_FILE, f"{STATE_FILE}-wal", f"{STATE_FILE}-shm", LOCK_FILE)
+        if (state_dir / name).exists() and not os.access(state_dir / name, os.R_OK | os.W_OK)
+    ]
+
+
+def preflight(path: Path) -> Site:
+    """Load the site file and check everything ``prepay run`` needs before it creates
+    anything: the file and what it names (`load_site`), the devices' cross-references
+    (`site_checks.reference_errors`), the key files (`load_keys`) and the state directory
+    (`state_dir_errors`). ``prepay check-config`` runs exactly this, and it changes nothing (no
+    directory, lock or store is made). What only a start can find out follows it in the
+    daemon: the instance lock, the store and its marker (`check_state_present`,
+    `adopt_store`), the checkpoint at the broker and the kernel build.
+
+    Raises:
+        InvalidConfigError: every problem, as ``FILE:LINE: field: message`` at the line of
+            the site file (or of the tariff, profile or codec file) that names the thing.
+    """
+    site = load_site(path)
+    errors = reference_errors(site)
     try:
-        operator = None
-        if cfg.operator_public_key is not None:
-            operator = load_public_key(site.resolve(cfg.operator_public_key).read_bytes())
-        return Keys(
-            ledger=read_ledger_key(site.resolve(cfg.ledger_key_file)),
-            gateway=load_private_key(read_private_key_file(site.resolve(cfg.gateway_private_key))),
-            backend=load_public_key(site.resolve(cfg.backend_public_key).read_bytes()),
-            operator=operator,
-        )
-    except (OSError, ValueError) as exc:
-        raise KeyFileError(f"cannot load the site's keys: {exc}") from exc
+        load_keys(site)
+    except InvalidConfigError as exc:
+        errors += exc.errors
+    errors += state_dir_errors(site)
+    if errors:
+        raise InvalidConfigError(errors)
+    return site
 
 
 def _set_mode(path: Path, mode: int) -> None:

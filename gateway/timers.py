@@ -108,6 +108,20 @@ class Timers:
                 async with asyncio.timeout(wait_s + 0.01):
                     await self._tick.wait()
 
+    async def settle(self) -> None:
+        """Run the ticks already due, once, before anything is switched at a start: an
+        account that starts exhausted is cut by this tick, so its device is only ever asked
+        for "off" (never "on" at the start, then "off" a moment later)."""
+        ctx = self._ctx
+        async with ctx.lock:
+            try:
+                await asyncio.to_thread(self._tick_due, ctx.clock())
+            except BaseException:
+                ctx.wishes.discard()
+                await asyncio.to_thread(ctx.reload)
+                raise
+        ctx.wishes.flush()
+
     def _tick_due(self, now: datetime) -> None:
         ctx = self._ctx
         with ctx.store.transaction() as tx:
@@ -146,7 +160,7 @@ class Timers:
         with ctx.store.transaction() as tx:
             for account, stale in changes:
                 alarm = "meter_stale" if stale else "meter_reporting"
-                enqueue_alarm(tx, ctx.topics, account, alarm, account.config.meter, now)
+                enqueue_alarm(tx, ctx.topics, account, alarm, {"meter": account.config.meter}, now)
 
     # --- state flush ------------------------------------------------------------------------
 

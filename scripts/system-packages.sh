@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests talk to for real (a broker, an independent Modbus master,
-# a serial-line tool) and the C toolchain the ahead-of-time kernel needs, when they are missing.
+# a serial-line tool, systemd's unit checker) and the C toolchain the ahead-of-time kernel needs,
+# when they are missing.
 # Idempotent; does nothing when all are present.
 set -euo pipefail
 need=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || need+=(mosquitto)
 command -v mbpoll >/dev/null || need+=(mbpoll)
 command -v socat >/dev/null || need+=(socat)
+# `systemd-analyze verify` checks the service unit (tests/service/test_unit.py); it needs no
+# running systemd, so a container without one checks it too.
+command -v systemd-analyze >/dev/null || need+=(systemd)
 # The ahead-of-time billing kernel is a C extension: a compiler and the Python headers.
 command -v cc >/dev/null || command -v gcc >/dev/null || need+=(gcc)
 "${PYTHON:-python3}" -c 'import os, sys, sysconfig

@@ -34,6 +34,7 @@ from drivers.lorawan.valves import CommandPhase, ValveCommand
 from drivers.ports import (
     Actuator,
     Clock,
+    ConfirmationPacing,
     DeviceTimeoutError,
     DriverError,
     DriverEvent,
@@ -224,6 +225,18 @@ class LnsAdapter:
             self.router.valves.abandon(device_id, command_id)
             raise DriverError(device_id, f"downlink publish failed: {exc}") from exc
         logger.info("%s: valve %s %s enqueued as %s", self.name, device_id, want, command_id)
+
+    def pacing(self, device_id: str) -> ConfirmationPacing:
+        """A class A valve confirms at its own uplink pace (see `ConfirmationPacing`).
+
+        Raises:
+            DriverError: unknown valve.
+        """
+        _key, device, _codec = self._valve(device_id)
+        return ConfirmationPacing(
+            resend_after_s=float(device.uplink_interval_s),
+            alarm_after_s=device.valve_alarm_after_s,
+        )
 
     async def read_supply(self, device_id: str) -> SupplyState:
         """The last state the valve itself reported (UNKNOWN before its first report).

@@ -47,6 +47,12 @@ class LnsDeviceConfig(_Model):
         meter_id: the meter this device's register bills, if any.
         valve_device_id: the supply device id the core switches, if this is a valve.
         register_multiply, register_divide: override the codec's register scaling (K-factor).
+        uplink_interval_s: how often the device sends an uplink (its reporting period). A
+            class A valve hears a downlink only after an uplink and reports the new state
+            with the next one, so a valve command is re-sent no sooner than this.
+        confirm_window_s: how long a valve command may stay unconfirmed before the
+            ``supply_unconfirmed`` alarm; default two uplink intervals and a minute (the
+            downlink waits for one uplink, the report comes with the next).
     """
 
     dev_eui: DevEui | None = None
@@ -56,6 +62,15 @@ class LnsDeviceConfig(_Model):
     valve_device_id: Identifier | None = None
     register_multiply: Annotated[int, Field(ge=1)] | None = None
     register_divide: Annotated[int, Field(ge=1)] | None = None
+    uplink_interval_s: Annotated[int, Field(ge=1, le=7 * 86_400)] = 900
+    confirm_window_s: Annotated[float, Field(gt=0, le=30 * 86_400)] | None = None
+
+    @property
+    def valve_alarm_after_s(self) -> float:
+        """`confirm_window_s`, or its default: two uplink intervals and a minute."""
+        if self.confirm_window_s is not None:
+            return self.confirm_window_s
+        return 2.0 * self.uplink_interval_s + 60.0
 
     @model_validator(mode="after")
     def meter_or_valve(self) -> LnsDeviceConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from billing_engine import kernels
@@ -24,14 +25,18 @@ def _kernel_cache_dir(args: argparse.Namespace) -> Path:
 
 def _kernel_build(args: argparse.Namespace) -> int:
     try:
-        path = kernels.build_aot(_kernel_cache_dir(args))
+        cache_dir = _kernel_cache_dir(args)
+        # The build runs Numba and a C compiler in a child process for tens of seconds: say so.
+        print(f"building the ahead-of-time billing kernel in {cache_dir} ...", flush=True)
+        started = time.monotonic()
+        path = kernels.build_aot(cache_dir)
         kernels.load_aot(path)  # proves it imports here
     except InvalidConfigError as exc:
         return print_errors(exc)
     except kernels.KernelUnavailableError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
-    print(f"built {path}")
+    print(f"built {path} in {time.monotonic() - started:.0f} s")
     return EXIT_OK
 
 
@@ -46,7 +51,14 @@ def _kernel_info(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    kernel = commands.add_parser("kernel", help="the billing kernel's ahead-of-time build")
+    kernel = commands.add_parser(
+        "kernel",
+        help="the billing kernel's ahead-of-time build",
+        description="The billing kernel's ahead-of-time build: a C extension the daemon loads"
+        " instead of compiling with Numba at every start. It goes into the site's"
+        " billing.kernel_cache_dir, or $XDG_CACHE_HOME/prepay-gateway/kernels (under systemd:"
+        " /var/cache/prepay-gateway/kernels); build it as the user the daemon runs as.",
+    )
     kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True)
     for name, func, text in (
         ("build", _kernel_build, "build the ahead-of-time kernel (a C compiler is needed)"),

@@ -5,26 +5,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from pathlib import Path
 
 from billing_engine.base.errors import InvalidConfigError, PrepayError
+from gateway import logs
 from gateway.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Commands, print_errors
 from gateway.config import load_site
+from gateway.logs import LogFormat
 from gateway.ops import status, store_init
+from gateway.startup import preflight
 
 
 def _check_config(args: argparse.Namespace) -> int:
     try:
-        site = load_site(Path(args.config))
+        # Exactly what `prepay run` checks before it starts, and nothing is created.
+        site = preflight(Path(args.config))
     except InvalidConfigError as exc:
         return print_errors(exc)
     cfg = site.config
+    count = status.count
     print(
-        f"{args.config}: ok (site {cfg.site}: {len(cfg.accounts)} accounts, "
-        f"{len(site.tariffs)} tariffs, {len(cfg.devices.modbus_buses)} Modbus buses, "
-        f"{len(cfg.devices.lns)} network servers, {len(cfg.devices.ble_dispensers)} dispensers)"
+        f"{args.config}: ok (site {cfg.site}: {count(len(cfg.accounts), 'account')}, "
+        f"{count(len(site.tariffs), 'tariff')}, "
+        f"{count(len(cfg.devices.modbus_buses), 'Modbus bus', 'Modbus buses')}, "
+        f"{count(len(cfg.devices.lns), 'network server')}, "
+        f"{count(len(cfg.devices.ble_dispensers), 'dispenser')})"
     )
     return EXIT_OK
 
@@ -34,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
     # commands stay light on a small box.
     from gateway.daemon import serve  # noqa: PLC0415
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, LogFormat(args.log_format))
     try:
         return asyncio.run(serve(Path(args.config)))
     except InvalidConfigError as exc:
@@ -82,9 +88,21 @@ def register(commands: Commands) -> None:
     check_cfg.add_argument("-c", "--config", required=True, metavar="SITE.yaml")
     check_cfg.set_defaults(func=_check_config)
 
-    run = commands.add_parser("run", help="run the gateway daemon")
+    run = commands.add_parser(
+        "run",
+        help="run the gateway daemon",
+        description="Run the gateway daemon until SIGTERM or SIGINT; SIGHUP reloads tariffs,"
+        " policies and accounts. Under systemd (Type=notify) it reports READY=1 and STATUS=,"
+        " and pings the watchdog (WatchdogSec=) while the pipeline can take a turn.",
+    )
     run.add_argument("-c", "--config", required=True, metavar="SITE.yaml")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--log-format",
+        default=LogFormat.TEXT.value,
+        choices=[f.value for f in LogFormat],
+        help="text: a timestamped line per record; json: one JSON object a line, for log shippers",
+    )
     run.set_defaults(func=_run)
 
     status_cmd = commands.add_parser(

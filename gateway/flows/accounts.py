@@ -19,9 +19,11 @@ from gateway.flows.overlay import OVERLAY_KEY, Overlay, apply_overlay
 from gateway.policy.config import PolicyConfig
 from gateway.policy.quality import HoldWatch, MeterConfig, with_defaults
 from gateway.policy.state import PolicyMode, PolicyState
-from gateway.store import Store
+from gateway.store import EntryKind, Store
 
 logger = logging.getLogger(__name__)
+
+OPENING_KEY = "opening"  # the ledger ref (and key prefix) of an account's opening balance
 
 _BILLING_FIELDS = (
     "cycle_id", "usage_milli", "net_acc", "tax_acc", "tax_rem", "last_ts",
@@ -111,6 +113,7 @@ class AccountBook:
         self.by_id: dict[str, Account] = {}
         self.by_meter: dict[str, Account] = {}
         self.by_actuator: dict[str, Account] = {}
+        self._device_meters = site.device_meters
         meters = {m.id: m for m in site.config.meters}
         ratings = site.meter_ratings
         for config in site.config.accounts:
@@ -159,8 +162,12 @@ class AccountBook:
         return self.engines[account.config.tariff]
 
     def of_device(self, device_id: str) -> Account | None:
-        """The account whose meter or actuator ``device_id`` is, if any."""
-        return self.by_meter.get(device_id) or self.by_actuator.get(device_id)
+        """The account whose meter or actuator ``device_id`` is, if any (by meter id, by
+        actuator id, or by the id of the device that reads the meter)."""
+        found = self.by_meter.get(device_id) or self.by_actuator.get(device_id)
+        if found is None and (meter := self._device_meters.get(device_id)) is not None:
+            found = self.by_meter.get(meter)
+        return found
 
 
 def load_book(
@@ -179,3 +186,43 @@ def load_book(
         kernel=kernel,
     )
     return book, overlay
+
+
+def credit_opening_balances(site: Site, store: Store, now: datetime) -> list[str]:
+    """Credit each new account's ``opening_balance_minor`` once; returns the accounts credited.
+
+    New means the store holds nothing of it yet: no saved state, no ledger entry. The credit is
+    an ``adjustment`` entry keyed ``opening:{account}``, so a second start (or a reload) finds
+    it and adds nothing; an account that already has a history never gets one (an opening
+    balance set later is a mistake to make as a top-up or an adjustment, not at a restart).
+    It runs before the account book loads, so the account starts from it: an account opened
+    in credit starts with supply on, one opened below its cut-off starts cut, with no on/off
+    flap at the first start.
+    """
+    wanted = [a for a in site.config.accounts if a.opening_balance_minor != 0]
+    if not wanted:
+        return []
+    records = store.load_account_states()
+    fresh = [a for a in wanted if a.id not in records and not store.entries(a.id, limit=1)]
+    if not fresh:
+        return []
+    with store.transaction() as tx:
+        for account in fresh:
+            currency = account.currency or site.tariffs[account.tariff].currency
+            tx.append_entry(
+                account.id,
+                EntryKind.ADJUSTMENT,
+                account.opening_balance_minor,
+                currency,
+                f"{OPENING_KEY}:{account.id}",
+                created_at=now,
+                ref=OPENING_KEY,
+                detail={"reason": "opening balance from the site file"},
+            )
+    for account in fresh:
+        logger.info(
+            "account %s: opened with %d (opening_balance_minor)",
+            account.id,
+            account.opening_balance_minor,
+        )
+    return [a.id for a in fresh]

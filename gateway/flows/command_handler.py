@@ -27,11 +27,19 @@ from billing_engine.base.errors import PrepayError
 from gateway.errors import CommandRejectedError
 from gateway.flows.accounts import Account
 from gateway.flows.context import FlowContext
-from gateway.flows.effects import apply_decision, enqueue_account_state, enqueue_event
+from gateway.flows.effects import (
+    apply_decision,
+    apply_events_and_supply,
+    apply_ledger_ops,
+    enqueue_account_state,
+    enqueue_alarm,
+    enqueue_event,
+)
 from gateway.flows.overlay import OVERLAY_KEY, Overlay, apply_overlay
 from gateway.flows.overlay_commands import account_overlay, tariff_overlay
 from gateway.northbound.commands import (
     Command,
+    MeterCommand,
     ReceiptCommand,
     RefundCommand,
     SupplyCommand,
@@ -50,6 +58,7 @@ from gateway.northbound.payloads import (
 )
 from gateway.northbound.receipts import make_checkpoint, make_receipt
 from gateway.northbound.signing import canonical_json
+from gateway.policy import quality
 from gateway.policy.machine import on_balance, on_topup, set_override
 from gateway.policy.state import EventKind
 from gateway.store import EntryKind, Transaction
@@ -274,6 +283,9 @@ class CommandHandler:
         if isinstance(command, SupplyCommand):
             self._supply(tx, command, now)
             return None
+        if isinstance(command, MeterCommand):
+            self._meter(tx, command, now)
+            return None
         if isinstance(command, TariffCommand):
             self._save_overlay(tx, tariff_overlay(self._ctx, command, now))
             return None
@@ -314,7 +326,9 @@ class CommandHandler:
             account.debt_minor,
             now,
         )
-        apply_decision(tx, self._ctx, account, decision, now, key_base=command.id)
+        # Money first (a recovery of debt moves the balance the receipt shows), then the
+        # top-up's own event, then what it caused (``restored`` after ``topup_applied``).
+        apply_ledger_ops(tx, account, decision, now, key_base=command.id)
         seq = tx.next_receipt_seq()
         receipt = make_receipt(
             seq,
@@ -336,6 +350,7 @@ class CommandHandler:
             amount_minor=command.amount_minor,
             receipt=payload,
         )
+        apply_events_and_supply(tx, self._ctx, account, decision, now)
         self._save_and_publish(tx, account, now)
         self._enqueue_checkpoint(tx, now)
         return payload
@@ -374,6 +389,31 @@ class CommandHandler:
             account.policy, account.policy_state, account.billing.balance_minor, now
         )
         apply_decision(tx, self._ctx, account, decision, now, key_base=command.id)
+        self._save_and_publish(tx, account, now)
+
+    def _meter(self, tx: Transaction, command: MeterCommand, now: datetime) -> None:
+        """Accept the new level of a reset or swapped meter: its billing continues from the
+        level the held readings showed, as if that had been its last billed reading."""
+        account = self._ctx.book.by_meter.get(command.meter)
+        if account is None:
+            raise CommandRejectedError("unknown_meter", f"no account is billed by {command.meter}")
+        watch = account.watch
+        if not watch.decision or watch.level_milli is None or watch.level_at is None:
+            raise CommandRejectedError(
+                "no_decision_pending",
+                f"meter {command.meter} has no reset or swap waiting for a decision",
+            )
+        for alarm in quality.accept_level(watch, command.reason):
+            enqueue_alarm(tx, self._ctx.topics, account, alarm.code, alarm.detail, now)
+        account.billing.last_register_milli = watch.level_milli
+        account.billing.last_ts = int(watch.level_at.timestamp())
+        account.watch = quality.HoldWatch()
+        logger.info(
+            "meter %s: new level %d accepted (%s); billing continues from it",
+            command.meter,
+            watch.level_milli,
+            command.reason,
+        )
         self._save_and_publish(tx, account, now)
 
     def _supply(self, tx: Transaction, command: SupplyCommand, now: datetime) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from billing_engine.kernels import Kernel
 from drivers.ports import Clock
 from gateway.config import Site
-from gateway.flows.accounts import AccountBook, load_book
+from gateway.flows.accounts import AccountBook, credit_opening_balances, load_book
 from gateway.flows.overlay import Overlay
 from gateway.flows.supply_wishes import SupplyWishes
 from gateway.northbound.topics import SiteTopics
@@ -63,6 +63,7 @@ class FlowContext:
         self.wishes = SupplyWishes(self.wake)
         self.book: AccountBook
         self.overlay: Overlay
+        credit_opening_balances(site, store, clock())
         self.book, self.overlay = load_book(site, store, kernel)
         self._on_reload: list[Callable[[], None]] = []
 
@@ -78,6 +79,7 @@ class FlowContext:
         """
         if site is not None:
             self.site = site
+            credit_opening_balances(site, self.store, self.clock())
         self.book, self.overlay = load_book(self.site, self.store, self.kernel)
         for callback in self._on_reload:
             callback()

@@ -12,8 +12,9 @@ import asyncio
 from gateway.flows.actuation import DeviceView
 from gateway.flows.context import FlowContext
 from gateway.flows.effects import enqueue_alarm
-from gateway.northbound.payloads import Confirmation, DeviceStatePayload
+from gateway.northbound.payloads import Confirmation, DeviceStatePayload, EventDetail
 from gateway.policy.state import Supply
+from gateway.store.events import SUPPLY_CONFIRMED, SUPPLY_SENT
 
 
 def _supply(on: bool) -> Supply:
@@ -37,7 +38,7 @@ class DeviceJournal:
         view: DeviceView,
         confirmed: bool,
         event: str,
-        detail: str,
+        detail: EventDetail,
         alarm: str | None = None,
     ) -> None:
         ctx = self._ctx
@@ -60,22 +61,25 @@ class DeviceJournal:
                 tx.record_event(
                     account.id if account else None,
                     event,
-                    {"device": view.device_id, "supply": wanted.value, "detail": detail},
+                    {"device": view.device_id, "supply": wanted.value, **detail},
                     now,
                 )
 
     async def supply_pending(self, view: DeviceView, reason: str) -> None:
-        await asyncio.to_thread(self._write, view, False, "supply_sent", reason)
+        await asyncio.to_thread(self._write, view, False, SUPPLY_SENT, {"reason": reason})
         self._ctx.wake.set()
 
     async def supply_confirmed(self, view: DeviceView, reason: str) -> None:
-        await asyncio.to_thread(self._write, view, True, "supply_confirmed", reason)
+        await asyncio.to_thread(self._write, view, True, SUPPLY_CONFIRMED, {"reason": reason})
         self._ctx.wake.set()
 
     async def supply_alarm(self, view: DeviceView, tries: int, error: str) -> None:
-        detail = (
-            f"{view.device_id}: supply {_supply(view.wanted)} unconfirmed after {tries}: {error}"
-        )
+        detail: EventDetail = {
+            "device": view.device_id,
+            "supply": _supply(view.wanted).value,
+            "tries": tries,
+            "error": error,
+        }
         await asyncio.to_thread(
             self._write, view, False, "supply_alarm", detail, "supply_unconfirmed"
         )

@@ -11,14 +11,20 @@ transaction of the change it reports.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import datetime
 
 from gateway.flows.accounts import Account, PublishedState
 from gateway.flows.context import FlowContext
-from gateway.northbound.payloads import AccountEventPayload, AccountStatePayload, ReceiptPayload
+from gateway.northbound.payloads import (
+    AccountEventPayload,
+    AccountStatePayload,
+    ReceiptPayload,
+)
 from gateway.northbound.topics import SiteTopics
-from gateway.policy.state import Decision, EventKind, LedgerOpKind
+from gateway.policy.state import WITHOUT_ACTUATOR, Decision, EventKind, LedgerOpKind
 from gateway.store import EntryKind, Transaction
+from gateway.store.jsontext import JsonValue
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +86,14 @@ def enqueue_event(
     amount_minor: int | None = None,
     receipt: ReceiptPayload | None = None,
     alarm: str | None = None,
-    detail: str | None = None,
+    detail: Mapping[str, str | int | bool | None] | None = None,
 ) -> None:
     """Journal an account event and queue its message (one event id for both).
 
     The published ``event_id`` is ``{site}-{incarnation}-{n}``: ``n`` restarts at 1 in a store
     started anew, the store's incarnation does not repeat, so the id stays unique per site.
     """
-    record: dict[str, str | int] = {
+    record: dict[str, JsonValue] = {
         "event": event.value,
         "balance_minor": account.billing.balance_minor,
     }
@@ -96,6 +102,7 @@ def enqueue_event(
     if alarm is not None:
         record["alarm"] = alarm
     if detail is not None:
+        detail = dict(detail)
         record["detail"] = detail
     event_id = tx.record_event(account.id, event.value, record, now)
     tx.enqueue(
@@ -117,7 +124,12 @@ def enqueue_event(
 
 
 def enqueue_alarm(
-    tx: Transaction, topics: SiteTopics, account: Account, alarm: str, detail: str, now: datetime
+    tx: Transaction,
+    topics: SiteTopics,
+    account: Account,
+    alarm: str,
+    detail: Mapping[str, str | int | bool | None],
+    now: datetime,
 ) -> None:
     """Journal and publish an ``alarm`` event with its machine-readable code."""
     enqueue_event(tx, topics, account, EventKind.ALARM, now, alarm=alarm, detail=detail)
@@ -139,7 +151,15 @@ def apply_decision(
     key_base: str = "",
 ) -> None:
     """Write a policy decision: ledger operations, events, new policy state, supply wish."""
-    topics = ctx.topics
+    apply_ledger_ops(tx, account, decision, now, key_base=key_base)
+    apply_events_and_supply(tx, ctx, account, decision, now)
+
+
+def apply_ledger_ops(
+    tx: Transaction, account: Account, decision: Decision, now: datetime, *, key_base: str = ""
+) -> None:
+    """The money half of `apply_decision` (a top-up writes its own event between the two
+    halves: ``topup_applied`` comes before the ``restored`` it caused)."""
     for i, op in enumerate(decision.ledger_ops):
         key = f"{op.kind}:{key_base or now.isoformat()}:{i}"
         tx.append_entry(
@@ -153,20 +173,41 @@ def apply_decision(
         )
         account.billing.balance_minor += op.amount_minor
         account.debt_minor += op.amount_minor  # debt: +moved; debt_recovery: -recovered
+
+
+def apply_events_and_supply(
+    tx: Transaction, ctx: FlowContext, account: Account, decision: Decision, now: datetime
+) -> None:
+    """The rest of `apply_decision`: events, the new policy state, the supply wish.
+
+    An account with no actuator has no supply to cut: its ``cutoff`` / ``restored`` are
+    published as ``credit_exhausted`` / ``credit_restored``, so no event claims a switch that
+    no device made.
+    """
+    switches = account.config.actuator is not None
     for event in decision.events:
-        detail = ", ".join(f"{k}={v}" for k, v in sorted(event.detail.items())) or None
         amount = event.detail.get("amount_minor")
+        kind = event.kind if switches else WITHOUT_ACTUATOR.get(event.kind, event.kind)
         enqueue_event(
             tx,
-            topics,
+            ctx.topics,
             account,
-            event.kind,
+            kind,
             now,
             amount_minor=amount if isinstance(amount, int) else None,
-            detail=detail,
+            detail=dict(event.detail) or None,
         )
     previous = account.policy_state.supply_on
     account.policy_state = decision.state
     if account.config.actuator is not None and decision.state.supply_on != previous:
         reason = decision.events[-1].kind.value if decision.events else "policy"
+        logger.info(
+            "account %s: supply %s wanted at %s (%s), balance %d %s",
+            account.id,
+            "on" if decision.state.supply_on else "off",
+            account.config.actuator,
+            reason,
+            account.billing.balance_minor,
+            account.currency,
+        )
         ctx.wishes.supply(account.config.actuator, decision.state.supply_on, reason)

@@ -51,6 +51,7 @@ from gateway.flows.effects import (
     publish_state_if_due,
     state_due,
 )
+from gateway.northbound.payloads import EventDetail
 from gateway.policy import quality
 from gateway.policy.machine import on_balance
 from gateway.store import EntryKind, JournalRowError, StoreError, Transaction
@@ -111,7 +112,7 @@ class _Note(NamedTuple):
 
     account: Account
     alarm: str
-    detail: str
+    detail: EventDetail
 
 
 class _Outcome(NamedTuple):
@@ -328,8 +329,14 @@ class Pipeline:
                     event.at,
                 )
                 return
-            text = f"{event.device_id}: {detail}" if detail else event.device_id
-            enqueue_alarm(tx, ctx.topics, account, f"device_{event.kind.value}", text, event.at)
+            enqueue_alarm(
+                tx,
+                ctx.topics,
+                account,
+                f"device_{event.kind.value}",
+                {"device": event.device_id, **detail},
+                event.at,
+            )
 
     # Batch processing (runs in a worker thread, under the state lock)
 
@@ -403,7 +410,11 @@ class Pipeline:
                     _Note(
                         account,
                         "meter_replaced",
-                        f"{reading.meter_id}: new baseline {reading.register_milli}",
+                        {
+                            "meter": reading.meter_id,
+                            "reading_id": reading.reading_id,
+                            "baseline_milli": reading.register_milli,
+                        },
                     )
                 )
             elif checked.verdict is quality.Verdict.ROLLOVER:
@@ -411,7 +422,11 @@ class Pipeline:
                     _Note(
                         account,
                         "meter_rollover",
-                        f"{reading.meter_id}: register wrapped ({checked.wraps} times)",
+                        {
+                            "meter": reading.meter_id,
+                            "reading_id": reading.reading_id,
+                            "wraps": checked.wraps,
+                        },
                     )
                 )
             account.wraps = checked.wraps
@@ -481,7 +496,9 @@ class Pipeline:
         self, tx: Transaction, now: datetime, account: Account, alarms: Sequence[quality.Alarm]
     ) -> None:
         for alarm in alarms:
-            logger.warning("account %s: %s %s", account.id, alarm.code, alarm.detail)
+            logger.warning(
+                "account %s: %s %s: %s", account.id, alarm.code, alarm.state, alarm.message
+            )
             enqueue_alarm(tx, self._ctx.topics, account, alarm.code, alarm.detail, now)
 
     def _bill(self, pending: Sequence[_Checked]) -> list[_Outcome]:

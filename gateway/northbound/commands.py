@@ -179,8 +179,24 @@ class ReceiptCommand(_Command):
     topup_id: CommandId
 
 
+class MeterCommand(_Command):
+    """Decide for ``meter`` whose held readings continue from a new level (the
+    ``meter_reset_or_swap`` alarm): ``accept_level`` bills on from that level."""
+
+    kind: Literal["meter"]
+    meter: Identifier
+    action: Literal["accept_level"]
+    reason: Text
+
+
 Command = (
-    TopupCommand | RefundCommand | TariffCommand | AccountCommand | SupplyCommand | ReceiptCommand
+    TopupCommand
+    | RefundCommand
+    | TariffCommand
+    | AccountCommand
+    | SupplyCommand
+    | ReceiptCommand
+    | MeterCommand
 )
 
 COMMAND_MODELS: Final[dict[CommandKind, type[_Command]]] = {
@@ -190,6 +206,7 @@ COMMAND_MODELS: Final[dict[CommandKind, type[_Command]]] = {
     CommandKind.ACCOUNT: AccountCommand,
     CommandKind.SUPPLY: SupplyCommand,
     CommandKind.RECEIPT: ReceiptCommand,
+    CommandKind.METER: MeterCommand,
 }
 
 

@@ -97,6 +97,7 @@ class CommandKind(enum.StrEnum):
     ACCOUNT = "account"
     SUPPLY = "supply"
     RECEIPT = "receipt"
+    METER = "meter"
 
 
 class ResultStatus(enum.StrEnum):
@@ -195,6 +196,11 @@ class AccountStatePayload(_Payload):
     ts: UtcDatetime
 
 
+EventDetail = dict[str, str | int | bool | None]
+"""An event's ``detail``: a flat JSON object of what it concerns (device, meter, reading,
+reason, error ...); its keys per event and alarm are listed in the MQTT API."""
+
+
 class AccountEventPayload(_Payload):
     """``account/{account}/event``: something happened. ``event_id`` is its identity."""
 
@@ -206,7 +212,7 @@ class AccountEventPayload(_Payload):
     amount_minor: MinorUnits | None = None
     receipt: ReceiptPayload | None = None
     alarm: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")] | None = None
-    detail: str | None = None
+    detail: EventDetail | None = None
     ts: UtcDatetime
 
     @model_validator(mode="after")

@@ -12,6 +12,12 @@ Every topic sits under ``prepay/{site}/``::
     cmd/{kind}/result             out                   CommandResultPayload
     checkpoint                    retained              CheckpointPayload
 
+Water tickets are a plant's, not a site's: their topics sit under ``prepay/tickets/{plant}/``
+(`PlantTopics`)::
+
+    {code}/redeemed/{box}         retained              a redemption (gateway.tickets.events)
+    {code}/conflict               retained              the same ticket redeemed at two boxes
+
 The payload models are in `gateway.northbound.payloads`.
 """
 
@@ -72,6 +78,36 @@ _SUFFIXES: Final[dict[tuple[str, str], TopicKind]] = {
     ("account", "event"): TopicKind.ACCOUNT_EVENT,
     ("device", "state"): TopicKind.DEVICE_STATE,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class PlantTopics:
+    """Topic names of one plant's water tickets (shared by all its boxes).
+
+    Raises:
+        ValueError: ``plant`` is not six digits.
+    """
+
+    plant: str
+
+    def __post_init__(self) -> None:
+        if not (len(self.plant) == 6 and self.plant.isdigit()):
+            raise ValueError(f"plant code {self.plant!r} is not six digits")
+
+    @property
+    def root(self) -> str:
+        return f"{TOPIC_ROOT}/tickets/{self.plant}"
+
+    @property
+    def redeemed_filter(self) -> str:
+        """The subscription that receives every box's redemptions of the plant."""
+        return f"{self.root}/+/redeemed/+"
+
+    def redeemed(self, code: str, box: str) -> str:
+        return f"{self.root}/{code}/redeemed/{check_identifier(box)}"
+
+    def conflict(self, code: str) -> str:
+        return f"{self.root}/{code}/conflict"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,13 @@ from typing import Any
 
 from billing_engine.money import format_minor
 from gateway.config import Site
-from gateway.flows.accounts import load_book
+from gateway.flows.accounts import Account, load_book
 from gateway.northbound.payloads import format_rfc3339
 from gateway.startup import STATE_FILE, load_keys, open_store
 from gateway.store import Store
-from gateway.store.events import Event
+from gateway.store.events import SUPPLY_SENT, Event
 from gateway.store.journal import JournalState
+from gateway.store.statements import StoreView, open_view
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,16 @@ class AccountStatus:
     balance_minor: int
     debt_minor: int
     mode: str
-    supply: str
+    supply: str  # what the policy wants
+    actuator: str | None
+    device_supply: str | None  # what the device last confirmed; None: never (or no actuator)
+    device_pending: bool  # a change toward ``supply`` is sent and not confirmed yet
     last_reading_at: datetime | None
+
+    @property
+    def mismatch(self) -> bool:
+        """The device is not (confirmed to be) where the policy wants it."""
+        return self.actuator is not None and self.device_supply != self.supply
 
 
 @dataclass(frozen=True)
@@ -72,24 +81,9 @@ def _collect(site: Site, store: Store, events: int) -> SiteStatus:
     outbox = store.outbox_stats()
     head = store.chain_head()
     book, _ = load_book(site, store)
-    accounts = [
-        AccountStatus(
-            id=account.id,
-            meter=account.config.meter,
-            currency=account.currency,
-            balance_minor=account.billing.balance_minor,
-            debt_minor=account.debt_minor,
-            mode=account.policy_state.mode.value,
-            supply=account.policy_state.supply.value,
-            last_reading_at=(
-                None
-                if account.billing.last_ts is None
-                else datetime.fromtimestamp(account.billing.last_ts, tz=UTC)
-            ),
-        )
-        for account in sorted(book.by_id.values(), key=lambda a: a.id)
-    ]
     path = site.state_dir / STATE_FILE
+    with open_view(path) as view:
+        accounts = [_account(account, view) for account in sorted(book.by_id.values(), key=_id)]
     return SiteStatus(
         site=site.config.site,
         store_path=str(path),
@@ -101,6 +95,36 @@ def _collect(site: Site, store: Store, events: int) -> SiteStatus:
         ledger_entries=0 if head is None else head.seq,
         accounts=accounts,
         recent_events=store.recent_events(events),
+    )
+
+
+def _id(account: Account) -> str:
+    return account.id
+
+
+def _account(account: Account, view: StoreView) -> AccountStatus:
+    actuator = account.config.actuator
+    device = None if actuator is None else view.device_supply(actuator, account.id)
+    return AccountStatus(
+        id=account.id,
+        meter=account.config.meter,
+        currency=account.currency,
+        balance_minor=account.billing.balance_minor,
+        debt_minor=account.debt_minor,
+        mode=account.policy_state.mode.value,
+        supply=account.policy_state.supply.value,
+        actuator=actuator,
+        device_supply=(
+            device.confirmed.supply if device is not None and device.confirmed else None
+        ),
+        device_pending=(
+            device is not None and device.latest is not None and device.latest.kind == SUPPLY_SENT
+        ),
+        last_reading_at=(
+            None
+            if account.billing.last_ts is None
+            else datetime.fromtimestamp(account.billing.last_ts, tz=UTC)
+        ),
     )
 
 
@@ -122,6 +146,10 @@ def to_json(status: SiteStatus) -> dict[str, Any]:
                 "currency": a.currency,
                 "state": a.mode,
                 "supply": a.supply,
+                "actuator": a.actuator,
+                "device_supply": a.device_supply,
+                "device_pending": a.device_pending,
+                "supply_mismatch": a.mismatch,
                 "last_reading_at": _time(a.last_reading_at),
             }
             for a in status.accounts
@@ -138,7 +166,7 @@ def render(status: SiteStatus) -> str:
     journal = status.journal
     lines = [
         f"site {status.site}: {status.store_path} ({status.store_bytes / 1e6:.1f} MB)",
-        f"journal: {sum(journal.values()):,} readings: "
+        f"journal: {count(sum(journal.values()), 'reading')}: "
         + ", ".join(f"{journal[s.value]:,} {s.value}" for s in JournalState),
     ]
     if status.held:
@@ -148,7 +176,7 @@ def render(status: SiteStatus) -> str:
         + _by_class(status.outbox_pending)
         + (f"; dropped{_by_class(status.outbox_dropped)}" if status.outbox_dropped else "")
     )
-    lines.append(f"ledger: {status.ledger_entries:,} entries")
+    lines.append(f"ledger: {count(status.ledger_entries, 'entry', 'entries')}")
     lines.append(f"accounts ({len(status.accounts)}):")
     width = max((len(a.id) for a in status.accounts), default=0)
     money = max(
@@ -158,7 +186,7 @@ def render(status: SiteStatus) -> str:
         debt = f", debt {format_minor(a.debt_minor, a.currency)}" if a.debt_minor else ""
         balance = format_minor(a.balance_minor, a.currency)
         lines.append(
-            f"  {a.id:<{width}}  {balance:>{money}}  {a.mode}, supply {a.supply}{debt};"
+            f"  {a.id:<{width}}  {balance:>{money}}  {a.mode}{debt}, {_supply_text(a)};"
             f" {a.meter} last read {_time(a.last_reading_at) or 'never'}"
         )
     if status.recent_events:
@@ -167,6 +195,22 @@ def render(status: SiteStatus) -> str:
             detail = ", ".join(f"{k}={v}" for k, v in sorted(e.detail.items()))
             lines.append(f"  {_time(e.at)}  {e.account_id or '-'}  {e.kind}  {detail}")
     return "\n".join(lines)
+
+
+def _supply_text(a: AccountStatus) -> str:
+    """``supply wanted off, device on (pending), MISMATCH``: the wish and the device's word
+    apart, so a relay that ignores its command is never shown as switched."""
+    if a.actuator is None:
+        return f"supply {a.supply} wanted (no actuator)"
+    device = a.device_supply or "unknown"
+    pending = " (change pending)" if a.device_pending else ""
+    flag = ", MISMATCH" if a.mismatch else ""
+    return f"supply wanted {a.supply}, {a.actuator} confirmed {device}{pending}{flag}"
+
+
+def count(n: int, singular: str, plural: str | None = None) -> str:
+    """``1 account``, ``2 accounts``, ``1,000 entries``: a number and its noun, agreeing."""
+    return f"{n:,} {singular if n == 1 else plural or singular + 's'}"
 
 
 def _by_class(counts: dict[str, int]) -> str:

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from billing_engine import money
 from gateway.config import Site
-from gateway.flows.spool import result_path, submit
-from gateway.northbound.commands import new_command, sign_command
+from gateway.flows.spool import result_path
 from gateway.northbound.payloads import CommandKind
-from gateway.northbound.signing import load_private_key
-from gateway.startup import read_private_key_file
+from gateway.ops.operator_commands import submit_signed
 
 _POLL_S = 0.2
 
@@ -61,22 +57,13 @@ def queue_topup(
         )
     except (ValueError, ArithmeticError) as exc:
         raise TopupError(f"--amount: {exc}") from None
-    key = load_private_key(read_private_key_file(operator_key))
     fields = {
         "account": account.id,
         "amount_minor": amount_minor,
         "currency": currency,
         "payment_ref": f"operator:{reference}",
     }
-    body = new_command(
-        CommandKind.TOPUP,
-        site.config.site,
-        fields,
-        now=datetime.now(UTC),
-        command_id=f"op-{uuid.uuid4()}",
-    )
-    command = sign_command(body, key)
-    submit(site.state_dir, CommandKind.TOPUP.value, command)
+    command = submit_signed(site, CommandKind.TOPUP, fields, operator_key)
     return QueuedTopup(command["id"], account.id, amount_minor, currency)
 
 

@@ -18,9 +18,9 @@ Each case is handled explicitly, never silently:
   Readings that continue from the held level instead (plausible from it, not from the billed
   register) mean a reset, a swap or a changed scale: they stay held, and one
   ``meter_reset_or_swap`` alarm asks the operator to decide.
-- **one alarm per condition**: a held reading raises its condition's alarm (``state=raised``)
+- **one alarm per condition**: a held reading raises its condition's alarm (``state: raised``)
   only when the condition starts for the meter, and the next billed reading clears it
-  (``state=cleared``); the journal still marks every held reading with its reason.
+  (``state: cleared``); the journal still marks every held reading with its reason.
 - **stale meter**: no reading for ``stale_after_s``: an alarm once, and a notice when it
   reports again (`stale_meters`).
 """
@@ -204,16 +204,32 @@ def within_rate(
 JUMP = "implausible_jump"
 BACKWARDS = "register_backwards"  # the billing engine's hold (`ReadingStatus.REGISTER_BACKWARDS`)
 RESET_OR_SWAP = "meter_reset_or_swap"
+RAISED = "raised"  # an alarm's state: the condition began
+CLEARED = "cleared"  # ... and ended
 #: holds whose register is a candidate new level of the meter (a reset, a swap, a new scale)
 _LEVEL_HOLDS = frozenset({JUMP, BACKWARDS})
 
 
 @dataclass(frozen=True, slots=True)
 class Alarm:
-    """An alarm to raise on the meter's account: ``code`` and a ``state=...; why`` detail."""
+    """An alarm to raise (or clear) on the meter's account.
+
+    Attributes:
+        code: the condition (a hold reason, or `RESET_OR_SWAP`).
+        state: ``raised`` or ``cleared``.
+        reading_id: the reading that raised or cleared it.
+        message: what happened and what it means, for a person.
+    """
 
     code: str
-    detail: str
+    state: str
+    reading_id: str
+    message: str
+
+    @property
+    def detail(self) -> dict[str, str]:
+        """The alarm's ``detail`` object on ``account/{id}/event``."""
+        return {"state": self.state, "reading_id": self.reading_id, "message": self.message}
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,14 +287,14 @@ def _units(milli: int) -> str:
     return str(Decimal(milli).scaleb(-3))
 
 
-def _hold_detail(reason: str, meter: MeterConfig | None, reading_id: str, register: int) -> str:
+def _hold_message(reason: str, meter: MeterConfig | None, reading_id: str, register: int) -> str:
     if reason == JUMP and meter is not None and meter.max_rate_per_h is not None:
         return (
-            f"state=raised; reading {reading_id} held: register {_units(register)} rose faster "
+            f"reading {reading_id} held: register {_units(register)} rose faster "
             f"than max_rate_per_h {meter.max_rate_per_h} per hour since the last billed reading; "
             "held readings are never billed"
         )
-    return f"state=raised; reading {reading_id} held: {reason}"
+    return f"reading {reading_id} held: {reason}"
 
 
 def on_hold(
@@ -312,7 +328,9 @@ def on_hold(
             alarms.append(
                 Alarm(
                     RESET_OR_SWAP,
-                    f"state=raised; operator decision needed: reading {reading_id} continues "
+                    RAISED,
+                    reading_id,
+                    f"operator decision needed: reading {reading_id} continues "
                     f"from {_units(level_milli)} (the readings held since {watch.first}), not "
                     f"from the billed register {_units(billed_milli)}: the meter was reset, "
                     "swapped or rescaled. Its readings stay held until the operator sets "
@@ -323,7 +341,8 @@ def on_hold(
     conditions = watch.conditions
     if reason not in conditions:
         conditions = (*conditions, reason)
-        alarms.append(Alarm(reason, _hold_detail(reason, meter, reading_id, register_milli)))
+        message = _hold_message(reason, meter, reading_id, register_milli)
+        alarms.append(Alarm(reason, RAISED, reading_id, message))
     after = HoldWatch(
         conditions, watch.first or reading_id, watch.held + 1, level_milli, level_at, decision
     )
@@ -341,10 +360,11 @@ def on_billed(watch: HoldWatch, reading_id: str) -> tuple[HoldWatch, list[Alarm]
     alarms = [
         Alarm(
             code,
-            f"state=cleared; reading {reading_id} continues from the last billed register and "
-            f"is billed; {kept}"
+            CLEARED,
+            reading_id,
+            f"reading {reading_id} continues from the last billed register and is billed; {kept}"
             if code == JUMP
-            else f"state=cleared; reading {reading_id} billed; {kept}",
+            else f"reading {reading_id} billed; {kept}",
         )
         for code in watch.conditions
     ]
@@ -352,10 +372,30 @@ def on_billed(watch: HoldWatch, reading_id: str) -> tuple[HoldWatch, list[Alarm]
         alarms.append(
             Alarm(
                 RESET_OR_SWAP,
-                f"state=cleared; reading {reading_id} billed; no decision needed any more; {kept}",
+                CLEARED,
+                reading_id,
+                f"reading {reading_id} billed; no decision needed any more; {kept}",
             )
         )
     return HoldWatch(), alarms
+
+
+def accept_level(watch: HoldWatch, reason: str) -> list[Alarm]:
+    """The operator accepted the new level of a meter whose held readings continue from it
+    (`RESET_OR_SWAP` raised): the alarms that clear, every raised condition and the decision.
+
+    The caller rebases the meter's billing at ``watch.level_milli`` and starts a fresh watch:
+    readings from the level on are billed; those held before stay held, never billed (what the
+    meter counted between the last billed register and the level is unknown).
+    """
+    level = _units(watch.level_milli or 0)
+    message = (
+        f"operator accepted the new level {level}: billing continues from it; the "
+        f"{watch.held} reading(s) held since {watch.first} stay held, never billed ({reason})"
+    )
+    return [
+        Alarm(code, CLEARED, watch.first, message) for code in (*watch.conditions, RESET_OR_SWAP)
+    ]
 
 
 def stale_meters(

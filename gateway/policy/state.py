@@ -59,6 +59,16 @@ class EventKind(StrEnum):
     OVERRIDE_APPLIED = "override_applied"
     OVERRIDE_EXPIRED = "override_expired"
     ALARM = "alarm"
+    CREDIT_EXHAUSTED = "credit_exhausted"  # `CUTOFF` of an account with no actuator
+    CREDIT_RESTORED = "credit_restored"  # `RESTORED` of an account with no actuator
+
+
+WITHOUT_ACTUATOR = {
+    EventKind.CUTOFF: EventKind.CREDIT_EXHAUSTED,
+    EventKind.RESTORED: EventKind.CREDIT_RESTORED,
+}
+"""How a supply event is published for an account with no actuator: its credit ran out or
+came back, and no device was switched."""
 
 
 class LedgerOpKind(StrEnum):

@@ -171,8 +171,103 @@ _V5 = (
     " VALUES ('store_incarnation', lower(hex(randomblob(8))))",  # INCARNATION_META
 )
 
+# Version 6: water tickets (`gateway.store.tickets`): the paper batches and their code ranges,
+# redemptions here (one per code: the UNIQUE constraint is the exactly-once) and those learned
+# from other boxes, conflicts between the two, voids (paper converted to electronic),
+# extensions and emergency tickets. What was used stays used: no update, no delete.
+_V6 = (
+    """CREATE TABLE ticket_batches (
+        batch_id       TEXT    PRIMARY KEY,
+        plant          TEXT    NOT NULL,
+        product        TEXT    NOT NULL,
+        face_minor     INTEGER NOT NULL CHECK (typeof(face_minor) = 'integer' AND face_minor >= 0),
+        currency       TEXT    NOT NULL,
+        valid_from     TEXT    NOT NULL,
+        valid_until    TEXT    NOT NULL,
+        scope_json     TEXT    NOT NULL,
+        code_count     INTEGER NOT NULL CHECK (typeof(code_count) = 'integer'),
+        content_hash   TEXT    NOT NULL,
+        document       TEXT    NOT NULL,
+        imported_at_us INTEGER NOT NULL
+    )""",
+    """CREATE TABLE ticket_ranges (
+        plant        TEXT    NOT NULL,
+        first_serial INTEGER NOT NULL CHECK (typeof(first_serial) = 'integer'),
+        last_serial  INTEGER NOT NULL CHECK (typeof(last_serial) = 'integer'
+                                             AND last_serial >= first_serial),
+        batch_id     TEXT    NOT NULL REFERENCES ticket_batches (batch_id),
+        PRIMARY KEY (plant, first_serial)
+    )""",
+    """CREATE TABLE ticket_redemptions (
+        seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+        code           TEXT    NOT NULL UNIQUE,
+        redemption_id  TEXT    NOT NULL UNIQUE,
+        kind           TEXT    NOT NULL CHECK (kind IN ('paper', 'electronic', 'emergency')),
+        product        TEXT    NOT NULL,
+        quantity       INTEGER NOT NULL CHECK (typeof(quantity) = 'integer' AND quantity >= 1),
+        box_id         TEXT    NOT NULL,
+        incarnation    TEXT    NOT NULL,
+        where_text     TEXT    NOT NULL,
+        redeemed_at_us INTEGER NOT NULL CHECK (typeof(redeemed_at_us) = 'integer')
+    )""",
+    """CREATE TRIGGER ticket_redemptions_no_update BEFORE UPDATE ON ticket_redemptions
+       BEGIN SELECT RAISE(ABORT, 'ticket redemptions are append-only'); END""",
+    """CREATE TRIGGER ticket_redemptions_no_delete BEFORE DELETE ON ticket_redemptions
+       BEGIN SELECT RAISE(ABORT, 'ticket redemptions are append-only'); END""",
+    """CREATE TABLE ticket_remote_redemptions (
+        row_id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        code           TEXT    NOT NULL,
+        redemption_id  TEXT    NOT NULL,
+        kind           TEXT    NOT NULL,
+        product        TEXT    NOT NULL,
+        quantity       INTEGER NOT NULL CHECK (typeof(quantity) = 'integer'),
+        box_id         TEXT    NOT NULL,
+        incarnation    TEXT    NOT NULL,
+        where_text     TEXT    NOT NULL,
+        redeemed_at_us INTEGER NOT NULL CHECK (typeof(redeemed_at_us) = 'integer'),
+        imported_at_us INTEGER NOT NULL,
+        UNIQUE (box_id, redemption_id)
+    )""",
+    "CREATE INDEX ticket_remote_code ON ticket_remote_redemptions (code)",
+    """CREATE TABLE ticket_conflicts (
+        conflict_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+        code           TEXT    NOT NULL,
+        local_seq      INTEGER NOT NULL REFERENCES ticket_redemptions (seq),
+        remote_row     INTEGER NOT NULL UNIQUE REFERENCES ticket_remote_redemptions (row_id),
+        detected_at_us INTEGER NOT NULL
+    )""",
+    """CREATE TABLE ticket_voids (
+        code         TEXT    PRIMARY KEY,
+        reason       TEXT    NOT NULL CHECK (reason IN ('converted')),
+        replacement  TEXT    NOT NULL,
+        voided_at_us INTEGER NOT NULL
+    )""",
+    """CREATE TABLE ticket_extensions (
+        code           TEXT    PRIMARY KEY,
+        old_until      TEXT    NOT NULL,
+        new_until      TEXT    NOT NULL,
+        extended_at_us INTEGER NOT NULL
+    )""",
+    """CREATE TABLE ticket_emergency (
+        code             TEXT    PRIMARY KEY,
+        seq              INTEGER NOT NULL UNIQUE CHECK (typeof(seq) = 'integer' AND seq >= 1),
+        product          TEXT    NOT NULL,
+        issued_on        TEXT    NOT NULL,
+        valid_until      TEXT    NOT NULL,
+        note             TEXT    NOT NULL,
+        issued_at_us     INTEGER NOT NULL,
+        reconciled_at_us INTEGER
+    )""",
+    "CREATE INDEX ticket_emergency_day ON ticket_emergency (issued_on)",
+    *(
+        f"""CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table}
+           BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"""
+        for table in ("ticket_voids", "ticket_extensions", "ticket_emergency")
+    ),
+)
+
 #: Forward migrations, in order: ``MIGRATIONS[n - 1]`` brings the file to version ``n``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -78,3 +78,40 @@ def recent_events(conn: sqlite3.Connection, limit: int) -> list[Event]:
         Event(event_id, acct, kind, jsontext.loads_object(detail_json), from_micros(at_us))
         for event_id, acct, kind, detail_json, at_us in reversed(rows)
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSupplyRecord:
+    """The last supply event journalled for a device: where it was driven, and whether the
+    device confirmed it (``supply_confirmed``) or it was still pending (``supply_sent``)."""
+
+    device_id: str
+    on: bool
+    confirmed: bool
+    at: datetime
+
+
+#: The events `gateway.flows.device_journal` writes for a supply device; ``detail`` holds
+#: ``device`` and ``supply`` (where the device is being driven, or what it confirmed).
+SUPPLY_SENT = "supply_sent"
+SUPPLY_CONFIRMED = "supply_confirmed"
+
+
+def last_device_supply(conn: sqlite3.Connection) -> dict[str, DeviceSupplyRecord]:
+    """Per device, its newest ``supply_sent`` / ``supply_confirmed`` event.
+
+    One scan at a start (the events journal is small next to the readings); SQLite takes the
+    bare columns from the row holding ``MAX(event_id)``.
+    """
+    rows = conn.execute(
+        "SELECT json_extract(detail_json, '$.device') AS device,"
+        " json_extract(detail_json, '$.supply'), kind, at_us, MAX(event_id)"
+        " FROM events WHERE kind IN (?, ?) AND device IS NOT NULL GROUP BY device",
+        (SUPPLY_SENT, SUPPLY_CONFIRMED),
+    )
+    return {
+        device: DeviceSupplyRecord(
+            device, supply == "on", kind == SUPPLY_CONFIRMED, from_micros(at)
+        )
+        for device, supply, kind, at, _ in rows
+    }

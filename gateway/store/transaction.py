@@ -44,7 +44,7 @@ from gateway.store import account_records, command_results, db, events, journal,
 from gateway.store.account_records import AccountRecord
 from gateway.store.command_results import Receipt, StoredCommand
 from gateway.store.errors import StoreError
-from gateway.store.events import Event
+from gateway.store.events import DeviceSupplyRecord, Event
 from gateway.store.journal import JournalRow, JournalState
 from gateway.store.jsontext import JsonObject
 from gateway.store.ledger import ChainHead, EntryKind, LedgerEntry, LedgerReport
@@ -557,6 +557,11 @@ class Store:
         """The ``limit`` newest journalled events, oldest of them first."""
         with self._locked() as conn:
             return events.recent_events(conn, limit)
+
+    def last_device_supply(self) -> dict[str, DeviceSupplyRecord]:
+        """Per device, the last supply change journalled and whether it was confirmed."""
+        with self._locked() as conn:
+            return events.last_device_supply(conn)
 
     def load_account_states(self) -> dict[str, AccountRecord]:
         """Every persisted account runtime state, by account id."""

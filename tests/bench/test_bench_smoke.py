@@ -99,3 +99,15 @@ def test_bench_modbus_runs() -> None:
     assert result["pty_gateway_tps"] > 0
     assert result["fleet_meters"] == 20
     assert result["fleet_readings_per_s"] > 0
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+def test_bench_tickets_runs_and_redeems_each_once() -> None:
+    result = _bench("tickets", "--tickets", "200", "--ranges", "50", "--redemptions", "100")
+    assert result["redemptions"] == 200  # 100 paper + 100 electronic
+    assert result["stored_redemptions"] == 200
+    assert result["second_redemption_refused"] is True
+    assert result["raw_verify_per_s"] > 0
+    assert result["electronic_verify_per_s"] > 0
+    assert result["paper_check_per_s"] > 0
+    assert result["verify_ratio"] > 0

@@ -1,5 +1,7 @@
 """Build a real site for gateway tests: keys, the Beijing water tariff, a resident policy,
-accounts (A1 on meter m1 with valve v1 unless told otherwise), optionally a Modbus bus.
+accounts (A1 on meter m1 with valve v1 unless told otherwise), and the devices they name: the
+simulated Modbus meters at ``modbus_port``, or else a bus nobody answers, so that every site
+written here passes ``prepay check-config`` and starts under ``prepay run``.
 
 The site file itself is written by `bench.sites`, the one builder benchmarks and tests share.
 """
@@ -8,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from bench.sites import PROFILES, ROOT, TARIFFS, account
 from bench.sites import write_site as write_site_file
@@ -23,6 +27,36 @@ def water_account(
 ) -> dict[str, Any]:
     """An account billed by the Beijing water tariff under the ``resident`` policy."""
     return account(account_id, meter, tariff=WATER, class_name=class_name, actuator=actuator)
+
+
+def _unanswered_devices(directory: Path, accounts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The devices the accounts name, on a Modbus bus nobody answers (port 1: refused at once),
+    polled once a day: a site that `prepay run` accepts (every account's meter and actuator is
+    a device of the site, `gateway.site_checks`) and that never bills a reading by itself.
+    A test that hands the gateway its own sources and actuators never builds them.
+
+    Their profile is the Xintai valve's without its rated maximum, so that the meters keep the
+    plausibility defaults a test expects (a profile's rating would become the meter's limit).
+    """
+    profile = yaml.safe_load((PROFILES / "water_xintai_valve.yaml").read_text())
+    del profile["max_rate_per_h"]
+    profile["name"] = "unanswered_valve"
+    profiles = directory / "profiles"
+    profiles.mkdir(parents=True, exist_ok=True)
+    (profiles / "unanswered_valve.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    devices = [
+        {
+            "device_id": acc.get("actuator") or f"reader-{acc['meter']}",
+            "unit_id": unit,
+            "profile": "unanswered_valve",
+            "poll_interval_s": 86400,
+            "meter_id": acc["meter"],
+            "allow_unconfirmed_supply": True,
+        }
+        for unit, acc in enumerate(accounts, start=1)
+    ]
+    bus = {"name": "unanswered", "kind": "tcp", "host": "127.0.0.1", "port": 1}
+    return {"profiles_dir": str(profiles), "modbus_buses": [{**bus, "devices": devices}]}
 
 
 def write_site(
@@ -58,6 +92,9 @@ def write_site(
         doc["devices"] = {"profiles_dir": str(PROFILES), "modbus_buses": [bus]}
         # The simulated meters run up to 3,600 m3/h, far above the profile's rating.
         doc["meters"] = [{"id": m, "max_rate_per_h": 4000} for m in ("m1", "m2")]
+    else:
+        default = [water_account("A1", "m1", actuator="v1")]
+        doc["devices"] = _unanswered_devices(directory, accounts or default)
     doc.update(extra or {})
     return write_site_file(
         directory,

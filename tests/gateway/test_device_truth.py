@@ -13,6 +13,7 @@ from typing import Any
 
 from drivers.ports import Reading, SupplyState
 from gateway.daemon import Gateway
+from gateway.ops import status
 from tests.fixtures.mosquitto import Broker
 from tests.gateway.crash_support import Watcher
 from tests.gateway.site import load
@@ -63,7 +64,8 @@ async def test_device_truth_welded_relay_never_published_as_off(
         alarm = await watcher.wait_for(
             lambda t, d: t.endswith("/event") and d.get("alarm") == "supply_unconfirmed"
         )
-        assert "v1" in alarm["detail"]
+        assert alarm["detail"]["device"] == "v1"
+        assert alarm["detail"]["supply"] == "off"
         states = _device_states(watcher)
         pending = [d for d in states if d["confirmation"] == "pending" and d["desired"] == "off"]
         assert pending, states
@@ -72,3 +74,13 @@ async def test_device_truth_welded_relay_never_published_as_off(
         assert all("last_seen" in d for d in pending)  # it answers: it is there, just stuck
         assert False in relay.writes  # the cut was sent
         assert gateway.probe.supply_wanted("A1") is False
+        # `prepay status` (read from the store, beside the running daemon) says the same.
+        [account] = status.collect(site).accounts
+        assert (account.supply, account.device_supply, account.device_pending) == (
+            "off",
+            "on",
+            True,
+        )
+        assert "supply wanted off, v1 confirmed on (change pending), MISMATCH" in status.render(
+            status.collect(site)
+        )

@@ -115,7 +115,11 @@ def test_file_modes_run_refuses_a_private_key_others_can_read(
         umask=0o022,
     )
     assert result.returncode == 1
-    assert f"refusing to start: {_too_open(path, mode)}\n" in result.stderr
+    # Reported like every other problem of the site: at the site file's line naming the key.
+    field = {"gateway.pem": "gateway_private_key", "ledger.key": "ledger_key_file"}[key]
+    line = next(i for i, text in enumerate(site.read_text().splitlines(), 1) if field in text)
+    assert f"{site}:{line}: keys.{field}: {_too_open(path, mode)}\n" in result.stderr
+    assert "Traceback" not in result.stderr
     assert not (tmp_path / "state").exists()  # nothing was created
 
 

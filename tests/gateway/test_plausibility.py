@@ -9,6 +9,8 @@ profile's rated 10.35 kWh/h x 1.25 = 12.9375 kWh/h.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +21,8 @@ import yaml
 
 from bench.sites import PROFILES, TARIFFS, account
 from bench.sites import write_site as write_site_file
-from drivers.ports import Reading
+from drivers.ports import DriverEvent, DriverEventKind, Reading, utc_now
+from gateway.cli import main
 from gateway.config import load_site
 from gateway.daemon import Gateway
 from tests.fixtures.mosquitto import free_port
@@ -62,11 +65,15 @@ def _write(tmp_path: Path, accounts: list[str], meters: list[dict[str, Any]] | N
 
 def alarms(gateway: Gateway, account_id: str) -> list[tuple[str, str]]:
     """The account's alarms: (code, state) in the order raised."""
-    return [
-        (e.detail["alarm"], e.detail["detail"].split(";")[0])
-        for e in gateway.store.events(account_id)
-        if e.kind == "alarm"
-    ]
+    found = []
+    for e in gateway.store.events(account_id):
+        if e.kind == "alarm":
+            detail = e.detail["detail"]
+            if "state" in detail:
+                found.append((e.detail["alarm"], f"state={detail['state']}"))
+            else:  # meter_replaced: a notice, with the new baseline
+                found.append((e.detail["alarm"], f"new baseline {detail['baseline_milli']}"))
+    return found
 
 
 def held_reasons(gateway: Gateway) -> list[tuple[str, str | None]]:
@@ -110,7 +117,10 @@ async def test_a_million_kwh_spike_charges_nothing_and_the_true_readings_bill_on
             ("implausible_jump", "state=cleared"),
         ]
         cleared = [e for e in gateway.store.events("E1") if e.kind == "alarm"][-1]
-        assert f"held since {spike.reading_id} stay held, discarded" in cleared.detail["detail"]
+        assert (
+            f"held since {spike.reading_id} stay held, discarded"
+            in cleared.detail["detail"]["message"]
+        )
 
     await feed_all(_write(tmp_path, ["E1"]), readings, check)
 
@@ -183,7 +193,7 @@ async def test_a_real_reset_or_swap_stays_held_and_asks_once_for_a_decision(
         baseline = new_meter(12).register_milli
         assert alarms(gateway, "E1") == [
             *raised,
-            ("meter_replaced", f"e1: new baseline {baseline}"),
+            ("meter_replaced", f"new baseline {baseline}"),
             (reason, "state=cleared"),
             ("meter_reset_or_swap", "state=cleared"),
         ]
@@ -216,3 +226,80 @@ async def test_n_held_readings_raise_one_alarm_not_n(
         assert gateway.probe.balance_minor("E1") == -1076  # 2 x 10 kWh x 53.8 fen
 
     await feed_all(_write(tmp_path, ["E1"]), readings, check)
+
+
+async def test_the_operator_accepts_the_new_level_and_billing_continues_from_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site_file = _write(tmp_path, ["E1"])
+    swap_at = timedelta(hours=1, seconds=10)
+
+    def new_meter(k: int) -> Reading:
+        # swapped for a meter at 50,000 kWh, then 5 kWh an hour from it
+        return kwh("e1", swap_at + timedelta(hours=k), 50_000 + 5 * k)
+
+    accept = [
+        "meter",
+        "accept",
+        "e1",
+        "--reason",
+        "meter swapped, work order 77",
+        "--operator-key",
+        str(tmp_path / "keys" / "operator.pem"),
+        "-c",
+        str(site_file),
+        "--wait",
+        "60",  # the daemon answers at once; a loaded machine may take seconds
+        "--json",
+    ]
+    # Commands are checked against the real time (issued_at): this gateway runs on it.
+    gateway, feed = offline_gateway(load_site(site_file), utc_now)
+    async with running(gateway):
+        # Nothing is waiting for a decision yet: refused, nothing changes.
+        assert await asyncio.to_thread(main, accept) == 0
+        refused = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert (refused["status"], refused["reason"]) == ("rejected", "no_decision_pending")
+
+        readings = [kwh("e1", timedelta(0), 1_000), kwh("e1", timedelta(hours=1), 1_010)]
+        readings += [new_meter(k) for k in range(11)]  # the level and 10 readings from it
+        await feed.put(*readings)
+        await eventually(lambda: settled(gateway), what="13 readings billed or held")
+        assert gateway.probe.balance_minor("E1") == -538  # 10 kWh x 53.8 fen
+        assert gateway.probe.counters().held == 11
+
+        assert await asyncio.to_thread(main, accept) == 0
+        applied = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert applied["status"] == "applied"
+
+        # From the accepted level (the last held reading, 50,050 kWh): +5 kWh, +5 kWh,
+        # 2 x 5 x 53.8 = 538 fen; the held readings stay held, never billed.
+        await feed.put(new_meter(11), new_meter(12))
+        await eventually(lambda: settled(gateway), what="2 more readings billed")
+        assert gateway.probe.balance_minor("E1") == -538 - 538
+        assert gateway.probe.counters().held == 11
+        assert alarms(gateway, "E1") == [
+            ("implausible_jump", "state=raised"),
+            ("meter_reset_or_swap", "state=raised"),
+            ("implausible_jump", "state=cleared"),
+            ("meter_reset_or_swap", "state=cleared"),
+        ]
+        [*_, cleared] = [e for e in gateway.store.events("E1") if e.kind == "alarm"]
+        assert "work order 77" in cleared.detail["detail"]["message"]
+
+
+async def test_an_event_of_a_meter_only_device_is_an_alarm_on_its_meters_account(
+    tmp_path: Path,
+) -> None:
+    # d-e1 is the Modbus device that reads meter e1 (billing E1); it has no actuator.
+    gateway, _feed = offline_gateway(load_site(_write(tmp_path, ["E1"])), clock)
+    async with running(gateway):
+        offline = DriverEvent("d-e1", DriverEventKind.OFFLINE, NOW, {"error": "DeviceTimeoutError"})
+        await gateway.pipeline.event(offline)
+
+        def alarms_of_e1() -> list[Any]:
+            return [e for e in gateway.store.events("E1") if e.kind == "alarm"]
+
+        await eventually(alarms_of_e1, what="the device's alarm on E1")
+        [event] = alarms_of_e1()
+        assert event.detail["alarm"] == "device_offline"
+        assert event.detail["detail"] == {"device": "d-e1", "error": "DeviceTimeoutError"}

@@ -26,6 +26,7 @@ from gateway.store import JournalState, Store
 from tests.fixtures.mosquitto import Broker
 from tests.gateway.crash_support import Watcher, all_rows, audit_books
 from tests.gateway.site import PROFILES, ROOT, write_site
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -92,6 +93,14 @@ async def _daemon(site: Path) -> AsyncIterator[asyncio.subprocess.Process]:
         log.close()
 
 
+def _line_of(site: Path, text: str) -> int:
+    return next(i for i, line in enumerate(site.read_text().splitlines(), 1) if text in line)
+
+
+def _logged(site: Path, text: str) -> bool:
+    return text in (site.parent / "daemon.log").read_text()
+
+
 def _log(site: Path) -> str:
     return (site.parent / "daemon.log").read_text()[-4000:]
 
@@ -147,15 +156,29 @@ async def test_signals_sighup_adds_account_keeps_readings_and_survives_bad_file(
             await watcher.wait_until(lambda: len(watcher.readings("m2")) >= 2)
             before_bad = len(watcher.readings("m2"))
 
-            # A broken file on SIGHUP: the running configuration (with A2) stays.
+            await eventually(lambda: _logged(site, f"reloaded {site}: accounts: added A2 ("))
+
+            # A broken file on SIGHUP: the running configuration (with A2) stays, and the log
+            # says why in the lines check-config prints (not a traceback).
             _edit_site(site, reading_queue=1)  # below the minimum of 10
+            bad_line = _line_of(site, "reading_queue: 1")
             proc.send_signal(signal.SIGHUP)
+            await eventually(lambda: _logged(site, f"{site}:{bad_line}: reading_queue: "))
             await watcher.wait_until(lambda: len(watcher.readings("m2")) >= before_bad + 2)
             assert proc.returncode is None
+
+            # A device change is not applied by a reload: the log says it waits for a restart.
+            doc = yaml.safe_load(site.read_text())
+            doc["devices"]["modbus_buses"][0]["timeout_s"] = 0.7
+            _edit_site(site, devices=doc["devices"], reading_queue=10_000)
+            proc.send_signal(signal.SIGHUP)
+            await eventually(lambda: _logged(site, "devices changed; ignored until restart"))
             m1_count = len(watcher.readings("m1"))
             await watcher.wait_until(lambda: len(watcher.readings("m1")) > m1_count)
             assert await _terminate(proc, site) == 0, _log(site)
-        assert "reload of" in _log(site)  # the bad file was reported, not applied
+        log = (site.parent / "daemon.log").read_text()
+        assert "reload of" in log  # the bad file was reported, not applied
+        assert "Traceback" not in log
         assert watcher.statuses().count("online") == 1  # never restarted
 
     _edit_site(site, accounts=[*original["accounts"], A2], reading_queue=10_000)

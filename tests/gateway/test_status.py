@@ -57,6 +57,11 @@ async def test_status_reports_journal_outbox_accounts_and_events(
         "currency": "CNY",
         "state": account["state"],
         "supply": "off",
+        # The gateway runs with no driver for v1: nothing ever confirmed, and status says so.
+        "actuator": "v1",
+        "device_supply": None,
+        "device_pending": False,
+        "supply_mismatch": True,
         "last_reading_at": "2026-06-01T01:00:00.000Z",
     }
     assert account["balance_minor"] == balance
@@ -68,6 +73,7 @@ async def test_status_reports_journal_outbox_accounts_and_events(
     assert "journal: 3 readings: 0 unbilled, 2 billed, 1 held" in text
     assert "held: unknown_meter 1" in text
     assert "A1  -15.00 CNY" in text
+    assert "supply wanted off, v1 confirmed unknown, MISMATCH" in text
 
 
 def test_status_names_a_bad_site_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

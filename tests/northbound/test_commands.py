@@ -61,6 +61,7 @@ FIELDS: dict[CommandKind, dict[str, Any]] = {
     },
     CommandKind.SUPPLY: {"device": "valve-17", "override": "on", "reason": "medical"},
     CommandKind.RECEIPT: {"topup_id": "t-1"},
+    CommandKind.METER: {"meter": "m-1", "action": "accept_level", "reason": "swapped"},
 }
 
 

@@ -1,4 +1,5 @@
-"""The shipped demo: the gateway site file passes check-config and matches the scenario."""
+"""The shipped demo: the gateway site file passes check-config and matches the scenario, its
+faults fit the run, and the copies `make demo` runs use the run's own ports and paths."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.demo_files import RunPlaces, run_scenario_doc, run_site_doc, write_run_file
+from bench.demo_story import FAULT_EFFECTS, fault_watches
 from firmware_sim.ble_remote import DEFAULT_SOCKET
 from firmware_sim.scenario import load_scenario
 from gateway.cli import main as prepay
@@ -74,3 +77,67 @@ def test_demo_site_points_at_the_simulated_devices(demo_copy: Path) -> None:
     valves = {d.valve_device_id for n in site.devices.lns for d in n.devices if d.valve_device_id}
     relays = {"flat-101-elec", "flat-101-water", "flat-102-water"}
     assert {a.actuator for a in site.accounts if a.actuator} == relays | valves | set(dispensers)
+
+
+def test_demo_faults_fire_within_the_run_and_each_has_an_answer_the_demo_waits_for() -> None:
+    scenario = load_scenario(SCENARIO)
+    assert scenario.faults, "the demo announces faults; the scenario must schedule some"
+    # The site's part of the demo ends about 45 s after the start (bench/demo.py): a fault at
+    # 30 s still has its answer (the slowest, 3 failed polls at 2 s, takes about 7 s) in time.
+    assert max(f.at_s for f in scenario.faults) <= 30
+    assert {f.fault for f in scenario.faults} <= set(FAULT_EFFECTS)
+
+
+def test_demo_faults_name_devices_of_accounts(demo_copy: Path) -> None:
+    scenario = load_scenario(SCENARIO)
+    site = load_site(demo_copy).config
+    watches = fault_watches(site, scenario)
+    # hand-mapped through demo-site.yaml: flat-102-water is A-102-W's valve, flat-101-water
+    # A-101-W's, shop-1-elec
+    # reads m-shop-1-e (S-1-E), lora-valve-202 is dev_eui 24e124460c000202 = m-202-w (A-202-W),
+    # kiosk-1 is K-1-W's dispenser
+    assert [(w.fault.device, w.account) for w in watches] == [
+        ("flat-102-water", "A-102-W"),
+        ("flat-101-water", "A-101-W"),
+        ("shop-1-elec", "S-1-E"),
+        ("lora-valve-202", "A-202-W"),
+        ("kiosk-1", "K-1-W"),
+    ]
+
+
+def test_demo_run_copies_use_this_runs_ports_links_keys_and_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    places = RunPlaces(work, tmp_path / "links", broker_port=41883)
+    init_keys(places.keys, with_backend=True)
+    scenario_file = write_run_file(
+        work / "demo-scenario.yaml", run_scenario_doc(SCENARIO, places), SCENARIO
+    )
+    site_file = write_run_file(
+        work / "demo-site.yaml", run_site_doc(SITE, places, {"tcp0": 41502}), SITE
+    )
+    assert prepay(["check-config", "-c", str(site_file)]) == 0
+    assert "ok (site demo-site: 8 accounts" in capsys.readouterr().out
+    scenario = load_scenario(scenario_file)
+    site = load_site(site_file)
+    # the simulator takes any free port; the site gets the one it reported
+    assert [s.port for s in scenario.modbus_tcp] == [0]
+    assert [(b.name, b.port) for b in site.config.devices.modbus_buses if b.kind == "tcp"] == [
+        ("tcp0", 41502)
+    ]
+    # one broker of this run, for the gateway, its network server and the simulator
+    assert scenario.broker is not None
+    assert scenario.broker.port == 41883
+    assert site.config.mqtt.port == 41883
+    assert [n.broker.port for n in site.config.devices.lns] == [41883]
+    # this run's RS485 link and BLE socket, not /tmp/prepay-demo
+    rtu = [b.serial.port for b in site.config.devices.modbus_buses if b.serial is not None]
+    assert rtu == [str(tmp_path / "links" / "rs485a")]
+    assert [line.link for line in scenario.modbus_rtu] == [tmp_path / "links" / "rs485a"]
+    assert scenario.ble is not None
+    assert scenario.ble.socket == tmp_path / "links" / "ble.sock"
+    # keys and store in the work directory, not in configs/
+    assert site.state_dir == work / "state"
+    assert site.resolve(site.config.keys.ledger_key_file) == work / "keys" / "ledger.key"

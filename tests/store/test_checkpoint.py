@@ -259,7 +259,7 @@ def test_checkpoint_migration_5_gives_an_existing_store_an_incarnation(tmp_path:
     assert store_db.incarnation(conn) is None
     conn.close()
     with Store(path, ledger_key=b"k" * 32) as store:
-        assert store.schema_version == 5
+        assert store.schema_version == store_db.SCHEMA_VERSION
         assert re.fullmatch(r"[0-9a-f]{16}", store.incarnation)
     assert verify_ledger(path, b"k" * 32).incarnation == store.incarnation
 

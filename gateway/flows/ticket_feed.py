@@ -1,0 +1,184 @@
+"""`TicketFeed`: water-ticket redemptions between the boxes of a plant, over MQTT.
+
+Out: every redemption at this box (by ``prepay ticket redeem``, a dispenser, ...) is committed
+by `gateway.store.tickets.TicketStore` first; the feed then queues it in the outbox as a
+retained message on ``prepay/tickets/{plant}/{code}/redeemed/{box}``, together with the cursor
+of what it has queued, in one store transaction: each redemption is published once, in order,
+and waits in the outbox through an outage like any message. Retained, one topic per box: a box
+that connects later learns every redemption of the plant, and two boxes that redeemed the same
+ticket while offline both stay visible.
+
+In: the link hands the feed every message under ``prepay/tickets/{plant}/+/redeemed/+``; a
+redemption of another box is imported (the ticket is refused here from then on). When this box
+had redeemed the same ticket too, the conflict is kept with both redemptions and published,
+retained, on ``prepay/tickets/{plant}/{code}/conflict`` and as a site event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from gateway.flows.context import FlowContext
+from gateway.messages import MessageClass, Outgoing
+from gateway.northbound.payloads import format_rfc3339
+from gateway.northbound.topics import QOS, PlantTopics
+from gateway.store.tickets import Conflict, ImportOutcome, Redemption, TicketStore
+from gateway.tickets.decisions import TicketKind
+from gateway.tickets.events import RedemptionEvent
+
+logger = logging.getLogger(__name__)
+
+#: Where the feed keeps the seq of the last redemption it queued (a reserved record of the
+#: account-state table, beside the backend's overlay).
+CURSOR_KEY: Final = "~tickets.published"
+_BATCH: Final = 500
+_POLL_S: Final = 1.0
+
+
+def redemption_event(redemption: Redemption) -> dict[str, Any]:
+    """A redemption here as the event other boxes import (`RedemptionEvent`)."""
+    event = RedemptionEvent(
+        code=redemption.code,
+        redemption_id=redemption.redemption_id,
+        kind=TicketKind(redemption.kind),
+        product=redemption.product,
+        qty=redemption.quantity,
+        box=redemption.box_id,
+        incarnation=redemption.incarnation,
+        where=redemption.where,
+        at=redemption.redeemed_at,
+    )
+    doc = event.model_dump(mode="json")
+    doc["at"] = format_rfc3339(redemption.redeemed_at)
+    return doc
+
+
+def import_redemption(store: TicketStore, raw: bytes | str) -> ImportOutcome:
+    """Record a redemption seen at another box (its event, as JSON).
+
+    Raises:
+        ValueError: not a valid redemption event (pydantic's `ValidationError` is one).
+    """
+    event = RedemptionEvent.model_validate_json(raw)
+    return store.import_remote(
+        Redemption(
+            seq=0,
+            code=event.code,
+            redemption_id=event.redemption_id,
+            kind=event.kind.value,
+            product=event.product,
+            quantity=event.qty,
+            box_id=event.box,
+            incarnation=event.incarnation,
+            where=event.where,
+            redeemed_at=event.at,
+        )
+    )
+
+
+def _json(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class TicketFeed:
+    """Publishes this box's redemptions and imports the plant's others (see the module)."""
+
+    def __init__(
+        self, ctx: FlowContext, tickets: TicketStore, plant: str, *, poll_s: float = _POLL_S
+    ) -> None:
+        self._ctx = ctx
+        self._tickets = tickets
+        self.topics = PlantTopics(plant)
+        self._poll_s = poll_s
+        self._nudge = asyncio.Event()
+        self.published = 0
+        self.imported = 0
+        self.conflicts = 0
+        self.refused = 0
+
+    def nudge(self) -> None:
+        """Look for new redemptions now (a flow of this process redeemed one)."""
+        self._nudge.set()
+
+    async def run(self) -> None:
+        """Queue new redemptions as they are committed, until cancelled."""
+        while True:
+            async with self._ctx.lock:
+                queued = await asyncio.to_thread(self._queue_new)
+            if queued:
+                self._ctx.wake.set()
+                continue  # there may be more than one batch
+            self._nudge.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_s):
+                    await self._nudge.wait()
+
+    def _queue_new(self) -> int:
+        store = self._ctx.store
+        record = store.load_account_states().get(CURSOR_KEY) or {}
+        cursor = int(record.get("seq") or 0)
+        fresh = self._tickets.redemptions(after_seq=cursor, limit=_BATCH)
+        if not fresh:
+            return 0
+        with store.transaction() as tx:
+            for redemption in fresh:
+                tx.enqueue(
+                    Outgoing(
+                        self.topics.redeemed(redemption.code, redemption.box_id),
+                        _json(redemption_event(redemption)),
+                        QOS,
+                        True,
+                        MessageClass.LEDGER,
+                    )
+                )
+            tx.save_account_state(CURSOR_KEY, {"seq": fresh[-1].seq})
+        self.published += len(fresh)
+        return len(fresh)
+
+    async def on_message(self, topic: str, raw: bytes, *, retained: bool) -> None:
+        """A message under the plant's redemption topics (the link's feed callback)."""
+        try:
+            outcome = await asyncio.to_thread(import_redemption, self._tickets, raw)
+        except (ValueError, ValidationError) as exc:
+            self.refused += 1
+            logger.warning("ignoring a ticket redemption on %s: %s", topic, str(exc)[:200])
+            return
+        if outcome.own:
+            return
+        if outcome.new:
+            self.imported += 1
+        if outcome.conflict is not None:
+            self.conflicts += 1
+            async with self._ctx.lock:
+                await asyncio.to_thread(self._publish_conflict, outcome.conflict)
+            self._ctx.wake.set()
+
+    def _publish_conflict(self, conflict: Conflict) -> None:
+        doc: dict[str, Any] = {
+            "event": "ticket_conflict",
+            "code": conflict.code,
+            "here": redemption_event(conflict.here),
+            "elsewhere": redemption_event(conflict.elsewhere),
+        }
+        logger.error(
+            "ticket %s redeemed twice: here (%s, %s) and at %s (%s)",
+            conflict.code,
+            conflict.here.redemption_id,
+            format_rfc3339(conflict.here.redeemed_at),
+            conflict.elsewhere.box_id,
+            format_rfc3339(conflict.elsewhere.redeemed_at),
+        )
+        ctx = self._ctx
+        with ctx.store.transaction() as tx:
+            tx.record_event(None, "ticket_conflict", doc, ctx.clock())
+            tx.enqueue(
+                Outgoing(
+                    self.topics.conflict(conflict.code), _json(doc), QOS, True, MessageClass.LEDGER
+                )
+            )
