@@ -35,6 +35,7 @@ from gateway.flows.device_journal import DeviceJournal
 from gateway.flows.pipeline import Pipeline
 from gateway.flows.probe import GatewayProbe
 from gateway.flows.spool import Spool
+from gateway.flows.ticket_feed import BatchImport, TicketFeed
 from gateway.northbound.checkpoint_reader import (
     CheckpointUnavailableError,
     read_retained_checkpoint,
@@ -43,16 +44,19 @@ from gateway.northbound.mqtt import MqttLink
 from gateway.notify import ServiceWatch
 from gateway.site_checks import reference_errors
 from gateway.startup import (
+    STATE_FILE,
     adopt_store,
     check_against_checkpoint,
     check_state_present,
     claim_state_dir,
     load_keys,
+    load_plant_keys,
     open_store,
     preflight,
     select_kernel,
     version,
 )
+from gateway.store.tickets import TicketStore
 from gateway.supervisor import Supervisor
 from gateway.timers import Timers
 
@@ -150,8 +154,22 @@ class Gateway:
             batch_max=site.config.batch_max,
             state_every_s=site.config.state_publish_interval_s,
         )
+        # Water tickets, when the site takes them: one ticket store on the same file, the
+        # feed that publishes redemptions and imports the plant's others, the batch import.
+        self.tickets: TicketFeed | None = None
+        batch_import = None
+        if site.config.tickets is not None:
+            ticket_store = TicketStore(
+                site.state_dir / STATE_FILE, box_id=site.config.site, clock=clock
+            )
+            plant = site.config.tickets.plant_code
+            self.tickets = TicketFeed(self.ctx, ticket_store, plant)
+            batch_import = BatchImport(plant, load_plant_keys(site), ticket_store)
         self.commands = CommandHandler(
-            self.ctx, backend_key=self.keys.backend, gateway_key=self.keys.gateway
+            self.ctx,
+            backend_key=self.keys.backend,
+            gateway_key=self.keys.gateway,
+            ticket_batches=batch_import,
         )
         self.timers = Timers(
             self.ctx,
@@ -323,13 +341,23 @@ class Gateway:
                         ("checkpoint", timers.checkpoint_watch),
                     )
                 ]
+                tickets = self.tickets
+                if tickets is not None:
+                    core.append(
+                        group.create_task(sup("ticket-feed", tickets.run), name="ticket-feed")
+                    )
+                feeds = (
+                    {} if tickets is None else {tickets.topics.redeemed_filter: tickets.on_message}
+                )
                 link_task = None
                 if self.link is not None:
                     link = self.link
                     link_task = group.create_task(
                         sup(
                             "mqtt",
-                            lambda: link.run(self.store, self.ctx.wake, self.commands.handle),
+                            lambda: link.run(
+                                self.store, self.ctx.wake, self.commands.handle, feeds
+                            ),
                         ),
                         name="mqtt",
                     )

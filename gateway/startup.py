@@ -46,7 +46,7 @@ from billing_engine.base.errors import ConfigError, InvalidConfigError, PrepayEr
 from gateway.config import Site, load_site
 from gateway.northbound.payloads import format_rfc3339
 from gateway.northbound.receipts import InvalidCheckpointError, verify_checkpoint
-from gateway.northbound.signing import load_private_key, load_public_key, loads_strict
+from gateway.northbound.signing import key_id, load_private_key, load_public_key, loads_strict
 from gateway.site_checks import reference_errors
 from gateway.store import Store
 
@@ -191,6 +191,38 @@ def load_keys(site: Site) -> Keys:
     return Keys(ledger=ledger, gateway=gateway, backend=backend, operator=operator)
 
 
+def load_plant_keys(site: Site) -> dict[str, Ed25519PublicKey]:
+    """The water-ticket issuers' public keys the site trusts, by key id (none without a
+    ``tickets:`` section).
+
+    Raises:
+        InvalidConfigError: ``FILE:LINE: tickets.issuer_public_keys.N: message`` per key file
+            that is missing, unreadable or not an Ed25519 public key.
+    """
+    tickets = site.config.tickets
+    if tickets is None:
+        return {}
+    found: dict[str, Ed25519PublicKey] = {}
+    errors: list[ConfigError] = []
+    for i, path in enumerate(tickets.issuer_public_keys):
+        full = site.resolve(path)
+        try:
+            key = _read_public_key(full)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            errors.append(
+                site.error(("tickets", "issuer_public_keys", i), f"cannot read {full}: {reason}")
+            )
+            continue
+        except ValueError as exc:
+            errors.append(site.error(("tickets", "issuer_public_keys", i), f"{full}: {exc}"))
+            continue
+        found[key_id(key)] = key
+    if errors:
+        raise InvalidConfigError(errors)
+    return found
+
+
 def _nearest_existing(path: Path) -> Path:
     while not os.path.lexists(path) and path.parent != path:
         path = path.parent
@@ -250,10 +282,11 @@ def preflight(path: Path) -> Site:
     """
     site = load_site(path)
     errors = reference_errors(site)
-    try:
-        load_keys(site)
-    except InvalidConfigError as exc:
-        errors += exc.errors
+    for load in (load_keys, load_plant_keys):
+        try:
+            load(site)
+        except InvalidConfigError as exc:
+            errors += exc.errors
     errors += state_dir_errors(site)
     if errors:
         raise InvalidConfigError(errors)

@@ -8,6 +8,8 @@ need=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || need+=(mosquitto)
 command -v mbpoll >/dev/null || need+=(mbpoll)
 command -v socat >/dev/null || need+=(socat)
+# The Chinese font of printed receipts (gateway/ops/receipt_pdf.py).
+[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)
 # `systemd-analyze verify` checks the service unit (tests/service/test_unit.py); it needs no
 # running systemd, so a container without one checks it too.
 command -v systemd-analyze >/dev/null || need+=(systemd)

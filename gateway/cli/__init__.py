@@ -20,6 +20,7 @@ from gateway.cli import (
     ledger,
     money_ops,
     programs,
+    receipts,
     site,
     tariffs,
     tickets,
@@ -29,7 +30,7 @@ from gateway.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 __all__ = ["EXIT_INVALID", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 # The order `prepay --help` lists them in.
-_GROUPS = (site, money_ops, ledger, tariffs, kernel, programs, accounts, devices, tickets)
+_GROUPS = (site, money_ops, receipts, ledger, tariffs, kernel, programs, accounts, devices, tickets)
 
 
 #: The sample configuration files (tariffs, device profiles, codecs, sites): ``configs/`` of the

@@ -37,6 +37,7 @@ from gateway.flows.effects import (
 )
 from gateway.flows.overlay import OVERLAY_KEY, Overlay, apply_overlay
 from gateway.flows.overlay_commands import account_overlay, tariff_overlay
+from gateway.flows.ticket_feed import BatchImport
 from gateway.northbound.commands import (
     Command,
     MeterCommand,
@@ -44,6 +45,7 @@ from gateway.northbound.commands import (
     RefundCommand,
     SupplyCommand,
     TariffCommand,
+    TicketBatchCommand,
     TopupCommand,
     command_digest,
     command_id_of,
@@ -62,6 +64,8 @@ from gateway.policy import quality
 from gateway.policy.machine import on_balance, on_topup, set_override
 from gateway.policy.state import EventKind
 from gateway.store import EntryKind, Transaction
+from gateway.store.tickets import BatchConflictError
+from gateway.tickets.batches import BatchError
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +102,11 @@ class CommandHandler:
         *,
         backend_key: Ed25519PublicKey,
         gateway_key: Ed25519PrivateKey,
+        ticket_batches: BatchImport | None = None,
     ) -> None:
         self._ctx = ctx
+        self._ticket_batches = ticket_batches
+        self._batch_refusals: dict[str, CommandRejectedError] = {}
         self._backend_key = backend_key
         self._gateway_key = gateway_key
         self._overlay_changed = False
@@ -148,6 +155,8 @@ class CommandHandler:
         async with ctx.lock:
             self._overlay_changed = False
             try:
+                if isinstance(command, TicketBatchCommand):
+                    await asyncio.to_thread(self._import_batch, command)
                 result = await asyncio.to_thread(self._apply, command, now)
             except BaseException as exc:
                 # The transaction rolled back but the accounts in memory may have moved on:
@@ -175,6 +184,26 @@ class CommandHandler:
                 await asyncio.to_thread(ctx.reload)
         ctx.wishes.flush()
         return result
+
+    def _import_batch(self, command: TicketBatchCommand) -> None:
+        """``cmd/ticket_batch``, before its transaction: the ticket tables are written through
+        their own connection (one writer at a time), so the import runs first, and the command's
+        result is recorded after it. An id already answered is not imported again (a resend, or
+        the same id with other content: `_apply` answers those from the record); a refusal is
+        kept for `_dispatch` to answer."""
+        if self._ctx.store.command_result(command.id) is not None:
+            return
+        if self._ticket_batches is None:
+            self._batch_refusals[command.id] = CommandRejectedError(
+                "not_supported", "this site takes no water tickets (no tickets: section)"
+            )
+            return
+        # The document as sent, signature included (canonical_json leaves the signature out).
+        raw = json.dumps(command.batch, ensure_ascii=False).encode()
+        try:
+            self._ticket_batches.load(raw)
+        except (BatchError, BatchConflictError) as exc:
+            self._batch_refusals[command.id] = CommandRejectedError("invalid_batch", str(exc))
 
     def _answer(self, result: CommandResultPayload) -> None:
         """Publish a result that is not recorded against the command's id."""
@@ -285,6 +314,11 @@ class CommandHandler:
             return None
         if isinstance(command, MeterCommand):
             self._meter(tx, command, now)
+            return None
+        if isinstance(command, TicketBatchCommand):
+            refusal = self._batch_refusals.pop(command.id, None)
+            if refusal is not None:
+                raise refusal
             return None
         if isinstance(command, TariffCommand):
             self._save_overlay(tx, tariff_overlay(self._ctx, command, now))

@@ -20,15 +20,19 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from gateway.flows.context import FlowContext
 from gateway.messages import MessageClass, Outgoing
 from gateway.northbound.payloads import format_rfc3339
 from gateway.northbound.topics import QOS, PlantTopics
-from gateway.store.tickets import Conflict, ImportOutcome, Redemption, TicketStore
+from gateway.store.tickets import Conflict, ImportOutcome, NewBatch, Redemption, TicketStore
+from gateway.tickets import batches
 from gateway.tickets.decisions import TicketKind
 from gateway.tickets.events import RedemptionEvent
 
@@ -80,6 +84,50 @@ def import_redemption(store: TicketStore, raw: bytes | str) -> ImportOutcome:
             redeemed_at=event.at,
         )
     )
+
+
+def import_batch_document(
+    plant: str, keys: Mapping[str, Ed25519PublicKey], store: TicketStore, raw: bytes
+) -> tuple[batches.TicketBatch, bool]:
+    """Verify a signed ``ticket_batch`` document and store it. Returns the batch and whether it
+    is new (False: the identical batch was imported before).
+
+    Raises:
+        BatchError: unreadable, untrusted, forged or altered, inconsistent, or of another plant.
+        BatchConflictError: the id holds other content, or a range overlaps another batch's.
+    """
+    batch = batches.verify_batch(raw, keys)
+    if batch.plant != plant:
+        raise batches.BatchError(
+            f"batch {batch.batch} is of plant {batch.plant}; this box takes plant {plant}"
+        )
+    stored = NewBatch(
+        batch_id=batch.batch,
+        plant=batch.plant,
+        product=batch.product,
+        face_minor=batch.face_minor,
+        currency=batch.currency,
+        valid_from=batch.valid_from,
+        valid_until=batch.valid_until,
+        scope=batch.scope.model_dump(exclude_none=True),
+        ranges=tuple((r.first_serial, r.last_serial) for r in batch.ranges),
+        document=raw.decode("utf-8"),
+        content_hash=batches.content_hash(batch),
+    )
+    return batch, store.import_batch(stored)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchImport:
+    """What ``cmd/ticket_batch`` needs: the plant, its trusted keys, the ticket store."""
+
+    plant: str
+    keys: Mapping[str, Ed25519PublicKey]
+    store: TicketStore
+
+    def load(self, raw: bytes) -> tuple[batches.TicketBatch, bool]:
+        """`import_batch_document` into this box's store."""
+        return import_batch_document(self.plant, self.keys, self.store, raw)
 
 
 def _json(doc: dict[str, Any]) -> bytes:
@@ -149,10 +197,9 @@ class TicketFeed:
             self.refused += 1
             logger.warning("ignoring a ticket redemption on %s: %s", topic, str(exc)[:200])
             return
-        if outcome.own:
-            return
-        if outcome.new:
-            self.imported += 1
+        if outcome.own or not outcome.new:
+            return  # our own, or one already known (a redelivery, the retained copy again)
+        self.imported += 1
         if outcome.conflict is not None:
             self.conflicts += 1
             async with self._ctx.lock:

@@ -189,6 +189,15 @@ class MeterCommand(_Command):
     reason: Text
 
 
+class TicketBatchCommand(_Command):
+    """Water tickets issued to this box's depot: ``batch`` is the plant's signed batch document
+    (ranges of paper ticket codes, product, face value, validity; docs/tickets.md), checked
+    with the plant's keys, not the backend's."""
+
+    kind: Literal["ticket_batch"]
+    batch: dict[str, Any]
+
+
 Command = (
     TopupCommand
     | RefundCommand
@@ -197,6 +206,7 @@ Command = (
     | SupplyCommand
     | ReceiptCommand
     | MeterCommand
+    | TicketBatchCommand
 )
 
 COMMAND_MODELS: Final[dict[CommandKind, type[_Command]]] = {
@@ -207,6 +217,7 @@ COMMAND_MODELS: Final[dict[CommandKind, type[_Command]]] = {
     CommandKind.SUPPLY: SupplyCommand,
     CommandKind.RECEIPT: ReceiptCommand,
     CommandKind.METER: MeterCommand,
+    CommandKind.TICKET_BATCH: TicketBatchCommand,
 }
 
 

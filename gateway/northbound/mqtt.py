@@ -34,7 +34,7 @@ import math
 import random
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal, Protocol
@@ -57,6 +57,13 @@ class CommandHandler(Protocol):
     """What the link calls for each ``cmd/{kind}`` message."""
 
     def __call__(self, kind: str, raw: bytes, *, retained: bool) -> Awaitable[None]: ...
+
+
+class FeedHandler(Protocol):
+    """What the link calls for each message under a feed's subscription (other boxes'
+    ticket redemptions): the topic, the payload, and whether the broker retained it."""
+
+    def __call__(self, topic: str, raw: bytes, *, retained: bool) -> Awaitable[None]: ...
 
 
 # CONNACK codes meaning "I do not speak this protocol version" (3.1.1: 1; MQTT 5: 0x84).
@@ -140,6 +147,7 @@ class MqttLink:
         self._wake: asyncio.Event | None = None
         self._down_logged = False
         self._session_was_up = False
+        self._feeds: dict[str, FeedHandler] = {}
 
     def request_stop(self) -> None:
         """Ask `run` to drain the outbox (at most ``drain_deadline_s``), say offline and return."""
@@ -150,7 +158,11 @@ class MqttLink:
             self._wake.set()
 
     async def run(
-        self, outbox: OutboxReader, wake: asyncio.Event, on_command: CommandHandler
+        self,
+        outbox: OutboxReader,
+        wake: asyncio.Event,
+        on_command: CommandHandler,
+        feeds: Mapping[str, FeedHandler] | None = None,
     ) -> None:
         """Keep the link up until `request_stop` (or cancellation).
 
@@ -161,8 +173,10 @@ class MqttLink:
                 message, one at a time, in arrival order. It must answer through the outbox and
                 bound its own I/O; an exception it raises is logged and counted, and the link
                 goes on.
+            feeds: more subscriptions (topic filter -> handler), held to the same rules.
         """
         self._wake = wake
+        self._feeds = dict(feeds or {})
         failures = 0
         while not self._stop.is_set():
             error: BaseException | None = None
@@ -210,6 +224,8 @@ class MqttLink:
                 timeout_s = self._settings.publish_timeout_s
                 async with asyncio.timeout(timeout_s):
                     await client.subscribe(self._topics.command_filter, qos=QOS, timeout=math.inf)
+                    for topic_filter in self._feeds:
+                        await client.subscribe(topic_filter, qos=QOS, timeout=math.inf)
                     await client.publish(
                         self._topics.status,
                         self._status_payload("online"),
@@ -328,6 +344,10 @@ class MqttLink:
     async def _receive(self, client: aiomqtt.Client, on_command: CommandHandler) -> None:
         async for message in client.messages:
             topic = message.topic.value
+            feed = next((h for f, h in self._feeds.items() if message.topic.matches(f)), None)
+            if feed is not None:
+                await self._to_feed(feed, topic, message)
+                continue
             try:
                 kind = self._topics.command_kind(topic)
             except ValueError:
@@ -344,6 +364,16 @@ class MqttLink:
             except Exception:
                 self.counters.command_errors += 1
                 logger.exception("command handler failed on %s (command dropped)", topic)
+
+    async def _to_feed(self, feed: FeedHandler, topic: str, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray):
+            payload = b"" if payload is None else str(payload).encode()
+        try:
+            await feed(topic, bytes(payload), retained=bool(message.retain))
+        # The same boundary as for commands: one bad message must not end the link.
+        except Exception:
+            logger.exception("feed handler failed on %s (message dropped)", topic)
 
     # --- outgoing: the outbox drain -------------------------------------------------------
 

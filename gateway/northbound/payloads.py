@@ -98,6 +98,7 @@ class CommandKind(enum.StrEnum):
     SUPPLY = "supply"
     RECEIPT = "receipt"
     METER = "meter"
+    TICKET_BATCH = "ticket_batch"
 
 
 class ResultStatus(enum.StrEnum):

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from billing_engine.base.errors import ConfigError, InvalidConfigError, PrepayError
 from billing_engine.base.yaml_lines import errors_from_validation, line_of, parse_yaml
 from drivers.ports import Clock, utc_now
-from gateway.northbound.payloads import format_rfc3339
+from gateway.flows.ticket_feed import import_batch_document
 from gateway.northbound.signing import key_id, load_private_key, load_public_key
 from gateway.startup import STATE_FILE, read_private_key_file
 from gateway.store.tickets import (
@@ -36,8 +36,6 @@ from gateway.store.tickets import (
     EmergencyTicket,
     Extension,
     Grant,
-    ImportOutcome,
-    NewBatch,
     Redemption,
     RedemptionRequest,
     TicketStore,
@@ -60,7 +58,6 @@ from gateway.tickets.decisions import (
     kind_of,
 )
 from gateway.tickets.electronic import ElectronicTicket, Origin
-from gateway.tickets.events import RedemptionEvent
 from gateway.tickets.reasons import Refusal
 from gateway.tickets.scope import Scope
 from gateway.tickets.settings import TicketSettings
@@ -435,77 +432,17 @@ def issue_emergency(
 def import_batch(
     site: TicketSite, store: TicketStore, raw: bytes
 ) -> tuple[batches.TicketBatch, bool]:
-    """Verify a signed ``ticket_batch`` and store it. Returns the batch and whether it is new
-    (False: the identical batch was imported before).
+    """Verify a signed ``ticket_batch`` and store it (`ticket_feed.import_batch_document`,
+    which the daemon's ``cmd/ticket_batch`` uses too). Returns the batch and whether it is new.
 
     Raises:
         BatchError: unreadable, untrusted, forged or altered, inconsistent, or of another plant.
         BatchConflictError: the id holds other content, or a range overlaps another batch's.
     """
-    batch = batches.verify_batch(raw, site.keys)
-    if batch.plant != site.settings.plant_code:
-        raise batches.BatchError(
-            f"batch {batch.batch} is of plant {batch.plant}; this box takes plant"
-            f" {site.settings.plant_code}"
-        )
-    stored = NewBatch(
-        batch_id=batch.batch,
-        plant=batch.plant,
-        product=batch.product,
-        face_minor=batch.face_minor,
-        currency=batch.currency,
-        valid_from=batch.valid_from,
-        valid_until=batch.valid_until,
-        scope=batch.scope.model_dump(exclude_none=True),
-        ranges=tuple((r.first_serial, r.last_serial) for r in batch.ranges),
-        document=raw.decode("utf-8"),
-        content_hash=batches.content_hash(batch),
-    )
-    return batch, store.import_batch(stored)
+    return import_batch_document(site.settings.plant_code, site.keys, store, raw)
 
 
 # --- across boxes -----------------------------------------------------------------------------
-def redemption_event(redemption: Redemption) -> dict[str, Any]:
-    """A redemption here as the event other boxes import (`RedemptionEvent`)."""
-    event = RedemptionEvent(
-        code=redemption.code,
-        redemption_id=redemption.redemption_id,
-        kind=TicketKind(redemption.kind),
-        product=redemption.product,
-        qty=redemption.quantity,
-        box=redemption.box_id,
-        incarnation=redemption.incarnation,
-        where=redemption.where,
-        at=redemption.redeemed_at,
-    )
-    doc = event.model_dump(mode="json")
-    doc["at"] = format_rfc3339(redemption.redeemed_at)
-    return doc
-
-
-def import_redemption(store: TicketStore, raw: bytes | str) -> ImportOutcome:
-    """Record a redemption seen at another box (its event, as JSON).
-
-    Raises:
-        ValueError: not a valid redemption event (pydantic's `ValidationError` is one).
-    """
-    event = RedemptionEvent.model_validate_json(raw)
-    return store.import_remote(
-        Redemption(
-            seq=0,
-            code=event.code,
-            redemption_id=event.redemption_id,
-            kind=event.kind.value,
-            product=event.product,
-            quantity=event.qty,
-            box_id=event.box,
-            incarnation=event.incarnation,
-            where=event.where,
-            redeemed_at=event.at,
-        )
-    )
-
-
 # --- statistics -------------------------------------------------------------------------------
 def stats(
     site: TicketSite, store: TicketStore, *, now: datetime, period: str = "month"

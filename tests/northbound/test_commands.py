@@ -62,6 +62,7 @@ FIELDS: dict[CommandKind, dict[str, Any]] = {
     CommandKind.SUPPLY: {"device": "valve-17", "override": "on", "reason": "medical"},
     CommandKind.RECEIPT: {"topup_id": "t-1"},
     CommandKind.METER: {"meter": "m-1", "action": "accept_level", "reason": "swapped"},
+    CommandKind.TICKET_BATCH: {"batch": {"batch": "B-1", "signature": "checked by the box"}},
 }
 
 
@@ -87,7 +88,8 @@ def _reason(kind: str, raw: bytes, now: datetime = NOW) -> str:
 def test_parse_and_verify_each_kind_round_trip(kind: CommandKind) -> None:
     command = _parse(kind, json.dumps(_signed(kind), indent=2).encode())
     # each kind has its own model, named after it: topup -> TopupCommand
-    assert type(command) is getattr(commands, f"{kind.value.capitalize()}Command")
+    assert type(command) is commands.COMMAND_MODELS[kind]
+    assert type(command).__name__.lower() == f"{kind.value.replace('_', '')}command"
     assert command.id == "c-1"
     assert command.site == SITE
 

@@ -60,6 +60,7 @@ def write_box(
     region: str = REGION,
     settings: dict[str, Any] | None = None,
     plant_keys_from: Box | None = None,
+    mqtt_port: int = 1883,
 ) -> Box:
     """Write a site with a ``tickets`` section and create its store.
 
@@ -96,7 +97,7 @@ def write_box(
     site_file = write_site_file(
         directory,
         site_id=site_id,
-        mqtt_port=1883,
+        mqtt_port=mqtt_port,
         tariffs=[TARIFFS / "beijing-residential-water.yaml"],
         accounts=[account("A1", "m1", tariff="beijing_residential_water")],
         extra={"tickets": section},

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.flows import ticket_feed
 from gateway.ops import tickets
 from gateway.store.errors import IdempotencyConflictError
 from gateway.store.tickets import BatchConflictError, EmergencyCapError, TicketStore
@@ -239,17 +240,21 @@ def test_redemption_seen_at_another_box_refused_here_and_a_double_is_a_conflict(
         # Box two redeems 10_001; box one learns of it and refuses it afterwards.
         at_two = tickets.redeem(two.site(), b, code(10_001), now=NOW, where="van 3")
         assert at_two.redeemed is not None
-        event = json.dumps(tickets.redemption_event(at_two.redeemed))
-        imported = tickets.import_redemption(a, event)
-        again = tickets.import_redemption(a, event)
+        event = json.dumps(ticket_feed.redemption_event(at_two.redeemed))
+        imported = ticket_feed.import_redemption(a, event)
+        again = ticket_feed.import_redemption(a, event)
         refused = tickets.redeem(one.site(), a, code(10_001), now=NOW)
         # Both offline: both redeem 10_002; when the events cross, each box sees the conflict.
         here = tickets.redeem(one.site(), a, code(10_002), now=NOW)
         there = tickets.redeem(two.site(), b, code(10_002), now=NOW)
         assert here.redeemed is not None
         assert there.redeemed is not None
-        outcome = tickets.import_redemption(a, json.dumps(tickets.redemption_event(there.redeemed)))
-        own = tickets.import_redemption(a, json.dumps(tickets.redemption_event(here.redeemed)))
+        outcome = ticket_feed.import_redemption(
+            a, json.dumps(ticket_feed.redemption_event(there.redeemed))
+        )
+        own = ticket_feed.import_redemption(
+            a, json.dumps(ticket_feed.redemption_event(here.redeemed))
+        )
         conflicts = a.conflicts()
     assert (imported.new, imported.conflict) == (True, None)
     assert (again.new, again.conflict) == (False, None)
@@ -369,7 +374,7 @@ def test_redemption_events_listed_in_order_for_publishing(box: Box) -> None:
         rest = store.redemptions(after_seq=first[-1].seq)
     assert [r.redemption_id for r in first] == ["s10030", "s10031"]
     assert [r.redemption_id for r in rest] == ["s10032"]
-    event = tickets.redemption_event(rest[0])
+    event = ticket_feed.redemption_event(rest[0])
     assert event == {
         "event": "ticket_redeemed",
         "code": code(10_032),
@@ -387,7 +392,7 @@ def test_redemption_events_listed_in_order_for_publishing(box: Box) -> None:
 def test_redemption_bad_event_refused_and_nothing_imported(box: Box) -> None:
     with box.store() as store:
         with pytest.raises(ValueError, match="incarnation"):
-            tickets.import_redemption(
+            ticket_feed.import_redemption(
                 store,
                 json.dumps(
                     {"event": "ticket_redeemed", "code": code(10_001), "redemption_id": "x",

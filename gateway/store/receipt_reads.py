@@ -1,0 +1,77 @@
+"""Stored receipts, read without the keys and without writing: ``prepay receipt print`` reads
+them while the daemon runs.
+
+The file is opened with ``mode=ro`` inside one deferred read transaction, as
+`gateway.store.statements.open_view` does (in WAL mode a reader never blocks the writer).
+A receipt is stored as the canonical JSON that was signed and its signature, so the signed
+document is those fields plus ``signature``, byte for byte what the gateway issued.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gateway.store.command_results import Receipt, receipt_for_topup
+from gateway.store.errors import StoreError
+
+_BY_SEQ = "SELECT seq, topup_id, account_id, payload, signature FROM receipts WHERE seq = ?"
+_LATEST = "SELECT seq, topup_id, account_id, payload, signature FROM receipts ORDER BY seq DESC"
+
+
+class ReceiptReader:
+    """Receipts of one snapshot of the store; obtained from `open_receipts`."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def by_topup(self, topup_id: str) -> Receipt | None:
+        """The receipt of top-up ``topup_id``, or None when it has none."""
+        return receipt_for_topup(self._conn, topup_id)
+
+    def by_seq(self, seq: int) -> Receipt | None:
+        """The receipt numbered ``seq`` in this store, or None."""
+        row = self._conn.execute(_BY_SEQ, (seq,)).fetchone()
+        return None if row is None else _receipt(row)
+
+    def latest(self) -> Receipt | None:
+        """The newest receipt, or None when the store has issued none."""
+        row = self._conn.execute(_LATEST).fetchone()
+        return None if row is None else _receipt(row)
+
+
+def _receipt(row: tuple[int, str, str, bytes, bytes]) -> Receipt:
+    seq, topup_id, account_id, payload, signature = row
+    return Receipt(seq, topup_id, account_id, bytes(payload), bytes(signature))
+
+
+def signed_document(receipt: Receipt) -> dict[str, Any]:
+    """The signed receipt as the gateway issued it: the stored fields plus ``signature``."""
+    fields: dict[str, Any] = json.loads(receipt.payload)
+    return {**fields, "signature": receipt.signature.decode("ascii")}
+
+
+@contextmanager
+def open_receipts(path: Path) -> Iterator[ReceiptReader]:
+    """A read-only snapshot of the receipts in the store file at ``path``.
+
+    Raises:
+        StoreError: there is no such file, or it cannot be read as a store.
+    """
+    if not path.is_file():
+        raise StoreError(f"no store at {path}: the gateway has not run with this site yet")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open the store: {exc}") from exc
+    try:
+        conn.execute("BEGIN")  # deferred: one read snapshot, from the first read on
+        yield ReceiptReader(conn)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot read the store: {exc}") from exc
+    finally:
+        conn.close()
