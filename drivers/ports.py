@@ -242,3 +242,112 @@ class DeviceRejectedError(DriverError):
     def __init__(self, device_id: str, code: int, message: str = "") -> None:
         self.code = code
         super().__init__(device_id, f"rejected with code {code}{': ' + message if message else ''}")
+
+
+# ---- vending at dispensers (docs/vending.md) ---------------------------------------------------
+# A self-service dispenser asks the core whether to pour for the identity a customer presented,
+# and reports what it poured. The core answers through `VendingPort`; the driver reports into a
+# `VendingSink`. Both carry plain values (no BLE), so the core never imports a driver.
+
+
+class IdentityKind(enum.StrEnum):
+    """What a customer presented at a dispenser."""
+
+    CARD = "card"  # an account card
+    PHONE = "phone"  # a phone id registered to an account
+    TICKET = "ticket"  # a water-ticket code
+
+
+class DenyReason(enum.StrEnum):
+    """Why the core refuses a pour; the dispenser shows it to the customer."""
+
+    NO_CREDIT = "no_credit"
+    TICKET_USED = "ticket_used"
+    TICKET_EXPIRED = "ticket_expired"
+    WRONG_SCOPE = "wrong_scope"
+    UNKNOWN_ACCOUNT = "unknown_account"
+    LOCKED = "locked"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityPresented:
+    """A customer presented ``identity`` at ``dispenser_id`` (``request_id``: the device's)."""
+
+    dispenser_id: str
+    request_id: int
+    kind: IdentityKind
+    identity: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PourReport:
+    """What a dispenser says about one session: ``session_ml`` poured so far; ``ended`` on the
+    session's last report (also when it is read back after a reconnect)."""
+
+    dispenser_id: str
+    session_id: int
+    session_ml: int
+    ended: bool
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DispenserCaughtUp:
+    """After a (re)connect: the highest session id the dispenser has ever accepted (a session
+    the core opened above it never started at the device)."""
+
+    dispenser_id: str
+    last_session_id: int
+    at: datetime
+
+
+class VendingSink(Protocol):
+    """Where a vending-capable driver reports (the core's vending flow)."""
+
+    async def presented(self, request: IdentityPresented) -> None:
+        """A customer is waiting at the dispenser for an answer."""
+
+    async def poured(self, report: PourReport) -> None:
+        """A session's volume (a repeated or replayed report must be harmless)."""
+
+    async def caught_up(self, status: DispenserCaughtUp) -> None:
+        """The link is (back) up and the device's session counter is known."""
+
+
+@runtime_checkable
+class VendingPort(Protocol):
+    """A driver of dispensers that take requests from customers (profile v2)."""
+
+    name: str
+
+    def handles(self, device_id: str) -> bool:
+        """True when this driver drives ``device_id``."""
+
+    def attach_vending(self, sink: VendingSink) -> None:
+        """Report requests and pours into ``sink`` from now on."""
+
+    async def next_session(self, dispenser_id: str) -> int:
+        """The session id the dispenser will accept next (journalled before `grant`).
+
+        Raises:
+            DriverError: the dispenser cannot be read.
+        """
+
+    async def grant(
+        self, dispenser_id: str, session_id: int, max_ml: int, ref_kind: IdentityKind, ref: str
+    ) -> None:
+        """Authorise ``session_id`` for at most ``max_ml``, charged to ``ref``.
+
+        Raises:
+            DeviceRejectedError: the dispenser refused (locked, busy, faulted, stale session).
+            DriverError: the command could not be delivered.
+        """
+
+    async def deny(self, dispenser_id: str, reason: DenyReason) -> None:
+        """Show ``reason`` on the dispenser.
+
+        Raises:
+            DriverError: the command could not be delivered.
+        """

@@ -88,7 +88,7 @@ class SimulatedDispenserBackend(SimulatedBackendBase):
         self._device = device
         self._name = device.name
         self._callbacks.clear()
-        self.services = build_services()
+        self.services = build_services(device.profile_version)
 
     async def disconnect(self) -> None:
         """Disconnect on purpose (no disconnected callback, as in bleak's backends)."""

@@ -24,7 +24,14 @@ from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakError
 from bleak.uuids import normalize_uuid_16
 
-from drivers.ble.gatt import COMMAND_UUID, DISPENSED_UUID, LOCK_UUID, SERVICE_UUID, STATUS_UUID
+from drivers.ble.gatt import (
+    COMMAND_UUID,
+    DISPENSED_UUID,
+    LOCK_UUID,
+    REQUEST_UUID,
+    SERVICE_UUID,
+    STATUS_UUID,
+)
 from firmware_sim.dispenser import ATT_WRITE_NOT_PERMITTED, AttError, SimulatedDispenser
 
 ATT_MTU: Final = 247
@@ -47,10 +54,14 @@ _DISPENSER: Final[_Characteristics] = (
     (STATUS_UUID, ["read", "notify"]),
     (LOCK_UUID, ["read", "write", "notify"]),
 )
+# Profile v2 adds the Request characteristic (notify only: a presentation missed while the link
+# is down is not replayed; the customer presents again).
+_REQUEST: Final[_Characteristics] = ((REQUEST_UUID, ["notify"]),)
 
 
-def build_services() -> BleakGATTServiceCollection:
-    """The GATT table of every simulated dispenser: Device Information and the dispenser service.
+def build_services(profile_version: int = 2) -> BleakGATTServiceCollection:
+    """The GATT table of a simulated dispenser: Device Information and the dispenser service
+    (with the Request characteristic from profile v2 on).
 
     Handles are numbered as a GATT server does: service, then per characteristic its declaration,
     its value and (when it notifies) its CCCD.
@@ -66,7 +77,8 @@ def build_services() -> BleakGATTServiceCollection:
     def mtu_payload() -> int:
         return ATT_MTU - 3
 
-    for uuid, chars in ((DEVICE_INFO_UUID, _DEVICE_INFO), (SERVICE_UUID, _DISPENSER)):
+    dispenser = _DISPENSER + (_REQUEST if profile_version >= 2 else ())
+    for uuid, chars in ((DEVICE_INFO_UUID, _DEVICE_INFO), (SERVICE_UUID, dispenser)):
         service = BleakGATTService(None, next_handle(), uuid)
         collection.add_service(service)
         for char_uuid, props in chars:
@@ -173,6 +185,10 @@ class SimulatedBackendBase(BaseBleakClient):
         self._check_connected()
         self._callbacks.pop(characteristic.uuid, None)
         await self._subscription_changed(characteristic.uuid, on=False)
+
+    def is_subscribed(self, uuid: str) -> bool:
+        """True when bleak subscribed to ``uuid`` on this link."""
+        return uuid in self._callbacks
 
     def _notified(self, uuid: str, data: bytes) -> None:
         """A notification arrived: hand it to bleak's callback, if subscribed."""

@@ -90,6 +90,10 @@ class _RemoteLink:
         if uuid in self.subscribed:
             self.send({"event": "notify", "uuid": uuid, "data": data.hex()})
 
+    def is_subscribed(self, uuid: str) -> bool:
+        """True when the central subscribed to ``uuid``."""
+        return uuid in self.subscribed
+
     def lose(self) -> None:
         """The radio link dropped: say so, then hang up."""
         self.device = None
@@ -236,7 +240,12 @@ class BleAirServer:
             raise _RequestError("refused", f"{address}: simulated connection failure") from None
         link.device = device
         self._on_change()
-        return {"name": device.name, "model": device.model, "firmware": device.firmware}
+        return {
+            "name": device.name,
+            "model": device.model,
+            "firmware": device.firmware,
+            "profile": device.profile_version,
+        }
 
 
 class _RequestError(Exception):
@@ -308,7 +317,9 @@ class RemoteSimBackend(SimulatedBackendBase):
         self._name = str(answer.get("name") or self.address)
         self._callbacks.clear()
         self._connected = True
-        self.services = build_services()  # the same table as every simulated dispenser's
+        # the same table as every simulated dispenser's of that profile version
+        profile = answer.get("profile", 1)
+        self.services = build_services(profile if isinstance(profile, int) else 1)
 
     async def disconnect(self) -> None:
         """Disconnect on purpose (no disconnected callback, as in bleak's backends)."""

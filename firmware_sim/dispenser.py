@@ -14,7 +14,13 @@ The pour is driven by the test (`pour`), never by a timer, so every run is deter
 Faults on demand: ``fail_next_connects`` (refuse the next N connection attempts),
 ``disconnect_at_session_ml`` (drop every link once the session reaches that volume; the pour goes
 on, as a real dispenser's does), ``ignore_lock_writes`` (answer a Lock write with success and do
-nothing), `raise_fault`.
+nothing), `raise_fault`, `overreport_ml` (a faulty flow meter that reports more than it poured).
+
+Profile v2 (``profile_version`` 2, the default; 1 = a v1 device without the Request
+characteristic): `present` is a customer tapping a card, a phone or scanning a ticket (a Request
+notification); a Refuse shows its reason on the display (``display``); and the last SESSION_END
+frame stays what a read of Dispensed returns until the next Authorise, so a gateway that missed
+the end (link down, gateway crashed) settles from it when it reconnects.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from drivers.ble.gatt import (
     COMMAND_UUID,
     DISPENSED_UUID,
     LOCK_UUID,
+    REQUEST_UUID,
     STATUS_UUID,
     U32_MAX,
     AppError,
@@ -36,15 +43,19 @@ from drivers.ble.gatt import (
     DispenserState,
     FaultCode,
     GattFrameError,
+    IdentityKind,
     LockFrame,
     LockReason,
     RefuseCommand,
+    RefuseReason,
+    RequestFrame,
     StatusFrame,
     StopCommand,
     decode_command,
     decode_lock,
     encode_dispensed,
     encode_lock,
+    encode_request,
     encode_status,
     verify_authorise,
 )
@@ -78,6 +89,9 @@ class Link(Protocol):
     def lose(self) -> None:
         """The radio link dropped."""
 
+    def is_subscribed(self, uuid: str) -> bool:
+        """True when the central subscribed to ``uuid``."""
+
 
 @dataclass
 class SimulatedDispenser:
@@ -89,10 +103,12 @@ class SimulatedDispenser:
     auth_key: bytes | None = None
     model: str = "SIM-WD1"
     firmware: str = "1.0.0"
+    profile_version: int = 2
     # fault injection
     fail_next_connects: int = 0
     disconnect_at_session_ml: int | None = None
     ignore_lock_writes: bool = False
+    overreport_ml: int = 0  # added to session_ml in every report (a faulty flow meter)
     # session
     state: DispenserState = DispenserState.IDLE
     fault: FaultCode = FaultCode.NONE
@@ -106,6 +122,9 @@ class SimulatedDispenser:
     connect_attempts: int = 0
     commands: list[AuthoriseCommand | RefuseCommand | StopCommand] = field(default_factory=list)
     last_dispensed: DispensedFrame | None = None
+    # v2: the customer side
+    last_request_id: int = 0
+    display: RefuseReason | None = None  # the refusal shown on the screen, None = none
     _links: list[Link] = field(default_factory=list)
 
     # ---- radio -----------------------------------------------------------------------------
@@ -141,6 +160,23 @@ class SimulatedDispenser:
     def inject_notification(self, uuid: str, data: bytes) -> None:
         """Send raw bytes as a notification (fault injection: garbage frames)."""
         self._notify(uuid, data)
+
+    def listening(self, uuid: str) -> bool:
+        """True when a connected central subscribed to ``uuid`` (a test waits on it)."""
+        return any(link.is_subscribed(uuid) for link in self._links)
+
+    def present(self, kind: IdentityKind, identity: str) -> int:
+        """A customer presents a card, a phone or a ticket (v2): a Request notification.
+
+        Returns the request id. A v1 device has no request path and raises `RuntimeError`.
+        """
+        if self.profile_version < 2:
+            raise RuntimeError("a v1 dispenser has no request path")
+        self.last_request_id += 1
+        self.display = None
+        frame = RequestFrame(self.last_request_id, kind, identity)
+        self._notify(REQUEST_UUID, encode_request(frame))
+        return self.last_request_id
 
     def _notify(self, uuid: str, data: bytes) -> None:
         for link in list(self._links):
@@ -196,6 +232,7 @@ class SimulatedDispenser:
             case AuthoriseCommand():
                 self._authorise(cmd)
             case RefuseCommand():
+                self.display = cmd.reason
                 if cmd.session_id and cmd.session_id == self.session_id:
                     self._end_session(DispenseFlags.STOPPED)
             case StopCommand():
@@ -215,6 +252,7 @@ class SimulatedDispenser:
         if cmd.session_id <= self.last_session_id:
             raise AttError(AppError.STALE_SESSION)
         self.session_id = self.last_session_id = cmd.session_id
+        self.display = None
         self.session_ml = 0
         self.max_ml = cmd.max_ml
         self.state = DispenserState.AUTHORISED
@@ -255,6 +293,11 @@ class SimulatedDispenser:
                 self.drop_links()
         return poured
 
+    def finish(self) -> None:
+        """The customer presses "done" (stops early): the valve closes, the session ends."""
+        if self.session_id:
+            self._end_session(DispenseFlags.STOPPED)
+
     def _valve_may_open(self) -> bool:
         return (
             not self.locked
@@ -282,11 +325,15 @@ class SimulatedDispenser:
         self.session_ml = 0
         self.max_ml = 0
         self.state = DispenserState.IDLE
-        self.last_dispensed = None
+        if self.profile_version < 2:
+            self.last_dispensed = None
+        # v2: the SESSION_END frame stays readable until the next Authorise (_send_dispensed
+        # kept it in last_dispensed), so a gateway that missed it settles from a read.
         self._send_status()
 
     def _send_dispensed(self, flags: DispenseFlags) -> None:
-        frame = DispensedFrame(self.session_id, self.total_ml, self.session_ml, flags)
+        reported = self.session_ml + self.overreport_ml if self.session_id else 0
+        frame = DispensedFrame(self.session_id, self.total_ml, min(reported, U32_MAX), flags)
         self.last_dispensed = frame
         self._notify(DISPENSED_UUID, encode_dispensed(frame))
 

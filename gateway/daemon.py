@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from billing_engine.base.errors import InvalidConfigError
-from drivers.ports import Actuator, Clock, ReadingSource, utc_now
+from drivers.ports import Actuator, Clock, ReadingSource, VendingPort, utc_now
 from gateway.config import Site, load_site, site_changes
 from gateway.flows.actuation import ActuationManager
 from gateway.flows.command_handler import CommandHandler
@@ -36,6 +36,7 @@ from gateway.flows.pipeline import Pipeline
 from gateway.flows.probe import GatewayProbe
 from gateway.flows.spool import Spool
 from gateway.flows.ticket_feed import BatchImport, TicketFeed
+from gateway.flows.vending import VendingFlow
 from gateway.northbound.checkpoint_reader import (
     CheckpointUnavailableError,
     read_retained_checkpoint,
@@ -171,6 +172,20 @@ class Gateway:
             gateway_key=self.keys.gateway,
             ticket_batches=batch_import,
         )
+        # --- vending at dispensers (docs/vending.md): the drivers that take customers' requests
+        # report into the flow from their own loops; nothing else to start. Tickets presented
+        # at a dispenser are redeemed through a ticket store of its own on the same file.
+        self.vending = VendingFlow(
+            self.ctx,
+            [a for a in self.actuators if isinstance(a, VendingPort)],
+            tickets=(
+                TicketStore(site.state_dir / STATE_FILE, box_id=site.config.site, clock=clock)
+                if site.config.tickets is not None
+                else None
+            ),
+        )
+        self.vending.attach()
+        # --- end vending
         self.timers = Timers(
             self.ctx,
             self.pipeline,

@@ -19,6 +19,13 @@ counter is cumulative:
 
 Lock: ``set_supply(device_id, False)`` writes Lock = locked (reason NO_CREDIT); `read_supply` reads
 it back. `apply_supply` does both and says whether the device obeyed.
+
+Vending (profile v2, `drivers.ports.VendingPort`): once a `VendingSink` is attached, a Request
+notification (a customer presented a card, a phone id or a ticket) goes to ``sink.presented``,
+every Dispensed frame of a session to ``sink.poured`` (``ended`` on its SESSION_END frame, also
+when that frame is read back after a reconnect), and after each (re)connect the device's
+``last_session_id`` to ``sink.caught_up``. A v1 device has no Request characteristic: it is
+simply never subscribed.
 """
 
 from __future__ import annotations
@@ -44,22 +51,27 @@ from drivers.ble.gatt import (
     COMMAND_UUID,
     DISPENSED_UUID,
     LOCK_UUID,
+    REQUEST_UUID,
     SERVICE_UUID,
     STATUS_UUID,
     U32_MAX,
     AuthoriseCommand,
+    DispenseFlags,
     DispenseRef,
     DispenserState,
     FaultCode,
     GattFrameError,
+    IdentityKind,
     LockFrame,
     LockReason,
+    RefKind,
     RefuseCommand,
     RefuseReason,
     StatusFrame,
     StopCommand,
     decode_dispensed,
     decode_lock,
+    decode_request,
     decode_status,
     encode_command,
     encode_lock,
@@ -68,20 +80,26 @@ from drivers.ble.gatt import (
 from drivers.ports import (
     Actuator,
     Clock,
+    DenyReason,
     DeviceRejectedError,
     DeviceTimeoutError,
+    DispenserCaughtUp,
     DriverError,
     DriverEvent,
     DriverEventKind,
     FrameError,
+    IdentityPresented,
+    PourReport,
     Quality,
     Reading,
     ReadingSink,
     ReadingSource,
     SupplyConfirmation,
     SupplyState,
+    VendingSink,
     utc_now,
 )
+from drivers.ports import IdentityKind as PortIdentityKind
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +128,21 @@ async def address_only_device(address: str, timeout_s: float) -> BLEDevice | Non
 class _Channel(enum.Enum):
     DISPENSED = "dispensed"
     STATUS = "status"
+    REQUEST = "request"
+
+
+# The profile's identity kinds and refusal codes, in the core's words (drivers.ports).
+_IDENTITY_KINDS: Final = {
+    IdentityKind.ACCOUNT_CARD: PortIdentityKind.CARD,
+    IdentityKind.PHONE_ID: PortIdentityKind.PHONE,
+    IdentityKind.TICKET: PortIdentityKind.TICKET,
+}
+_REF_KINDS: Final = {
+    PortIdentityKind.CARD: RefKind.ACCOUNT,
+    PortIdentityKind.PHONE: RefKind.ACCOUNT,
+    PortIdentityKind.TICKET: RefKind.PAPER_TICKET,
+}
+_REFUSE_REASONS: Final = {reason: RefuseReason[reason.name] for reason in DenyReason}
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +202,7 @@ class DispenserClient:
         self._last_register: int | None = None
         self._online: bool | None = None
         self.last_status: StatusFrame | None = None
+        self._vending: VendingSink | None = None
         self.frames_dropped = 0
         self.frame_errors = 0
         self.unexpected_errors = 0
@@ -311,7 +345,16 @@ class DispenserClient:
         await self._handle(_Item(generation, _Channel.DISPENSED, dispensed), sink)
         status = await self._read(client, STATUS_UUID, "status read")
         await self._handle(_Item(generation, _Channel.STATUS, status), sink)
-        for uuid, channel in ((DISPENSED_UUID, _Channel.DISPENSED), (STATUS_UUID, _Channel.STATUS)):
+        if self._vending is not None and self.last_status is not None:
+            await self._vending.caught_up(
+                DispenserCaughtUp(
+                    self.config.device_id, self.last_status.last_session_id, self._clock()
+                )
+            )
+        channels = [(DISPENSED_UUID, _Channel.DISPENSED), (STATUS_UUID, _Channel.STATUS)]
+        if client.services.get_characteristic(REQUEST_UUID) is not None:  # profile v2
+            channels.append((REQUEST_UUID, _Channel.REQUEST))
+        for uuid, channel in channels:
             try:
                 async with asyncio.timeout(self.config.command_timeout_s):
                     await client.start_notify(uuid, self._notification_handler(generation, channel))
@@ -337,9 +380,32 @@ class DispenserClient:
         self._recent_frames.append(f"{item.channel.value}:{item.data.hex()}")
         try:
             if item.channel is _Channel.DISPENSED:
-                await self._on_dispensed(decode_dispensed(item.data).total_ml, sink)
+                frame = decode_dispensed(item.data)
+                await self._on_dispensed(frame.total_ml, sink)
+                if self._vending is not None and frame.session_id:
+                    await self._vending.poured(
+                        PourReport(
+                            self.config.device_id,
+                            frame.session_id,
+                            frame.session_ml,
+                            ended=DispenseFlags.SESSION_END in frame.flags,
+                            at=self._clock(),
+                        )
+                    )
             elif item.channel is _Channel.STATUS:
                 self._on_status(decode_status(item.data))
+            elif item.channel is _Channel.REQUEST:
+                request = decode_request(item.data)
+                if self._vending is not None:
+                    await self._vending.presented(
+                        IdentityPresented(
+                            self.config.device_id,
+                            request.request_id,
+                            _IDENTITY_KINDS[request.kind],
+                            request.identity,
+                            self._clock(),
+                        )
+                    )
         except GattFrameError as exc:
             self.frame_errors += 1
             logger.warning(
@@ -583,6 +649,60 @@ class DispenserClient:
         self._check_device(dispenser_id)
         async with self._command_lock:
             await self._write(COMMAND_UUID, encode_command(StopCommand(session_id)), "stop")
+
+    # ---- VendingPort ----------------------------------------------------------------------
+
+    def attach_vending(self, sink: VendingSink) -> None:
+        """Report requests, pours and reconnects into ``sink`` from now on."""
+        self._vending = sink
+
+    async def next_session(self, dispenser_id: str) -> int:
+        """The session id the dispenser accepts next: its ``last_session_id`` + 1 (read live).
+
+        Raises:
+            DriverError: not this dispenser, or the read failed.
+        """
+        status = await self.read_status(dispenser_id)
+        return next_session_id(status.last_session_id)
+
+    async def grant(
+        self,
+        dispenser_id: str,
+        session_id: int,
+        max_ml: int,
+        ref_kind: PortIdentityKind,
+        ref: str,
+    ) -> None:
+        """Authorise ``session_id`` (journalled by the core before this call) for ``max_ml``.
+
+        Raises:
+            ValueError: ``max_ml`` or ``session_id`` out of range, or ``ref`` too long.
+            DeviceRejectedError: the dispenser refused (LOCKED, BUSY, FAULTED, STALE_SESSION...).
+            DriverError: not this dispenser, or the link failed.
+        """
+        self._check_device(dispenser_id)
+        command = AuthoriseCommand(session_id, max_ml, DispenseRef(_REF_KINDS[ref_kind], ref))
+        key = self.config.auth_key
+        if key is not None:
+            command = sign_authorise(command, key)
+        frame = encode_command(command)
+        async with self._command_lock:
+            await self._write(COMMAND_UUID, frame, "authorise")
+        logger.info(
+            "dispenser %s: session %d authorised for %d mL (%s)",
+            dispenser_id,
+            session_id,
+            max_ml,
+            ref_kind.value,
+        )
+
+    async def deny(self, dispenser_id: str, reason: DenyReason) -> None:
+        """Show ``reason`` on the dispenser (no session is opened).
+
+        Raises:
+            DriverError: not this dispenser, or the write failed.
+        """
+        await self.refuse(dispenser_id, _REFUSE_REASONS[reason])
 
     def faulted(self) -> FaultCode | None:
         """The last reported fault, or None when the last Status showed none."""

@@ -11,7 +11,12 @@ Characteristics (UUID suffix after ``6e1d``; all in service ``6e1d0001-...``):
 * Command ``0002``, write with response: `AuthoriseCommand`, `RefuseCommand`, `StopCommand`;
 * Dispensed ``0003``, read + notify: `DispensedFrame` (cumulative mL counter, session id);
 * Status ``0004``, read + notify: `StatusFrame`;
-* Lock ``0005``, read + write + notify: `LockFrame`.
+* Lock ``0005``, read + write + notify: `LockFrame`;
+* Request ``0006``, read + notify (profile v2): `RequestFrame` (a customer presented an identity).
+
+Versions: every v1 frame keeps version byte ``PROFILE_VERSION`` (1) in v2, so a v1 device stays
+valid; the Request frame, new in v2, carries ``REQUEST_VERSION`` (2). A receiver checks each
+frame kind against the one version defined for it.
 
 No I/O here: the adapter (`drivers.ble.dispenser`) and the simulator (`firmware_sim.dispenser`) both
 call these functions.
@@ -29,12 +34,15 @@ from typing import Final, TypeVar
 from billing_engine.base.errors import PrepayError
 
 PROFILE_VERSION: Final = 1
+#: The version byte of the Request frame: it was added in profile v2.
+REQUEST_VERSION: Final = 2
 
 SERVICE_UUID: Final = "6e1d0001-7a3c-4f52-9b1e-3c0f5a000001"
 COMMAND_UUID: Final = "6e1d0002-7a3c-4f52-9b1e-3c0f5a000001"
 DISPENSED_UUID: Final = "6e1d0003-7a3c-4f52-9b1e-3c0f5a000001"
 STATUS_UUID: Final = "6e1d0004-7a3c-4f52-9b1e-3c0f5a000001"
 LOCK_UUID: Final = "6e1d0005-7a3c-4f52-9b1e-3c0f5a000001"
+REQUEST_UUID: Final = "6e1d0006-7a3c-4f52-9b1e-3c0f5a000001"
 
 U32_MAX: Final = 0xFFFF_FFFF
 REF_LEN: Final = 16  # a paper/electronic water-ticket code is 16 digits (tickets.md)
@@ -137,6 +145,14 @@ class LockReason(enum.IntEnum):
     FAULT = 3
 
 
+class IdentityKind(enum.IntEnum):
+    """What the customer presented at the dispenser (byte 5 of the Request frame, v2)."""
+
+    ACCOUNT_CARD = 1
+    PHONE_ID = 2
+    TICKET = 3
+
+
 @dataclass(frozen=True, slots=True)
 class DispenseRef:
     """The account or ticket a dispense is charged to: up to 16 printable ASCII characters."""
@@ -227,6 +243,29 @@ class LockFrame:
     reason: LockReason = LockReason.NONE
 
 
+@dataclass(frozen=True, slots=True)
+class RequestFrame:
+    """One Request notification (profile v2): a customer presented an identity at the machine.
+
+    Attributes:
+        request_id: u32 > 0, chosen by the device, new for each presentation (the gateway's logs
+            and the device's display tie the answer to it).
+        kind: see `IdentityKind`.
+        identity: the card number, phone id or ticket code: 1..16 printable ASCII characters.
+    """
+
+    request_id: int
+    kind: IdentityKind
+    identity: str
+
+    def __post_init__(self) -> None:
+        code = self.identity
+        if not 0 < len(code) <= REF_LEN or not code.isascii() or not code.isprintable():
+            raise ValueError(f"RequestFrame.identity must be 1..{REF_LEN} printable ASCII")
+        if not 0 < self.request_id <= U32_MAX:
+            raise ValueError(f"RequestFrame.request_id must be 1..{U32_MAX}")
+
+
 # struct layouts, one per frame kind: "<" = little-endian, no padding.
 _DISPENSED: Final = struct.Struct("<BIIIB")  # ver session_id total_ml session_ml flags = 14
 _STATUS: Final = struct.Struct("<BBBBI")  # ver state fault locked last_session_id = 8
@@ -235,6 +274,7 @@ _AUTH_BODY: Final = struct.Struct("<BBIIHB16s")  # ver op session max_ml ttl ref
 _AUTH: Final = struct.Struct("<BBIIHB16s8s")  # body + mac = 37
 _REFUSE: Final = struct.Struct("<BBIB")  # ver op session reason = 7
 _STOP: Final = struct.Struct("<BBI")  # ver op session = 6
+_REQUEST: Final = struct.Struct("<BIB16s")  # ver request_id kind identity = 22
 
 _DEFINED_FLAGS: Final = 0x0F
 
@@ -242,14 +282,16 @@ _DEFINED_FLAGS: Final = 0x0F
 AUTH_SIGNED_LEN: Final = _AUTH_BODY.size
 
 
-def _check_len(kind: str, data: bytes, layout: struct.Struct) -> None:
+def _check_len(
+    kind: str, data: bytes, layout: struct.Struct, version: int = PROFILE_VERSION
+) -> None:
     if len(data) == 0:
         raise GattFrameError(kind, data, "empty frame")
-    if data[0] != PROFILE_VERSION:
+    if data[0] != version:
         raise GattFrameError(
             kind,
             data,
-            f"unsupported profile version {data[0]} (this code speaks {PROFILE_VERSION})",
+            f"unsupported profile version {data[0]} (a {kind} frame is version {version})",
         )
     if len(data) != layout.size:
         raise GattFrameError(kind, data, f"length {len(data)}, expected {layout.size}")
@@ -449,3 +491,37 @@ def decode_command(data: bytes) -> Command:
         case Op.STOP:
             _, _, session_id = _STOP.unpack(data)
             return StopCommand(session_id)
+
+
+# ---- Request (v2) ------------------------------------------------------------------------------
+
+
+def encode_request(frame: RequestFrame) -> bytes:
+    """Pack a Request frame (the device side; the simulator uses it)."""
+    return _REQUEST.pack(
+        REQUEST_VERSION,
+        frame.request_id,
+        frame.kind,
+        frame.identity.encode("ascii").ljust(REF_LEN, b"\0"),
+    )
+
+
+def decode_request(data: bytes) -> RequestFrame:
+    """Unpack a Request frame.
+
+    Raises:
+        GattFrameError: wrong version or length, unknown kind, request_id 0, or an identity
+            that is empty, has a NUL inside or is not printable ASCII.
+    """
+    data = bytes(data)
+    _check_len("request", data, _REQUEST, REQUEST_VERSION)
+    _, request_id, kind, raw = _REQUEST.unpack(data)
+    identity = raw.rstrip(b"\0")
+    if b"\0" in identity:
+        raise GattFrameError("request", data, "identity has a NUL inside")
+    try:
+        return RequestFrame(
+            request_id, _enum("request", data, IdentityKind, kind), identity.decode("ascii")
+        )
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GattFrameError("request", data, f"bad request: {exc}") from exc

@@ -96,6 +96,8 @@ PYMODBUS_LOGGER = "pymodbus.logging"
 PYMODBUS_LOG_INTERVAL_S = 60.0
 _PYMODBUS_FRAMES = "\n>>>>> "  # pymodbus appends its last raw frames to errors after this
 _NUMBERS = re.compile(r"\d+")
+# Readings of one bus on their way into the journal at once (`ModbusBus._poll_loop`).
+_PUTS_IN_FLIGHT = 16
 
 
 class PymodbusLogFilter(logging.Filter):
@@ -401,23 +403,42 @@ class ModbusBus:
         start = loop.time()
         queue = [(start, i, dev) for i, dev in enumerate(self._devices.values())]
         heapq.heapify(queue)
-        while True:
-            due, order, dev = heapq.heappop(queue)
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)  # the poll schedule, not a settle wait
-            await self.poll_device(dev.config.device_id, sink)
-            # keep the cadence; after an overrun, skip missed slots instead of bursting
-            next_due = max(due + dev.config.poll_interval_s, loop.time())
-            heapq.heappush(queue, (next_due, order, dev))
+        # The bus polls the next device while the gateway journals the last reading: waiting
+        # for each commit (an fsync) before the next poll made every reading its own commit.
+        # At most `_PUTS_IN_FLIGHT` readings wait at once (back-pressure); a device's readings
+        # reach the gateway in poll order (the deliveries start in order and queue in order).
+        room = asyncio.Semaphore(_PUTS_IN_FLIGHT)
+        async with asyncio.TaskGroup() as deliveries:
+            while True:
+                due, order, dev = heapq.heappop(queue)
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # the poll schedule, not a settle wait
+                reading = await self._read_device(dev, sink)
+                if reading is not None:
+                    await room.acquire()
+                    task = deliveries.create_task(self._deliver(dev, reading, sink))
+                    task.add_done_callback(lambda _: room.release())
+                # keep the cadence; after an overrun, skip missed slots instead of bursting
+                next_due = max(due + dev.config.poll_interval_s, loop.time())
+                heapq.heappush(queue, (next_due, order, dev))
 
     async def poll_device(self, device_id: str, sink: ReadingSink) -> Reading | None:
         """Poll one device once: read, decode, hand the reading to ``sink``.
 
         Returns the reading, or None when the poll failed (the failure is counted, logged on a
-        state change, and reported to ``sink`` as an event; it is never raised).
+        state change, and reported to ``sink`` as an event; it is never raised) or the gateway
+        refused the reading.
         """
         dev = self._device(device_id)
+        reading = await self._read_device(dev, sink)
+        if reading is None:
+            return None
+        return await self._deliver(dev, reading, sink)
+
+    async def _read_device(self, dev: _Device, sink: ReadingSink) -> Reading | None:
+        """Read and decode one device (its events go to ``sink``); None when the poll failed."""
+        device_id = dev.config.device_id
         stats = dev.stats
         stats.polls += 1
         try:
@@ -466,6 +487,12 @@ class ModbusBus:
                     },
                 )
             )
+        return reading
+
+    async def _deliver(self, dev: _Device, reading: Reading, sink: ReadingSink) -> Reading | None:
+        """Hand ``reading`` to the gateway; None when it refused it (counted and logged)."""
+        stats = dev.stats
+        device_id = dev.config.device_id
         try:
             await sink.put(reading)
         except (PrepayError, ValueError) as exc:

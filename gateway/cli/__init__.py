@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from gateway.cli import (
     accounts,
     devices,
+    invoices,
     kernel,
     ledger,
     money_ops,
@@ -30,7 +31,19 @@ from gateway.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 __all__ = ["EXIT_INVALID", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 # The order `prepay --help` lists them in.
-_GROUPS = (site, money_ops, receipts, ledger, tariffs, kernel, programs, accounts, devices, tickets)
+_GROUPS = (
+    site,
+    money_ops,
+    receipts,
+    invoices,
+    ledger,
+    tariffs,
+    kernel,
+    programs,
+    accounts,
+    devices,
+    tickets,
+)
 
 
 #: The sample configuration files (tariffs, device profiles, codecs, sites): ``configs/`` of the

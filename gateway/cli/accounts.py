@@ -7,9 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from billing_engine.base.errors import InvalidConfigError
-from gateway.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Commands, print_errors
-from gateway.config import Site, load_site
+from gateway.cli.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_USAGE,
+    Commands,
+    answer,
+    site_of,
+)
 from gateway.ops import accounts, statement
 from gateway.store import StoreError
 
@@ -20,21 +25,8 @@ _READS = (
 _JSON_HELP = "one JSON object (money in integer minor units, times RFC 3339 UTC)"
 
 
-def _answer(text: str) -> int:
-    # A reader that closed the pipe is `gateway.cli.main`'s to handle (BrokenPipeError).
-    print(text)
-    return EXIT_OK
-
-
-def _site(args: argparse.Namespace) -> Site | int:
-    try:
-        return load_site(Path(args.config))
-    except InvalidConfigError as exc:
-        return print_errors(exc)
-
-
 def _list(args: argparse.Namespace) -> int:
-    site = _site(args)
+    site = site_of(args)
     if isinstance(site, int):
         return site
     try:
@@ -44,12 +36,12 @@ def _list(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     if args.json:
         doc = {"site": site.config.site, "accounts": [accounts.summary_json(a) for a in found]}
-        return _answer(json.dumps(doc))
-    return _answer(accounts.render_list(site, found))
+        return answer(json.dumps(doc))
+    return answer(accounts.render_list(site, found))
 
 
 def _show(args: argparse.Namespace) -> int:
-    site = _site(args)
+    site = site_of(args)
     if isinstance(site, int):
         return site
     try:
@@ -62,8 +54,8 @@ def _show(args: argparse.Namespace) -> int:
             **accounts.summary_json(found.summary),
             "recent_entries": [accounts.line_json(line) for line in found.recent],
         }
-        return _answer(json.dumps(doc))
-    return _answer(accounts.render_detail(found))
+        return answer(json.dumps(doc))
+    return answer(accounts.render_detail(found))
 
 
 def _statement(args: argparse.Namespace) -> int:
@@ -75,7 +67,7 @@ def _statement(args: argparse.Namespace) -> int:
     except statement.PeriodError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    site = _site(args)
+    site = site_of(args)
     if isinstance(site, int):
         return site
     try:
@@ -94,10 +86,10 @@ def _statement(args: argparse.Namespace) -> int:
             print(f"--csv {args.csv}: cannot write: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_INVALID
         if not args.json:
-            return _answer(f"{args.csv}: {len(found.lines)} entries of account {found.account}")
+            return answer(f"{args.csv}: {len(found.lines)} entries of account {found.account}")
     if args.json:
-        return _answer(json.dumps(statement.to_json(found)))
-    return _answer(statement.render(found))
+        return answer(json.dumps(statement.to_json(found)))
+    return answer(statement.render(found))
 
 
 def register(commands: Commands) -> None:

@@ -10,8 +10,15 @@ import sys
 from pathlib import Path
 
 from billing_engine.base.errors import InvalidConfigError, PrepayError
-from gateway.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Commands, print_errors
-from gateway.config import Site, load_site
+from gateway.cli.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_USAGE,
+    Commands,
+    answer,
+    print_errors,
+    site_of,
+)
 from gateway.ops import bus_access, meter_decision, meter_read, modbus_scan, supply, topup
 from gateway.store import StoreError
 
@@ -26,21 +33,8 @@ _SHARED_BUS = (
 )
 
 
-def _answer(text: str) -> int:
-    # A reader that closed the pipe is `gateway.cli.main`'s to handle (BrokenPipeError).
-    print(text)
-    return EXIT_OK
-
-
-def _site(args: argparse.Namespace) -> Site | int:
-    try:
-        return load_site(Path(args.config))
-    except InvalidConfigError as exc:
-        return print_errors(exc)
-
-
 def _meter_read(args: argparse.Namespace) -> int:
-    site = _site(args)
+    site = site_of(args)
     if isinstance(site, int):
         return site
     try:
@@ -53,12 +47,12 @@ def _meter_read(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
     if args.json:
-        return _answer(json.dumps(meter_read.to_json(read)))
-    return _answer(meter_read.render(read))
+        return answer(json.dumps(meter_read.to_json(read)))
+    return answer(meter_read.render(read))
 
 
 def _meter_accept(args: argparse.Namespace) -> int:
-    site = _site(args)
+    site = site_of(args)
     if isinstance(site, int):
         return site
     try:
@@ -79,11 +73,11 @@ def _meter_accept(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     if args.json:
-        return _answer(json.dumps(result, ensure_ascii=False))
+        return answer(json.dumps(result, ensure_ascii=False))
     if result.get("status") == "rejected":
         print(f"rejected: {result.get('reason')}: {result.get('detail', '')}", file=sys.stderr)
         return EXIT_INVALID
-    return _answer(f"meter {args.meter}: new level accepted; billing continues from it")
+    return answer(f"meter {args.meter}: new level accepted; billing continues from it")
 
 
 def _progress(unit: int, done: int, total: int, found: int) -> None:
@@ -108,7 +102,7 @@ def _modbus_scan(args: argparse.Namespace) -> int:
     if not 0 <= args.register <= _LAST_ADDRESS:
         print(f"--register {args.register}: addresses are 0..{_LAST_ADDRESS}", file=sys.stderr)
         return EXIT_USAGE
-    site = _site(args)
+    site = site_of(args)
     if isinstance(site, int):
         return site
     try:
@@ -128,15 +122,15 @@ def _modbus_scan(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
     if args.json:
-        return _answer(json.dumps(modbus_scan.to_json(result)))
-    return _answer(modbus_scan.render(result))
+        return answer(json.dumps(modbus_scan.to_json(result)))
+    return answer(modbus_scan.render(result))
 
 
 def _supply(args: argparse.Namespace) -> int:
     if args.wait < 0:
         print(f"--wait {args.wait}: give seconds, 0 or more", file=sys.stderr)
         return EXIT_USAGE
-    site = _site(args)
+    site = site_of(args)
     if isinstance(site, int):
         return site
     try:
@@ -161,7 +155,7 @@ def _supply(args: argparse.Namespace) -> int:
         else:
             print(text, file=sys.stderr)
         return EXIT_INVALID
-    return _answer(text)
+    return answer(text)
 
 
 def register(commands: Commands) -> None:

@@ -26,8 +26,25 @@ def _topup(args: argparse.Namespace) -> int:
     except InvalidConfigError as exc:
         return print_errors(exc)
     try:
+        invoice = {
+            k: v
+            for k, v in (
+                ("title", args.invoice_title),
+                ("tax_id", args.tax_id),
+                ("email", args.email),
+            )
+            if v
+        }
+        if invoice and "title" not in invoice:
+            print("--tax-id and --email go with --invoice-title", file=sys.stderr)
+            return EXIT_USAGE
         queued = topup.queue_topup(
-            site, args.account, args.amount, Path(args.operator_key), args.reference
+            site,
+            args.account,
+            args.amount,
+            Path(args.operator_key),
+            args.reference,
+            invoice=invoice or None,
         )
     except topup.TopupError as exc:
         print(exc, file=sys.stderr)
@@ -69,4 +86,11 @@ def register(commands: Commands) -> None:
     topup_cmd.add_argument(
         "--wait", type=float, default=10.0, help="seconds to wait for the result"
     )
+    topup_cmd.add_argument(
+        "--invoice-title",
+        metavar="TITLE",
+        help="ask the backend for an invoice of this top-up, made out to TITLE",
+    )
+    topup_cmd.add_argument("--tax-id", help="the invoice's tax id (with --invoice-title)")
+    topup_cmd.add_argument("--email", help="where the invoice is sent (with --invoice-title)")
     topup_cmd.set_defaults(func=_topup)

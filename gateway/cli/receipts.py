@@ -7,23 +7,21 @@ import json
 import sys
 from pathlib import Path
 
-from billing_engine.base.errors import InvalidConfigError, PrepayError
+from billing_engine.base.errors import PrepayError
 from billing_engine.money import format_minor
-from gateway.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Commands, print_errors
-from gateway.config import Site, load_site
+from gateway.cli.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_USAGE,
+    Commands,
+    site_of,
+)
 from gateway.northbound.signing import load_public_key
 from gateway.ops import receipt_check, receipts, topup
 
 
-def _site(args: argparse.Namespace) -> Site | int:
-    try:
-        return load_site(Path(args.config))
-    except InvalidConfigError as exc:
-        return print_errors(exc)
-
-
 def _print(args: argparse.Namespace) -> int:
-    site = _site(args)
+    site = site_of(args)
     if isinstance(site, int):
         return site
     try:
@@ -74,7 +72,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _reissue(args: argparse.Namespace) -> int:
-    site = _site(args)
+    site = site_of(args)
     if isinstance(site, int):
         return site
     try:

@@ -40,6 +40,7 @@ from gateway.flows.overlay_commands import account_overlay, tariff_overlay
 from gateway.flows.ticket_feed import BatchImport
 from gateway.northbound.commands import (
     Command,
+    InvoiceCommand,
     MeterCommand,
     ReceiptCommand,
     RefundCommand,
@@ -54,6 +55,10 @@ from gateway.northbound.commands import (
 from gateway.northbound.payloads import (
     CommandKind,
     CommandResultPayload,
+    InvoiceDetailsPayload,
+    InvoiceRequestPayload,
+    InvoiceStatePayload,
+    InvoiceStatus,
     ReceiptPayload,
     ResultStatus,
     encode_payload,
@@ -64,6 +69,15 @@ from gateway.policy import quality
 from gateway.policy.machine import on_balance, on_topup, set_override
 from gateway.policy.state import EventKind
 from gateway.store import EntryKind, Transaction
+from gateway.store.invoices import (
+    FAILED,
+    ISSUED,
+    REQUESTED,
+    Invoice,
+    InvoiceConflictError,
+    InvoiceDetails,
+    invoice_id_of,
+)
 from gateway.store.tickets import BatchConflictError
 from gateway.tickets.batches import BatchError
 
@@ -315,6 +329,9 @@ class CommandHandler:
         if isinstance(command, MeterCommand):
             self._meter(tx, command, now)
             return None
+        if isinstance(command, InvoiceCommand):
+            self._invoice(tx, command, now)
+            return None
         if isinstance(command, TicketBatchCommand):
             refusal = self._batch_refusals.pop(command.id, None)
             if refusal is not None:
@@ -385,6 +402,10 @@ class CommandHandler:
             receipt=payload,
         )
         apply_events_and_supply(tx, self._ctx, account, decision, now)
+        if command.invoice is not None:
+            self._request_invoice(
+                tx, command.id, account, (command.id,), command.amount_minor, command.invoice, now
+            )
         self._save_and_publish(tx, account, now)
         self._enqueue_checkpoint(tx, now)
         return payload
@@ -424,6 +445,111 @@ class CommandHandler:
         )
         apply_decision(tx, self._ctx, account, decision, now, key_base=command.id)
         self._save_and_publish(tx, account, now)
+
+    # --- invoices ----------------------------------------------------------------------------
+
+    def _request_invoice(
+        self,
+        tx: Transaction,
+        asked_by: str,
+        account: Account,
+        topup_ids: tuple[str, ...],
+        amount_minor: int,
+        details: InvoiceDetailsPayload,
+        now: datetime,
+    ) -> Invoice:
+        """Record an invoice request and queue its message, in the transaction that asks."""
+        try:
+            invoice = tx.request_invoice(
+                invoice_id=invoice_id_of(asked_by),
+                account_id=account.id,
+                topup_ids=topup_ids,
+                amount_minor=amount_minor,
+                currency=account.currency,
+                details=InvoiceDetails(details.title, details.tax_id, details.email),
+            )
+        except InvoiceConflictError as exc:
+            raise CommandRejectedError("invoice_conflict", str(exc)) from None
+        self._publish_invoice(tx, invoice, now, request=True)
+        return invoice
+
+    def _publish_invoice(
+        self, tx: Transaction, invoice: Invoice, now: datetime, *, request: bool
+    ) -> None:
+        topics = self._ctx.topics
+        if request:
+            tx.enqueue(
+                topics.invoice_request_message(
+                    InvoiceRequestPayload(
+                        invoice_id=invoice.invoice_id,
+                        account=invoice.account_id,
+                        topups=list(invoice.topup_ids),
+                        amount_minor=invoice.amount_minor,
+                        currency=invoice.currency,
+                        details=InvoiceDetailsPayload(
+                            title=invoice.details.title,
+                            tax_id=invoice.details.tax_id,
+                            email=invoice.details.email,
+                        ),
+                        request=invoice.requests,
+                        ts=now,
+                    )
+                )
+            )
+        tx.enqueue(
+            topics.invoice_state_message(
+                InvoiceStatePayload(
+                    invoice_id=invoice.invoice_id,
+                    account=invoice.account_id,
+                    status=InvoiceStatus(invoice.status),
+                    number=invoice.number,
+                    reason=invoice.reason,
+                    ts=now,
+                )
+            )
+        )
+
+    def _invoice(self, tx: Transaction, command: InvoiceCommand, now: datetime) -> None:
+        if command.action == "request_period":
+            # The model requires these for request_period; the checks satisfy the type checker.
+            details, start, end = command.details, command.period_from, command.period_to
+            if command.account is None or details is None or start is None or end is None:
+                raise CommandRejectedError("malformed", "request_period needs its fields")
+            account = self._account(command.account)
+            topups = tx.uninvoiced_topups(account.id, start, end)
+            if not topups:
+                raise CommandRejectedError(
+                    "nothing_to_invoice",
+                    f"account {account.id} has no top-up in that period that is not invoiced",
+                )
+            total = sum(amount for _, amount, _ in topups)
+            ids = tuple(topup_id for topup_id, _, _ in topups)
+            self._request_invoice(tx, command.id, account, ids, total, details, now)
+            return
+        assert command.invoice_id is not None  # noqa: S101 - the model requires it here
+        invoice = tx.invoice(command.invoice_id)
+        if invoice is None:
+            raise CommandRejectedError("unknown_invoice", f"no invoice {command.invoice_id!r}")
+        if command.action == "issued":
+            if invoice.status == ISSUED and invoice.number != command.number:
+                raise CommandRejectedError(
+                    "invoice_conflict",
+                    f"invoice {invoice.invoice_id} was issued as {invoice.number}",
+                )
+            updated = tx.set_invoice_status(invoice.invoice_id, ISSUED, number=command.number)
+            self._publish_invoice(tx, updated, now, request=False)
+        elif command.action == "failed":
+            if invoice.status == ISSUED:
+                raise CommandRejectedError(
+                    "invoice_conflict", f"invoice {invoice.invoice_id} is issued already"
+                )
+            updated = tx.set_invoice_status(invoice.invoice_id, FAILED, reason=command.reason)
+            self._publish_invoice(tx, updated, now, request=False)
+        else:  # reissue: ask again (after a failure, or a customer who lost it)
+            updated = tx.set_invoice_status(
+                invoice.invoice_id, REQUESTED, number=None, reason=None, resend=True
+            )
+            self._publish_invoice(tx, updated, now, request=True)
 
     def _meter(self, tx: Transaction, command: MeterCommand, now: datetime) -> None:
         """Accept the new level of a reset or swapped meter: its billing continues from the

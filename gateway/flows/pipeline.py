@@ -578,6 +578,23 @@ class Pipeline:
         self._stale = stale
         return changes
 
+    def _publish_reading(
+        self, tx: Transaction, now: datetime, account: Account, reading: Reading, delta: int
+    ) -> None:
+        tariff = self._ctx.book.engine_for(account).tariff
+        tx.enqueue(
+            self._ctx.topics.reading_message_of(
+                meter=reading.meter_id,
+                reading_id=reading.reading_id,
+                read_at=reading.read_at,
+                register=reading.register_milli,
+                delta=delta,
+                unit=REGISTER_UNIT[tariff.unit],
+                quality=reading.quality,
+                ts=now,
+            )
+        )
+
     def _record_outcome(self, tx: Transaction, now: datetime, outcome: _Outcome) -> None:
         ctx = self._ctx
         row_id, reading, account = outcome.row_id, outcome.reading, outcome.account
@@ -599,28 +616,20 @@ class Pipeline:
             )
             self.stats.deducted_minor += deduction
         tx.mark_billed(row_id, name, deduction)
+        if status is ReadingStatus.CONFLICT:
+            # A second reading within the same whole second as the last one billed (the
+            # engine's time unit): registers are cumulative, so the next reading bills what
+            # this one saw. It is still a reading of its own: published with delta 0.
+            self._publish_reading(tx, now, account, reading, 0)
+            return
         if status in _NOT_BILLED:
-            # A conflict is a second reading within the same whole second (the engine's time
-            # unit): registers are cumulative, so the next reading bills what this one saw.
             return
         if account.watch.active:
             # Billed (or a new baseline) after held readings: their conditions clear.
             account.watch, alarms = quality.on_billed(account.watch, reading.reading_id)
             self._raise(tx, now, account, alarms)
         self.stats.billed += 1
-        tariff = ctx.book.engine_for(account).tariff
-        tx.enqueue(
-            ctx.topics.reading_message_of(
-                meter=reading.meter_id,
-                reading_id=reading.reading_id,
-                read_at=reading.read_at,
-                register=reading.register_milli,
-                delta=outcome.delta,
-                unit=REGISTER_UNIT[tariff.unit],
-                quality=reading.quality,
-                ts=now,
-            )
-        )
+        self._publish_reading(tx, now, account, reading, outcome.delta)
         decision = on_balance(
             account.policy, account.policy_state, account.billing.balance_minor, now
         )

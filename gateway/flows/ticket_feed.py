@@ -31,7 +31,14 @@ from gateway.flows.context import FlowContext
 from gateway.messages import MessageClass, Outgoing
 from gateway.northbound.payloads import format_rfc3339
 from gateway.northbound.topics import QOS, PlantTopics
-from gateway.store.tickets import Conflict, ImportOutcome, NewBatch, Redemption, TicketStore
+from gateway.store.tickets import (
+    Conflict,
+    EmergencyTicket,
+    ImportOutcome,
+    NewBatch,
+    Redemption,
+    TicketStore,
+)
 from gateway.tickets import batches
 from gateway.tickets.decisions import TicketKind
 from gateway.tickets.events import RedemptionEvent
@@ -149,6 +156,7 @@ class TicketFeed:
         self.imported = 0
         self.conflicts = 0
         self.refused = 0
+        self.emergency_reported = 0
 
     def nudge(self) -> None:
         """Look for new redemptions now (a flow of this process redeemed one)."""
@@ -172,8 +180,13 @@ class TicketFeed:
         record = store.load_account_states().get(CURSOR_KEY) or {}
         cursor = int(record.get("seq") or 0)
         fresh = self._tickets.redemptions(after_seq=cursor, limit=_BATCH)
-        if not fresh:
+        emergency = self._tickets.emergency_tickets(unreconciled_only=True)
+        if not fresh and not emergency:
             return 0
+        if emergency:
+            self._report_emergency(emergency)
+        if not fresh:
+            return len(emergency)
         with store.transaction() as tx:
             for redemption in fresh:
                 tx.enqueue(
@@ -188,6 +201,29 @@ class TicketFeed:
             tx.save_account_state(CURSOR_KEY, {"seq": fresh[-1].seq})
         self.published += len(fresh)
         return len(fresh)
+
+    def _report_emergency(self, tickets: list[EmergencyTicket]) -> None:
+        """Queue the emergency tickets issued here and not reported yet, then mark them
+        reported (reconciled): the outbox carries them to the backend when the link is back.
+        A crash between the two queues them again at the next start: the same retained
+        message, harmless."""
+        box = self._tickets.box_id
+        with self._ctx.store.transaction() as tx:
+            for ticket in tickets:
+                doc = {
+                    "event": "emergency_ticket",
+                    "code": ticket.code,
+                    "product": ticket.product,
+                    "issued_on": ticket.issued_on.isoformat(),
+                    "valid_until": ticket.valid_until.isoformat(),
+                    "note": ticket.note,
+                    "box": box,
+                    "issued_at": format_rfc3339(ticket.issued_at),
+                }
+                topic = self.topics.emergency(ticket.code, box)
+                tx.enqueue(Outgoing(topic, _json(doc), QOS, True, MessageClass.LEDGER))
+        self._tickets.mark_reconciled([t.code for t in tickets])
+        self.emergency_reported += len(tickets)
 
     async def on_message(self, topic: str, raw: bytes, *, retained: bool) -> None:
         """A message under the plant's redemption topics (the link's feed callback)."""

@@ -44,6 +44,7 @@ from gateway.northbound.payloads import (
     CommandKind,
     Currency,
     Identifier,
+    InvoiceDetailsPayload,
     UtcDatetime,
     format_rfc3339,
 )
@@ -97,6 +98,7 @@ class TopupCommand(_Command):
     amount_minor: PositiveAmount
     currency: Currency
     payment_ref: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    invoice: InvoiceDetailsPayload | None = None  # ask the backend for an invoice of it
 
 
 class RefundCommand(_Command):
@@ -189,6 +191,38 @@ class MeterCommand(_Command):
     reason: Text
 
 
+class InvoiceCommand(_Command):
+    """The backend's word on invoices: ``issued`` (with its ``number``) or ``failed`` (with a
+    ``reason``) for ``invoice_id``; ``reissue`` sends its request again (an operator may too);
+    ``request_period`` asks one invoice for all of ``account``'s top-ups in
+    [``period_from``, ``period_to``) not invoiced yet (an enterprise's month)."""
+
+    kind: Literal["invoice"]
+    action: Literal["issued", "failed", "reissue", "request_period"]
+    invoice_id: Identifier | None = None
+    number: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    reason: Text | None = None
+    account: Identifier | None = None
+    period_from: UtcDatetime | None = None
+    period_to: UtcDatetime | None = None
+    details: InvoiceDetailsPayload | None = None
+
+    @model_validator(mode="after")
+    def fields_of_the_action(self) -> Self:
+        need = {
+            "issued": ("invoice_id", "number"),
+            "failed": ("invoice_id", "reason"),
+            "reissue": ("invoice_id",),
+            "request_period": ("account", "period_from", "period_to", "details"),
+        }[self.action]
+        missing = [f for f in need if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"{self.action} needs {', '.join(missing)}")
+        if self.period_from and self.period_to and self.period_to <= self.period_from:
+            raise ValueError("period_to must be after period_from")
+        return self
+
+
 class TicketBatchCommand(_Command):
     """Water tickets issued to this box's depot: ``batch`` is the plant's signed batch document
     (ranges of paper ticket codes, product, face value, validity; docs/tickets.md), checked
@@ -207,6 +241,7 @@ Command = (
     | ReceiptCommand
     | MeterCommand
     | TicketBatchCommand
+    | InvoiceCommand
 )
 
 COMMAND_MODELS: Final[dict[CommandKind, type[_Command]]] = {
@@ -218,6 +253,7 @@ COMMAND_MODELS: Final[dict[CommandKind, type[_Command]]] = {
     CommandKind.RECEIPT: ReceiptCommand,
     CommandKind.METER: MeterCommand,
     CommandKind.TICKET_BATCH: TicketBatchCommand,
+    CommandKind.INVOICE: InvoiceCommand,
 }
 
 

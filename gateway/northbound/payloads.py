@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from billing_engine.tariff import RegisterUnit
-from drivers.ports import Quality
+from drivers.ports import DenyReason, IdentityKind, Quality
 from gateway.policy.state import EventKind, PolicyMode, Supply
 
 IDENTIFIER_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
@@ -97,6 +97,7 @@ class CommandKind(enum.StrEnum):
     ACCOUNT = "account"
     SUPPLY = "supply"
     RECEIPT = "receipt"
+    INVOICE = "invoice"
     METER = "meter"
     TICKET_BATCH = "ticket_batch"
 
@@ -256,6 +257,49 @@ class DeviceStatePayload(_Payload):
         return self
 
 
+class InvoiceDetailsPayload(_Payload):
+    """Who an invoice is for (as a top-up or a period request gives it)."""
+
+    title: Annotated[str, Field(min_length=1, max_length=200)]
+    tax_id: Annotated[str, Field(pattern=r"^[0-9A-Za-z-]{6,32}$")] | None = None
+    email: Annotated[str, Field(pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}$")] | None = None
+
+
+class InvoiceStatus(enum.StrEnum):
+    """Where an invoice request stands."""
+
+    REQUESTED = "requested"
+    ISSUED = "issued"
+    FAILED = "failed"
+
+
+class InvoiceRequestPayload(_Payload):
+    """``invoice/{invoice_id}/request``: please invoice these top-ups. Sent again on a reissue
+    (``request`` counts 1, 2, ...); the backend answers with ``cmd/invoice``."""
+
+    invoice_id: Identifier
+    account: Identifier
+    topups: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=255)]], Field(min_length=1)
+    ]
+    amount_minor: Annotated[int, Field(strict=True, gt=0)]
+    currency: Currency
+    details: InvoiceDetailsPayload
+    request: Annotated[int, Field(strict=True, ge=1)]
+    ts: UtcDatetime
+
+
+class InvoiceStatePayload(_Payload):
+    """``invoice/{invoice_id}/state``: where the request stands. Retained."""
+
+    invoice_id: Identifier
+    account: Identifier
+    status: InvoiceStatus
+    number: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+    ts: UtcDatetime
+
+
 class CommandResultPayload(_Payload):
     """``cmd/{kind}/result``: what became of a command.
 
@@ -298,6 +342,56 @@ class CheckpointPayload(_Payload):
 
 
 # Every payload model, for the docs (`gateway.northbound.schemas`).
+class SessionStatus(enum.StrEnum):
+    """Where a vending session at a dispenser stands (`DispenserSessionPayload`)."""
+
+    AUTHORISED = "authorised"  # the dispenser may pour up to authorised_ml
+    REFUSED = "refused"  # nothing opened; reason is on the dispenser's display
+    SETTLED = "settled"  # poured, billed, closed
+    VOIDED = "voided"  # opened here but never started at the dispenser: nothing billed
+
+
+class DispenserSessionPayload(_Payload):
+    """``dispenser/{dispenser}/session``: a vending session opened, refused, settled or voided
+    (docs/vending.md). ``event_id`` is its identity, as an account event's. Money is in
+    ``currency``; volumes in mL. ``alarm`` ``dispenser_over_report`` says the device reported
+    more than it was authorised (only the authorised volume is billed). A session paid for with
+    a ticket names no account and carries no money."""
+
+    event_id: Annotated[str, Field(min_length=1, max_length=255)]
+    dispenser: Identifier
+    status: SessionStatus
+    session_id: Annotated[int, Field(strict=True, ge=1)] | None = None
+    request_id: Annotated[int, Field(strict=True, ge=1)] | None = None
+    identity_kind: IdentityKind | None = None
+    account: Identifier | None = None
+    reason: DenyReason | None = None
+    authorised_ml: Annotated[int, Field(strict=True, ge=0)] | None = None
+    poured_ml: Annotated[int, Field(strict=True, ge=0)] | None = None
+    billed_ml: Annotated[int, Field(strict=True, ge=0)] | None = None
+    charge_minor: MinorUnits | None = None
+    balance_minor: MinorUnits | None = None
+    currency: Currency | None = None
+    alarm: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")] | None = None
+    ts: UtcDatetime
+
+    @model_validator(mode="after")
+    def fields_fit_status(self) -> Self:
+        if (self.status is SessionStatus.REFUSED) != (self.reason is not None):
+            raise ValueError("a reason goes with status refused, and refused needs one")
+        if (self.status is SessionStatus.REFUSED) == (self.session_id is not None):
+            raise ValueError("every status but refused names its session_id")
+        if self.status is SessionStatus.SETTLED and (
+            self.poured_ml is None or (self.account is not None and self.charge_minor is None)
+        ):
+            raise ValueError("settled needs poured_ml, and charge_minor when an account pays")
+        if (self.charge_minor is not None or self.balance_minor is not None) and (
+            self.currency is None
+        ):
+            raise ValueError("an amount or balance needs its currency")
+        return self
+
+
 PAYLOAD_MODELS: Final[tuple[type[_Payload], ...]] = (
     StatusPayload,
     ReadingPayload,
@@ -308,6 +402,9 @@ PAYLOAD_MODELS: Final[tuple[type[_Payload], ...]] = (
     DeviceStatePayload,
     CommandResultPayload,
     CheckpointPayload,
+    DispenserSessionPayload,
+    InvoiceRequestPayload,
+    InvoiceStatePayload,
 )
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)

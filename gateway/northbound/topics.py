@@ -7,16 +7,20 @@ Every topic sits under ``prepay/{site}/``::
     meter/{meter}/readings        backlog batches       ReadingBatchPayload
     account/{account}/state       retained              AccountStatePayload
     account/{account}/event                             AccountEventPayload
+    invoice/{invoice}/request                           InvoiceRequestPayload
+    invoice/{invoice}/state       retained              InvoiceStatePayload
     device/{device}/state         retained              DeviceStatePayload
     cmd/{kind}                    in (backend -> gw)    see `gateway.northbound.commands`
     cmd/{kind}/result             out                   CommandResultPayload
     checkpoint                    retained              CheckpointPayload
+    dispenser/{dispenser}/session                       DispenserSessionPayload (vending)
 
 Water tickets are a plant's, not a site's: their topics sit under ``prepay/tickets/{plant}/``
 (`PlantTopics`)::
 
     {code}/redeemed/{box}         retained              a redemption (gateway.tickets.events)
     {code}/conflict               retained              the same ticket redeemed at two boxes
+    {code}/emergency/{box}        retained              an emergency ticket issued at a box
 
 The payload models are in `gateway.northbound.payloads`.
 """
@@ -38,6 +42,9 @@ from gateway.northbound.payloads import (
     CommandKind,
     CommandResultPayload,
     DeviceStatePayload,
+    DispenserSessionPayload,
+    InvoiceRequestPayload,
+    InvoiceStatePayload,
     ReadingPayload,
     StatusPayload,
     check_identifier,
@@ -109,6 +116,10 @@ class PlantTopics:
     def conflict(self, code: str) -> str:
         return f"{self.root}/{code}/conflict"
 
+    def emergency(self, code: str, box: str) -> str:
+        """An emergency ticket issued at ``box`` while the network was down (to reconcile)."""
+        return f"{self.root}/{code}/emergency/{check_identifier(box)}"
+
 
 @dataclass(frozen=True, slots=True)
 class SiteTopics:
@@ -155,6 +166,15 @@ class SiteTopics:
 
     def device_state(self, device: str) -> str:
         return f"{self.root}/device/{check_identifier(device)}/state"
+
+    def dispenser_session(self, dispenser: str) -> str:
+        return f"{self.root}/dispenser/{check_identifier(dispenser)}/session"
+
+    def invoice_request(self, invoice_id: str) -> str:
+        return f"{self.root}/invoice/{check_identifier(invoice_id)}/request"
+
+    def invoice_state(self, invoice_id: str) -> str:
+        return f"{self.root}/invoice/{check_identifier(invoice_id)}/state"
 
     def command(self, kind: CommandKind) -> str:
         return f"{self.root}/cmd/{CommandKind(kind)}"
@@ -284,9 +304,37 @@ class SiteTopics:
             MessageClass.LEDGER,
         )
 
+    def dispenser_session_message(self, payload: DispenserSessionPayload) -> Outgoing:
+        # Not retained (each is an event); LEDGER class: it reports money, never dropped.
+        return Outgoing(
+            self.dispenser_session(payload.dispenser),
+            encode_payload(payload),
+            QOS,
+            False,
+            MessageClass.LEDGER,
+        )
+
     def device_state_message(self, payload: DeviceStatePayload) -> Outgoing:
         return Outgoing(
             self.device_state(payload.device),
+            encode_payload(payload),
+            QOS,
+            True,
+            MessageClass.STATE,
+        )
+
+    def invoice_request_message(self, payload: InvoiceRequestPayload) -> Outgoing:
+        return Outgoing(
+            self.invoice_request(payload.invoice_id),
+            encode_payload(payload),
+            QOS,
+            False,
+            MessageClass.LEDGER,
+        )
+
+    def invoice_state_message(self, payload: InvoiceStatePayload) -> Outgoing:
+        return Outgoing(
+            self.invoice_state(payload.invoice_id),
             encode_payload(payload),
             QOS,
             True,

@@ -39,9 +39,16 @@ class QueuedTopup:
 
 
 def queue_topup(
-    site: Site, account_id: str, amount: str, operator_key: Path, reference: str
+    site: Site,
+    account_id: str,
+    amount: str,
+    operator_key: Path,
+    reference: str,
+    *,
+    invoice: dict[str, str] | None = None,
 ) -> QueuedTopup:
     """Sign a top-up of ``amount`` (major units, e.g. ``50.00``) and drop it in the spool.
+    ``invoice``: title (and tax_id, email) of an invoice the backend is asked for.
 
     Raises:
         TopupError: no such account, or the amount is not a valid amount of its currency.
@@ -63,6 +70,8 @@ def queue_topup(
         "currency": currency,
         "payment_ref": f"operator:{reference}",
     }
+    if invoice:
+        fields["invoice"] = invoice
     command = submit_signed(site, CommandKind.TOPUP, fields, operator_key)
     return QueuedTopup(command["id"], account.id, amount_minor, currency)
 

@@ -266,8 +266,74 @@ _V6 = (
     ),
 )
 
+# Version 7: vending sessions at dispensers (`gateway.store.vending`): one row per session the
+# gateway opened, keyed by (dispenser, the device's session id). Opened 'open'; closed once,
+# 'settled' (with what was poured and billed, and the ledger entry) or 'voided' (never started at
+# the device); a closed row never changes again (trigger), so a replayed report cannot re-bill.
+_V7 = (
+    """CREATE TABLE vend_sessions (
+        dispenser_id     TEXT    NOT NULL,
+        session_id       INTEGER NOT NULL CHECK (typeof(session_id) = 'integer'
+                                                 AND session_id >= 1),
+        request_id       INTEGER,
+        identity_kind    TEXT    NOT NULL CHECK (identity_kind IN ('card', 'phone', 'ticket')),
+        identity         TEXT    NOT NULL,
+        account_id       TEXT,
+        currency         TEXT,
+        price_minor      INTEGER NOT NULL CHECK (typeof(price_minor) = 'integer'),
+        unit_ml          INTEGER NOT NULL CHECK (typeof(unit_ml) = 'integer' AND unit_ml > 0),
+        authorised_ml    INTEGER NOT NULL CHECK (typeof(authorised_ml) = 'integer'
+                                                 AND authorised_ml > 0),
+        max_charge_minor INTEGER NOT NULL CHECK (typeof(max_charge_minor) = 'integer'
+                                                 AND max_charge_minor >= 0),
+        opened_at_us     INTEGER NOT NULL,
+        state            TEXT    NOT NULL DEFAULT 'open'
+                                 CHECK (state IN ('open', 'settled', 'voided')),
+        poured_ml        INTEGER CHECK (poured_ml IS NULL OR typeof(poured_ml) = 'integer'),
+        billed_ml        INTEGER CHECK (billed_ml IS NULL OR typeof(billed_ml) = 'integer'),
+        charge_minor     INTEGER CHECK (charge_minor IS NULL
+                                        OR typeof(charge_minor) = 'integer'),
+        ledger_seq       INTEGER,
+        closed_at_us     INTEGER,
+        PRIMARY KEY (dispenser_id, session_id)
+    )""",
+    "CREATE INDEX vend_sessions_open ON vend_sessions (account_id) WHERE state = 'open'",
+    """CREATE TRIGGER vend_sessions_closed_stay BEFORE UPDATE ON vend_sessions
+       WHEN OLD.state != 'open'
+       BEGIN SELECT RAISE(ABORT, 'a closed vending session never changes'); END""",
+    """CREATE TRIGGER vend_sessions_no_delete BEFORE DELETE ON vend_sessions
+       BEGIN SELECT RAISE(ABORT, 'vending sessions are kept'); END""",
+)
+
+# Version 8: invoice requests (`gateway.store.invoices`); a top-up is invoiced at most once.
+_V8 = (
+    """CREATE TABLE invoices (
+        invoice_id     TEXT    PRIMARY KEY,
+        account_id     TEXT    NOT NULL,
+        topup_ids_json TEXT    NOT NULL,
+        amount_minor   INTEGER NOT NULL CHECK (typeof(amount_minor) = 'integer'),
+        currency       TEXT    NOT NULL,
+        title          TEXT    NOT NULL,
+        tax_id         TEXT,
+        email          TEXT,
+        status         TEXT    NOT NULL CHECK (status IN ('requested', 'issued', 'failed')),
+        number         TEXT,
+        reason         TEXT,
+        requests       INTEGER NOT NULL CHECK (typeof(requests) = 'integer' AND requests >= 1),
+        created_at_us  INTEGER NOT NULL,
+        updated_at_us  INTEGER NOT NULL
+    )""",
+    "CREATE INDEX invoices_account ON invoices (account_id, created_at_us)",
+    """CREATE TABLE invoice_topups (
+        topup_id   TEXT PRIMARY KEY,
+        invoice_id TEXT NOT NULL REFERENCES invoices (invoice_id)
+    )""",
+    """CREATE TRIGGER invoice_topups_no_delete BEFORE DELETE ON invoice_topups
+       BEGIN SELECT RAISE(ABORT, 'a top-up stays invoiced'); END""",
+)
+
 #: Forward migrations, in order: ``MIGRATIONS[n - 1]`` brings the file to version ``n``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

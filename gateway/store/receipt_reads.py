@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.store.command_results import Receipt, receipt_for_topup
-from gateway.store.errors import StoreError
+from gateway.store.statements import read_snapshot
 
 _BY_SEQ = "SELECT seq, topup_id, account_id, payload, signature FROM receipts WHERE seq = ?"
 _LATEST = "SELECT seq, topup_id, account_id, payload, signature FROM receipts ORDER BY seq DESC"
@@ -62,16 +62,5 @@ def open_receipts(path: Path) -> Iterator[ReceiptReader]:
     Raises:
         StoreError: there is no such file, or it cannot be read as a store.
     """
-    if not path.is_file():
-        raise StoreError(f"no store at {path}: the gateway has not run with this site yet")
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot open the store: {exc}") from exc
-    try:
-        conn.execute("BEGIN")  # deferred: one read snapshot, from the first read on
+    with read_snapshot(path) as conn:
         yield ReceiptReader(conn)
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot read the store: {exc}") from exc
-    finally:
-        conn.close()

@@ -194,8 +194,9 @@ def _supply_event(device_id: str, row: tuple[Any, ...]) -> SupplyEvent:
 
 
 @contextmanager
-def open_view(path: Path) -> Iterator[StoreView]:
-    """A read-only snapshot of the store file at ``path``, for the ``with`` block.
+def read_snapshot(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the store file at ``path``, inside one read transaction (one
+    consistent snapshot beside a running daemon, no keys needed), for the ``with`` block.
 
     Raises:
         StoreError: there is no such file, or it cannot be read as a store.
@@ -208,8 +209,19 @@ def open_view(path: Path) -> Iterator[StoreView]:
         raise StoreError(f"{path}: cannot open the store: {exc}") from exc
     try:
         conn.execute("BEGIN")  # deferred: one read snapshot, from the first read on
-        yield StoreView(conn)
+        yield conn
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: cannot read the store: {exc}") from exc
     finally:
         conn.close()
+
+
+@contextmanager
+def open_view(path: Path) -> Iterator[StoreView]:
+    """A read-only snapshot of the store file at ``path`` (`read_snapshot`), as a `StoreView`.
+
+    Raises:
+        StoreError: there is no such file, or it cannot be read as a store.
+    """
+    with read_snapshot(path) as conn:
+        yield StoreView(conn)

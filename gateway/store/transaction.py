@@ -40,11 +40,21 @@ from typing import Self
 
 from drivers.ports import Clock, Reading, utc_now
 from gateway.messages import OutboxMessage, Outgoing
-from gateway.store import account_records, command_results, db, events, journal, ledger, outbox
+from gateway.store import (
+    account_records,
+    command_results,
+    db,
+    events,
+    invoices,
+    journal,
+    ledger,
+    outbox,
+)
 from gateway.store.account_records import AccountRecord
 from gateway.store.command_results import Receipt, StoredCommand
 from gateway.store.errors import StoreError
 from gateway.store.events import DeviceSupplyRecord, Event
+from gateway.store.invoices import Invoice, InvoiceDetails
 from gateway.store.journal import JournalRow, JournalState
 from gateway.store.jsontext import JsonObject
 from gateway.store.ledger import ChainHead, EntryKind, LedgerEntry, LedgerReport
@@ -241,6 +251,62 @@ class Transaction:
     def receipt_for_topup(self, topup_id: str) -> Receipt | None:
         """The receipt of ``topup_id``, or None."""
         return command_results.receipt_for_topup(self._c(), topup_id)
+
+    # --- invoice requests ----------------------------------------------------------------------
+    def request_invoice(
+        self,
+        *,
+        invoice_id: str,
+        account_id: str,
+        topup_ids: tuple[str, ...],
+        amount_minor: int,
+        currency: str,
+        details: InvoiceDetails,
+    ) -> Invoice:
+        """Record a new invoice request (see `gateway.store.invoices`).
+
+        Raises:
+            InvoiceConflictError: the id is taken, or a top-up is invoiced already.
+        """
+        return invoices.request_invoice(
+            self._c(),
+            invoice_id=invoice_id,
+            account_id=account_id,
+            topup_ids=topup_ids,
+            amount_minor=amount_minor,
+            currency=currency,
+            details=details,
+            now_us=to_micros(self._store.clock()),
+        )
+
+    def invoice(self, invoice_id: str) -> Invoice | None:
+        return invoices.invoice(self._c(), invoice_id)
+
+    def set_invoice_status(
+        self,
+        invoice_id: str,
+        status: str,
+        *,
+        number: str | None = None,
+        reason: str | None = None,
+        resend: bool = False,
+    ) -> Invoice:
+        """Move an invoice to ``status`` (see `invoices.set_status`)."""
+        return invoices.set_status(
+            self._c(),
+            invoice_id,
+            status,
+            to_micros(self._store.clock()),
+            number=number,
+            reason=reason,
+            resend=resend,
+        )
+
+    def uninvoiced_topups(
+        self, account_id: str, start: datetime, end: datetime
+    ) -> list[tuple[str, int, str]]:
+        """The account's top-ups in ``[start, end)`` not invoiced yet."""
+        return invoices.uninvoiced_topups(self._c(), account_id, to_micros(start), to_micros(end))
 
     # --- events and account state --------------------------------------------------------------
     def record_event(
@@ -562,6 +628,11 @@ class Store:
         """Per device, the last supply change journalled and whether it was confirmed."""
         with self._locked() as conn:
             return events.last_device_supply(conn)
+
+    def invoices(self, account_id: str | None = None) -> list[Invoice]:
+        """Every invoice request (of one account), oldest first."""
+        with self._locked() as conn:
+            return invoices.invoices(conn, account_id)
 
     def load_account_states(self) -> dict[str, AccountRecord]:
         """Every persisted account runtime state, by account id."""

@@ -63,6 +63,7 @@ FIELDS: dict[CommandKind, dict[str, Any]] = {
     CommandKind.RECEIPT: {"topup_id": "t-1"},
     CommandKind.METER: {"meter": "m-1", "action": "accept_level", "reason": "swapped"},
     CommandKind.TICKET_BATCH: {"batch": {"batch": "B-1", "signature": "checked by the box"}},
+    CommandKind.INVOICE: {"action": "reissue", "invoice_id": "inv-1"},
 }
 
 

@@ -102,8 +102,20 @@ async def test_feed_batches_by_command_redemptions_across_boxes_and_conflicts(
             assert _refusal(b, 100) is Reason.USED_ELSEWHERE
             assert _refusal(b, 101) is None  # the rest of the batch is untouched
 
+        # Network down at box A: the depot issues an emergency ticket by hand. It is reported
+        # (retained, for the backend to reconcile) as soon as A's gateway runs again.
+        with a.store() as store:
+            emergency = tickets.issue_emergency(
+                a.site(), store, "18.9L", now=datetime.now(UTC), note="typhoon"
+            )
         # Apart: box A (running alone) and box B (its gateway down) both take ticket 101.
         async with _gateway(a):
+            reported = await watcher.wait_for(
+                lambda t, d: t == f"prepay/tickets/330102/{emergency.code}/emergency/box-a"
+            )
+            assert (reported["product"], reported["note"]) == ("18.9L", "typhoon")
+            with a.store() as store:
+                assert not store.emergency_tickets(unreconciled_only=True)
             assert _redeem(a, 101, "counter 1").redeemed is not None
             assert _redeem(b, 101, "door").redeemed is not None  # B does not know yet
             await watcher.wait_for(

@@ -25,7 +25,7 @@ def test_schema_version_5_store_migrates_to_6_keeping_its_incarnation(tmp_path: 
         assert tickets.incarnation == incarnation
         assert tickets.batches() == []
     with Store(path, ledger_key=KEY) as store:
-        assert store.schema_version == 6
+        assert store.schema_version == store_db.SCHEMA_VERSION
         assert store.incarnation == incarnation
 
 

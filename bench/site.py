@@ -1,0 +1,318 @@
+"""``prepay bench site``: poll like a site, through the real daemon, and count what arrives.
+
+For each fleet size N: N simulated Modbus TCP meters (Eastron SDM120 profiles, served by
+``python -m firmware_sim.modbus_meter`` processes, ``--per-bus`` meters each) polled every
+``--interval`` seconds by ``prepay run`` as its own process, each meter billing an account on
+the Zhejiang residential tariff (opened in credit), a real mosquitto, and a subscriber that
+records every ``meter/+/reading`` (and backlog ``readings``) message. After a warm-up it
+measures for ``--seconds``:
+
+- offered (N x seconds / interval) and delivered polls (distinct readings read in the window
+  that reached the subscriber), and readings that arrived twice (must be 0);
+- CPU seconds of the daemon process (``/proc/PID/stat``, user + system) per 1,000 polls, and
+  per poll in ms: the cost of the whole job (poll, journal, bill, ledger, publish), robust to
+  other load on the machine;
+- poll -> broker latency p50 / p99 (the reading's ``read_at``, the poll instant, to the
+  subscriber's receipt: one clock, one machine);
+- RSS of the daemon at the end;
+- journal rows missing at the subscriber after the daemon stopped (every journalled reading
+  of the window must have been published: 0).
+
+The last line is one JSON object. Example: ``prepay bench site --meters 100,500 --seconds 30``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from bench.modbus import PROFILE, PROFILES_DIR, _Simulator
+from bench.mosquitto import Broker, free_port, write_config
+from bench.sites import TARIFFS, account, write_site
+
+SITE = "bench-site"
+TARIFF = "zhejiang_residential_electricity"
+READY_TIMEOUT_S = 180.0
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _write_site(
+    directory: Path, mqtt_port: int, buses: list[tuple[int, int]], interval: float
+) -> Path:
+    """Accounts ``A{i}`` on meters ``m{i}``; ``buses``: (TCP port, meter count) per simulator."""
+    accounts, modbus = [], []
+    i = 0
+    for b, (port, count) in enumerate(buses):
+        devices = []
+        for unit in range(1, count + 1):
+            i += 1
+            meter = f"m{i}"
+            devices.append(
+                {
+                    "device_id": f"d{i}",
+                    "unit_id": unit,
+                    "profile": PROFILE,
+                    "meter_id": meter,
+                    "poll_interval_s": interval,
+                }
+            )
+            entry = account(f"A{i}", meter, tariff=TARIFF, class_name="resident_tou")
+            entry["opening_balance_minor"] = 10_000_000  # 100,000 yuan: no cutoff in the run
+            accounts.append(entry)
+        modbus.append(
+            {
+                "name": f"bus{b}",
+                "kind": "tcp",
+                "host": "127.0.0.1",
+                "port": port,
+                "timeout_s": 2.0,
+                "devices": devices,
+            }
+        )
+    extra = {
+        "devices": {"profiles_dir": str(PROFILES_DIR), "modbus_buses": modbus},
+        # The simulators count fast: far above the SDM120's rating.
+        "meters": [{"id": f"m{k}", "max_rate_per_h": 100_000} for k in range(1, i + 1)],
+    }
+    return write_site(
+        directory,
+        site_id=SITE,
+        mqtt_port=mqtt_port,
+        tariffs=[TARIFFS / "zhejiang-residential-electricity.yaml"],
+        accounts=accounts,
+        extra=extra,
+    )
+
+
+class _Subscriber:
+    """Every reading message: reading id -> (read_at, received) and how often it came."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[float, float]] = {}
+        self.twice = 0
+        self.online = asyncio.Event()
+
+    def _take(self, reading: dict[str, Any], received: float) -> None:
+        rid = reading["reading_id"]
+        if rid in self.seen:
+            self.twice += 1
+            return
+        read_at = datetime.fromisoformat(reading["read_at"].replace("Z", "+00:00")).timestamp()
+        self.seen[rid] = (read_at, received)
+
+    async def run(self, port: int) -> None:
+        async with aiomqtt.Client("127.0.0.1", port, identifier="bench-subscriber") as client:
+            await client.subscribe(f"prepay/{SITE}/meter/+/reading", qos=1)
+            await client.subscribe(f"prepay/{SITE}/meter/+/readings", qos=1)
+            await client.subscribe(f"prepay/{SITE}/status", qos=1)
+            async for message in client.messages:
+                received = time.time()
+                payload = message.payload
+                assert isinstance(payload, bytes)  # noqa: S101 - what mosquitto delivers
+                doc = json.loads(payload)
+                topic = str(message.topic)
+                if topic.endswith("/status"):
+                    if doc.get("status") == "online":
+                        self.online.set()
+                elif topic.endswith("/readings"):
+                    for reading in doc["readings"]:
+                        self._take(reading, received)
+                else:
+                    self._take(doc, received)
+
+
+@contextlib.asynccontextmanager
+async def _daemon(site: Path, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    env = dict(os.environ)
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "run",
+            "-c",
+            str(site),
+            "--log-level",
+            "warning",
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            env=env,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(30):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+def _journalled(store: Path, start: float, end: float) -> tuple[set[str], int]:
+    """Reading ids of the journal read in [start, end) that the gateway publishes (billed:
+    billed, baseline or a same-second conflict), and how many were held instead."""
+    conn = sqlite3.connect(f"{store.as_uri()}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT reading_id, state, bill_status FROM readings"
+            " WHERE read_at_us >= ? AND read_at_us < ?",
+            (int(start * 1e6), int(end * 1e6)),
+        ).fetchall()
+    finally:
+        conn.close()
+    published = {"billed", "baseline", "conflict"}
+    sent = {rid for rid, state, status in rows if state == "billed" and status in published}
+    held = sum(1 for _, state, _ in rows if state == "held")
+    return sent, held
+
+
+async def _one(
+    n: int, per_bus: int, interval: float, warmup: float, seconds: float
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="prepay-bench-site-") as tmp:
+        directory = Path(tmp)
+        port = free_port()
+        broker = Broker("127.0.0.1", port, write_config(directory, port))
+        broker.start()
+        try:
+            counts = [per_bus] * (n // per_bus) + ([n % per_bus] if n % per_bus else [])
+            async with contextlib.AsyncExitStack() as stack:
+                sims = []
+                for count in counts:
+                    sim = _Simulator(["--tcp", "127.0.0.1:0"], range(1, count + 1))
+                    sims.append(await stack.enter_async_context(sim))
+                await asyncio.gather(*(s.ready() for s in sims))
+                site = _write_site(
+                    directory,
+                    port,
+                    [(s.port, c) for s, c in zip(sims, counts, strict=True)],
+                    interval,
+                )
+                init = [sys.executable, "-m", "gateway.cli", "init", "-c", str(site), "--new-store"]
+                await asyncio.to_thread(subprocess.run, init, check=True, capture_output=True)
+                subscriber = _Subscriber()
+                listener = asyncio.create_task(subscriber.run(port))
+                await asyncio.sleep(0.5)  # the subscriber's SUBSCRIBE before the first reading
+                async with _daemon(site, directory / "daemon.log") as proc:
+                    async with asyncio.timeout(READY_TIMEOUT_S):
+                        await subscriber.online.wait()
+                    _say(f"  {n} meters: online; warming up {warmup:.0f} s")
+                    await asyncio.sleep(warmup)  # the benchmark's schedule, not a settle wait
+                    start, cpu0 = time.time(), _cpu_s(proc.pid)
+                    await asyncio.sleep(seconds)
+                    end, cpu1 = time.time(), _cpu_s(proc.pid)
+                    rss = _rss_mb(proc.pid)
+                    await asyncio.sleep(min(5.0, 2 * interval))  # the last polls' messages
+                # What the daemon drained on its way out may still be on its way to us.
+                for _ in range(20):
+                    before = len(subscriber.seen)
+                    await asyncio.sleep(0.5)
+                    if len(subscriber.seen) == before:
+                        break
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await listener
+                journal, held = _journalled(directory / "state" / "prepay.sqlite", start, end)
+        finally:
+            broker.stop()
+    window = {rid: v for rid, v in subscriber.seen.items() if start <= v[0] < end}
+    latencies = [(received - read_at) * 1000 for read_at, received in window.values()]
+    offered = round(n * seconds / interval)
+    cpu = cpu1 - cpu0
+    return {
+        "meters": n,
+        "interval_s": interval,
+        "offered": offered,
+        "delivered": len(window),
+        "delivered_ratio": round(len(window) / offered, 4) if offered else math.nan,
+        "duplicates_at_subscriber": subscriber.twice,
+        "journalled_not_published": len(journal - window.keys()),
+        "held": held,
+        "cpu_s_per_1000_polls": round(1000 * cpu / max(len(window), 1), 3),
+        "cpu_ms_per_poll": round(1000 * cpu / max(len(window), 1), 3),  # the same number
+        "cpu_share_of_one_core": round(cpu / seconds, 3),
+        "latency_p50_ms": round(_percentile(latencies, 0.5), 1),
+        "latency_p99_ms": round(_percentile(latencies, 0.99), 1),
+        "rss_mb": round(rss, 1),
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="prepay bench site", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--meters", default="100,500,1000,2000", help="fleet sizes, comma-separated"
+    )
+    parser.add_argument("--interval", type=float, default=1.0, help="poll interval, seconds")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per size")
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
+    parser.add_argument("--per-bus", type=int, default=125, help="meters per simulator and bus")
+    parser.add_argument("--quick", action="store_true", help="100 meters, 10 s: a smoke run")
+    args = parser.parse_args(argv)
+    sizes = [100] if args.quick else [int(x) for x in args.meters.split(",")]
+    seconds, warmup = (10.0, 5.0) if args.quick else (args.seconds, args.warmup)
+    load = os.getloadavg()[0]
+    _say(
+        f"bench site: sizes {sizes}, poll every {args.interval} s, {seconds} s each"
+        f" (load {load:.2f})"
+    )
+    runs = []
+    for n in sizes:
+        result = asyncio.run(_one(n, args.per_bus, args.interval, warmup, seconds))
+        runs.append(result)
+        _say(
+            f"  {n:>5} meters: delivered {result['delivered']}/{result['offered']}"
+            f" ({100 * result['delivered_ratio']:.1f}%), {result['cpu_ms_per_poll']} ms CPU/poll,"
+            f" {100 * result['cpu_share_of_one_core']:.0f}% of a core, latency p50"
+            f" {result['latency_p50_ms']} / p99 {result['latency_p99_ms']} ms,"
+            f" RSS {result['rss_mb']} MB, unpublished {result['journalled_not_published']},"
+            f" twice {result['duplicates_at_subscriber']}"
+        )
+    print(json.dumps({"bench": "site", "loadavg_start": round(load, 2), "runs": runs}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
