@@ -14,12 +14,19 @@
    electricity, whose meter runs fast-forwarded so its credit runs out within the demo), sends
    one again (answered ``duplicate``), waits for flat 101 to go low and be cut, tops it up again
    and waits for the restore. Meanwhile the scenario's faults fire and the demo waits for the
-   gateway's answer to each. Then it stops everything with SIGTERM and verifies the ledger.
+   gateway's answer to each. At the water kiosk (`kiosk-1`, which sells water: its ``vending``
+   section), the backend sends a signed batch of paper tickets (signed by a plant key made for
+   the run), a customer's card pays for 2.5 L from flat 201's credit, a paper ticket pours a
+   bucket, and an electronic ticket (its QR string) is redeemed at the counter with
+   ``prepay ticket redeem``; the customers are control lines to the simulator
+   (``present kiosk-1 card CARD-0001``, ``pour kiosk-1 2500``). Then it stops everything with
+   SIGTERM, verifies the ledger, and writes the newest top-up's receipt as a PDF into the work
+   directory and checks it with ``prepay receipt verify``.
 4. Runs the quick billing benchmark (left out by ``--site-only``).
 5. Ends with the story of what happened, built from the messages the backend received: top-up,
-   low balance, cutoff confirmed by the device, top-up, restore confirmed, and the effect of
-   each fault, with times from the start of the site. Whatever did not happen is said, and the
-   demo then exits 1.
+   low balance, cutoff confirmed by the device, top-up, restore confirmed, the effect of each
+   fault, and the kiosk's sessions and redemptions, with times from the start of the site, and
+   the receipt. Whatever did not happen is said, and the demo then exits 1.
 
 Every wait is on messages (or the simulator's status file), each under a deadline; none is a
 pause to let things settle. The run takes about a minute.
@@ -33,6 +40,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -41,37 +49,64 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import aiomqtt
 
-from bench.demo_files import RunPlaces, run_scenario_doc, run_site_doc, write_run_file
+from bench.demo_files import (
+    RunPlaces,
+    run_scenario_doc,
+    run_site_doc,
+    write_plant_key,
+    write_run_file,
+)
 from bench.demo_story import (
+    CARD_POUR_ML,
     CURRENCY,
+    ELECTRONIC_CODE,
+    KIOSK,
+    KIOSK_CARD,
+    PAPER_CODE,
     STORY_ACCOUNT,
     STORY_DEVICE,
     STORY_TOPUP_MINOR,
+    TICKET_BATCH,
+    TICKET_BATCH_RANGE,
+    TICKET_DEPOT,
+    TICKET_FACE_MINOR,
+    TICKET_PLANT,
+    TICKET_POUR_ML,
+    TICKET_PRODUCT,
+    TICKET_REGION,
     TOPUP_MINOR,
     FaultWatch,
+    ReceiptCheck,
     Seen,
     fault_watches,
     find_steps,
+    litres,
     money,
     story_complete,
     story_steps,
+    tell_kiosk_story,
     tell_story,
 )
 from bench.mosquitto import Broker, free_port, write_config
+from billing_engine.base.errors import PrepayError
 from billing_engine.money import format_minor
 from firmware_sim.scenario import Scenario, load_scenario
 from gateway.cli import main as prepay
 from gateway.config import SiteConfig, load_site
+from gateway.console.users import Role, add_user, new_password
 from gateway.northbound.commands import new_command, sign_command
 from gateway.northbound.payloads import CommandKind
 from gateway.northbound.signing import load_private_key
 from gateway.ops.keys import init_keys
+from gateway.ops.receipts import write_demo_receipt
+from gateway.ops.tickets import make_electronic
+from gateway.tickets.scope import Scope
 
 ROOT = Path(__file__).resolve().parents[1]
 TARIFFS = ROOT / "configs" / "tariffs"
@@ -88,6 +123,10 @@ COMMAND_TIMEOUT_S = 20.0  # a command's result
 STORY_TIMEOUT_S = 45.0  # from the small top-up to the cutoff confirmed on the relay
 FAULT_TIMEOUT_S = 30.0  # from a fault's at_s to the gateway's answer
 STOP_TIMEOUT_S = 10.0
+KIOSK_TIMEOUT_S = 40.0  # the whole water kiosk scene (about 2 s when it goes right)
+#: The tickets' validity: from yesterday (a local day in Asia/Shanghai may be ahead of UTC's)
+#: for half a year.
+TICKET_DAYS = 180
 
 
 def step(title: str) -> None:
@@ -95,7 +134,7 @@ def step(title: str) -> None:
 
 
 def run_cli(argv: list[str]) -> int:
-    print(f"$ prepay {' '.join(argv)}", flush=True)
+    print(f"$ prepay {shlex.join(argv)}", flush=True)
     return prepay(argv)
 
 
@@ -232,6 +271,7 @@ class Backend:
             doc = json.loads(message.payload)
             if topic.endswith("/result"):
                 self.results.setdefault(str(doc.get("id")), []).append(doc)
+                self.seen.append(Seen(topic, doc))
             elif "/cmd/" not in topic:  # not our own commands
                 self.seen.append(Seen(topic, doc))
                 if topic.endswith("/event"):
@@ -256,13 +296,16 @@ class Backend:
         return found
 
     def signed_topup(self, account: str, amount_minor: int) -> dict[str, Any]:
-        body = new_command(
-            CommandKind.TOPUP,
-            self.site,
-            {"account": account, "amount_minor": amount_minor, "currency": CURRENCY},
-            now=datetime.now(UTC),
-        )
+        fields = {"account": account, "amount_minor": amount_minor, "currency": CURRENCY}
+        return self.signed(CommandKind.TOPUP, fields)
+
+    def signed(self, kind: CommandKind, fields: Mapping[str, Any]) -> dict[str, Any]:
+        body = new_command(kind, self.site, fields, now=datetime.now(UTC))
         return sign_command(body, self._key)
+
+    def first_after(self, mark: int, matches: Callable[[Seen], bool]) -> Seen | None:
+        """The first message from index ``mark`` on that ``matches``."""
+        return next((s for s in self.seen[mark:] if matches(s)), None)
 
     async def send(self, command: Mapping[str, Any]) -> None:
         topic = f"prepay/{self.site}/cmd/{command['kind']}"
@@ -308,6 +351,8 @@ async def play_backend(
     async with aiomqtt.Client("127.0.0.1", places.broker_port, identifier="demo-backend") as client:
         log = (places.work / "mqtt.log").open("w")  # blocking writes of a few lines: fine here
         await client.subscribe(f"prepay/{site.site}/#", qos=1)
+        # The plant's ticket topics: redemptions the gateway publishes to the plant's boxes.
+        await client.subscribe(f"prepay/tickets/{TICKET_PLANT}/#", qos=1)
         backend = Backend(client, site.site, places.keys / "backend.pem", log, play.alive)
         play.backend = backend
         watcher = asyncio.create_task(backend.watch(), name="demo.backend")
@@ -381,6 +426,12 @@ async def _scenes(
     )
     print(f"  {again['id']}: {answers[0]['status'] if answers else 'no answer'}")
 
+    try:
+        async with asyncio.timeout(KIOSK_TIMEOUT_S):
+            await _kiosk(backend, places)
+    except TimeoutError:
+        print(f"  the kiosk's scene did not end within {KIOSK_TIMEOUT_S:.0f} s")
+
     step(f"{STORY_ACCOUNT} uses up its {format_minor(STORY_TOPUP_MINOR, CURRENCY)}")
     steps = story_steps(STORY_ACCOUNT, STORY_DEVICE)
     confirmed_off = await backend.until(
@@ -408,7 +459,139 @@ async def _scenes(
     print(f"  balances: {backend.balances()}")
 
 
-def run_site(work: Path) -> tuple[int, list[str]]:
+# ---------------------------------------------------------------------- the water kiosk
+
+
+def control(places: RunPlaces, line: str) -> None:
+    """A command to the simulator (a customer at the kiosk), through its control file."""
+    print(f"  simulator: {line}", flush=True)
+    with places.control_file.open("a") as handle:
+        handle.write(line + "\n")
+
+
+async def kiosk_listening(places: RunPlaces, alive: Callable[[], bool]) -> bool:
+    """True once the gateway listens to the kiosk's customers (the simulator's status file:
+    a central subscribed to the Request characteristic); False after `START_TIMEOUT_S`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT_S
+    while not device_status(places.work).get(KIOSK, {}).get("listening"):
+        if loop.time() > deadline or not alive():
+            return False
+        await asyncio.sleep(0.1)  # a plain file has no change notification
+    return True
+
+
+def _session(dispenser: str, kind: str, *statuses: str) -> Callable[[Seen], bool]:
+    def matches(seen: Seen) -> bool:
+        return any(seen.is_session(dispenser, status, kind) for status in statuses)
+
+    return matches
+
+
+async def _customer(
+    backend: Backend, places: RunPlaces, kind: str, identity: str, pour_ml: int
+) -> None:
+    """One customer: presents ``identity``; once authorised, holds the tap for ``pour_ml``."""
+    mark = len(backend.seen)
+    control(places, f"present {KIOSK} {kind} {identity}")
+    answer = await backend.until(
+        lambda: backend.first_after(mark, _session(KIOSK, kind, "authorised", "refused")),
+        COMMAND_TIMEOUT_S,
+    )
+    if answer is None:
+        print("  no answer from the gateway")
+        return
+    doc = answer.doc
+    if doc["status"] == "refused":
+        print(f"  refused: {doc.get('reason')}")
+        return
+    print(f"  session {doc['session_id']} authorised, up to {litres(doc['authorised_ml'])}")
+    mark = len(backend.seen)
+    control(places, f"pour {KIOSK} {pour_ml}")
+    settled = await backend.until(
+        lambda: backend.first_after(mark, _session(KIOSK, kind, "settled")), COMMAND_TIMEOUT_S
+    )
+    if settled is None:
+        print("  the session did not settle")
+        return
+    doc = settled.doc
+    charge = money(doc, "charge_minor") if doc.get("charge_minor") is not None else "no money"
+    print(f"  session {doc['session_id']} settled: {litres(doc['poured_ml'])}, {charge}")
+
+
+async def _kiosk(backend: Backend, places: RunPlaces) -> None:
+    today = datetime.now(UTC).date()
+    valid_from, valid_until = today - timedelta(days=1), today + timedelta(days=TICKET_DAYS)
+
+    step("the plant signs a batch of paper tickets; the backend sends it to the gateway")
+    batch_file = places.work / "ticket-batch.json"
+    first, count = TICKET_BATCH_RANGE
+    make = ["ticket", "make", "batch", "--key", str(places.plant_key), "--batch", TICKET_BATCH]
+    make += ["--plant", TICKET_PLANT, "--product", TICKET_PRODUCT, "--currency", CURRENCY]
+    make += ["--face-minor", str(TICKET_FACE_MINOR), "--region", TICKET_REGION]
+    make += ["--from", str(valid_from), "--until", str(valid_until), "--range", f"{first}:{count}"]
+    if await asyncio.to_thread(run_cli, [*make, "--out", str(batch_file)]) == 0:
+        command = backend.signed(
+            CommandKind.TICKET_BATCH, {"batch": json.loads(batch_file.read_text())}
+        )
+        await backend.send(command)
+        result = await backend.until(
+            lambda: backend.results.get(str(command["id"])), COMMAND_TIMEOUT_S
+        )
+        print(f"  cmd/ticket_batch: {result[0]['status'] if result else 'no result'}")
+
+    step(f"the water kiosk {KIOSK}: customers at the machine")
+    if not await kiosk_listening(places, backend.alive):
+        print(f"  the gateway does not listen to {KIOSK}'s customers")
+        return
+    print(f"  a card: {KIOSK_CARD} (flat 201's water account), {litres(CARD_POUR_ML)}")
+    await _customer(backend, places, "card", KIOSK_CARD, CARD_POUR_ML)
+    print(f"  a paper ticket: {PAPER_CODE}, a bucket")
+    await _customer(backend, places, "ticket", PAPER_CODE, TICKET_POUR_ML)
+
+    step("an electronic ticket (the QR string on the phone) redeemed at the counter")
+    try:
+        qr = make_electronic(
+            places.plant_key,
+            code=ELECTRONIC_CODE,
+            product=TICKET_PRODUCT,
+            valid_from=valid_from,
+            valid_until=valid_until,
+            scope=Scope(depot=TICKET_DEPOT),
+        )
+    except (PrepayError, ValueError) as exc:  # the plant key unreadable, a field refused
+        print(f"  no electronic ticket: {exc}")
+        return
+    print(f"  the plant's tool signed {ELECTRONIC_CODE}: {qr[:40]}... ({len(qr)} characters)")
+    mark = len(backend.seen)
+    redeem = ["ticket", "redeem", "-c", str(places.site_file), qr, "--where", "counter 1"]
+    if await asyncio.to_thread(run_cli, redeem) == 0:
+        published = await backend.until(
+            lambda: backend.first_after(mark, lambda s: s.is_redeemed(ELECTRONIC_CODE)),
+            COMMAND_TIMEOUT_S,
+        )
+        print(f"  published to the plant's boxes: {published.topic if published else 'no'}")
+
+
+def check_receipt(places: RunPlaces) -> ReceiptCheck:
+    """The newest receipt (a top-up's) as a PDF in the work directory, verified offline."""
+    try:
+        path = write_demo_receipt(load_site(places.site_file), places.work)
+    except PrepayError as exc:
+        print(f"  no receipt: {exc}")
+        return ReceiptCheck(None, problem=str(exc))
+    print(f"  written: {path}")
+    seq = int(path.stem.removeprefix("receipt-"))  # write_demo_receipt's receipt-<seq>.pdf
+    verify = ["receipt", "verify", str(path), "--gateway-key", str(places.gateway_public_key)]
+    verified = run_cli(verify) == 0
+    if path.is_relative_to(ROOT):
+        path = path.relative_to(ROOT)  # told as .demo/receipt-<seq>.pdf
+    if not verified:
+        return ReceiptCheck(path, seq, problem="prepay receipt verify refused it")
+    return ReceiptCheck(path, seq, verified=True)
+
+
+def run_site(work: Path, *, keep_running: bool = False) -> tuple[int, list[str]]:
     """The simulated site with the gateway: the exit status and the story."""
     # A new store each run, deliberately: the gateway refuses to start on a missing state
     # directory where the site has run before, and `prepay init --new-store` makes it.
@@ -426,19 +609,21 @@ def run_site(work: Path) -> tuple[int, list[str]]:
         procs.append(("mosquitto", broker.proc))
         places = RunPlaces(work, links, broker.port)
         init_keys(places.keys, with_backend=True)
+        write_plant_key(places)
         scenario_file = write_run_file(
             work / "demo-scenario.yaml", run_scenario_doc(SCENARIO_FILE, places), SCENARIO_FILE
         )
         scenario = load_scenario(scenario_file)
         started = datetime.now(UTC)  # the faults' at_s count from the simulator's start
         argv = [sys.executable, "-m", "firmware_sim", "-c", str(scenario_file)]
-        argv += ["--status", str(status_file), "--control", str(work / "sim-control")]
+        argv += ["--status", str(status_file), "--control", str(places.control_file)]
         sim = start("simulator", argv, work / "sim.log")
         procs.append(("simulator", sim))
         tcp_ports = wait_for_simulator(status_file, sim, scenario)
-        site_file = write_run_file(
-            work / "demo-site.yaml", run_site_doc(SITE_FILE, places, tcp_ports), SITE_FILE
-        )
+        site_doc = run_site_doc(SITE_FILE, places, tcp_ports)
+        console = add_console(site_doc, places)
+        site_file = write_run_file(places.site_file, site_doc, SITE_FILE)
+        print(f"operator console: {console.url}  login: {console.user} / {console.password}")
         for check in (
             ["check-config", "-c", str(site_file)],
             ["init", "--new-store", "-c", str(site_file)],
@@ -457,6 +642,8 @@ def run_site(work: Path) -> tuple[int, list[str]]:
             procs.append(("gateway", start("gateway", argv, work / "gateway.log", env)))
 
         asyncio.run(play_backend(play, places, site, started, launch_gateway))
+        if keep_running:
+            hold(procs, console)
     finally:
         step("SIGTERM to the gateway, then the simulator and the broker")
         for name, proc in reversed(procs):
@@ -467,8 +654,42 @@ def run_site(work: Path) -> tuple[int, list[str]]:
     status |= run_cli([*verify, "--key", str(places.keys / "ledger.key")])
     step("what an operator on the box sees: prepay status, read from the store")
     status |= run_cli(["status", "-c", str(site_file), "--events", "5"])
+    step("the newest top-up's receipt as a PDF, checked offline with the gateway's public key")
+    receipt = check_receipt(places)
     seen = play.backend.seen if play.backend is not None else []
-    return status, tell_story(seen, play.watches, started)
+    story = tell_story(seen, play.watches, started)
+    return status, story + tell_kiosk_story(seen, started, receipt)
+
+
+@dataclass(frozen=True)
+class ConsoleLogin:
+    url: str
+    user: str
+    password: str
+
+
+def add_console(doc: dict[str, Any], places: RunPlaces) -> ConsoleLogin:
+    """Give the run's site the operator console on a free port (`prepay run` serves it), with a
+    one-time login: user ``demo``, operator, a new random password each run."""
+    users = places.work / "console-users.json"
+    users.unlink(missing_ok=True)  # the last run's login ends here
+    port = free_port()  # as for the broker: taken meanwhile, the console retries with backoff
+    doc["console"] = {
+        "port": port,
+        "users_file": str(users),
+        "operator_key": str(places.keys / "operator.pem"),
+    }
+    password = new_password()
+    add_user(users, "demo", Role.OPERATOR, password)
+    return ConsoleLogin(f"http://127.0.0.1:{port}/", "demo", password)
+
+
+def hold(procs: Sequence[tuple[str, subprocess.Popen[bytes]]], console: ConsoleLogin) -> None:
+    """Keep the site running until Ctrl-C (or one of its processes ends)."""
+    step(f"the site runs on: console {console.url} (Ctrl-C stops everything)")
+    with contextlib.suppress(KeyboardInterrupt):
+        while all(proc.poll() is None for _, proc in procs):
+            time.sleep(0.5)
 
 
 def check_tariffs() -> int:
@@ -492,6 +713,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--site-only", action="store_true", help="leave out the tariff checks and the benchmark"
     )
+    parser.add_argument(
+        "--bounded",
+        action="store_true",
+        help="stop once the story is played (default when stdin is not a terminal: CI, scripts)",
+    )
     args = parser.parse_args(argv)
     # Line by line into a pipe too: the benchmark's process writes to the same stdout.
     if isinstance(sys.stdout, io.TextIOWrapper):
@@ -501,7 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0 if args.site_only else check_tariffs()
     step("a simulated site: broker, devices and gateway as separate processes")
     try:
-        site_status, story = run_site(work)
+        site_status, story = run_site(work, keep_running=not args.bounded and sys.stdin.isatty())
     except (RuntimeError, ValueError, OSError) as exc:  # the processes are stopped by now
         print(f"demo: {exc}", file=sys.stderr)
         return 1

@@ -9,12 +9,16 @@ need both loaders to read it, and copies are ordinary files to read and run agai
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bench.demo_story import TICKET_DEPOT, TICKET_PLANT, TICKET_PRODUCT, TICKET_REGION
+from gateway.northbound.signing import generate_private_key, private_key_to_pem, public_key_to_pem
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,30 @@ class RunPlaces:
     @property
     def keys(self) -> Path:
         return self.work / "keys"
+
+    @property
+    def site_file(self) -> Path:
+        """The run copy of the gateway's site file."""
+        return self.work / "demo-site.yaml"
+
+    @property
+    def control_file(self) -> Path:
+        """The simulator's ``--control`` file: a command per line appended."""
+        return self.work / "sim-control"
+
+    @property
+    def gateway_public_key(self) -> Path:
+        """The key receipts are verified with (`prepay keys init` writes it)."""
+        return self.keys / "gateway.pub.pem"
+
+    @property
+    def plant_key(self) -> Path:
+        """The water plant's private key, which signs this run's tickets and batches."""
+        return self.keys / "plant.pem"
+
+    @property
+    def plant_public_key(self) -> Path:
+        return self.keys / "plant.pub.pem"
 
     @property
     def ble_socket(self) -> Path:
@@ -83,7 +111,35 @@ def run_site_doc(source: Path, places: RunPlaces, tcp_ports: Mapping[str, int]) 
             bus["serial"]["port"] = str(places.rtu_link(bus["name"]))
     for network in devices.get("lns", []):
         network["broker"]["port"] = places.broker_port
+    # The water tickets of the kiosk story: this run's plant key, and its vending dispensers
+    # pour a bucket per paper ticket. The shipped file has neither, because no plant key ships
+    # with it (and a dispenser's ticket_product needs the site's tickets section).
+    for dispenser in devices.get("ble_dispensers", []):
+        if dispenser.get("vending") is not None:
+            dispenser["vending"]["ticket_product"] = TICKET_PRODUCT
+    doc["tickets"] = {
+        "plant_code": TICKET_PLANT,
+        "depot": TICKET_DEPOT,
+        "region": TICKET_REGION,
+        "products": [TICKET_PRODUCT],
+        "issuer_public_keys": [str(places.plant_public_key)],
+        "timezone": "Asia/Shanghai",
+    }
     return doc
+
+
+def write_plant_key(places: RunPlaces) -> None:
+    """A plant key pair for this run (kept if there is one): the plant's side of the tickets,
+    which `prepay keys init` does not make (a site trusts a plant's key, it never holds it)."""
+    if places.plant_key.exists():
+        return
+    key = generate_private_key()
+    # 0600 from the start, as `prepay keys init` writes private keys: `prepay ticket make`
+    # refuses a key file its group or others may read.
+    fd = os.open(places.plant_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(private_key_to_pem(key))
+    places.plant_public_key.write_bytes(public_key_to_pem(key.public_key()))
 
 
 def write_run_file(path: Path, doc: Mapping[str, Any], source: Path) -> Path:

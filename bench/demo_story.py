@@ -1,5 +1,6 @@
 """The story of one `make demo` run, told from the messages the backend received
-(`bench/demo.py`): the steps of the story account, and the gateway's answer to each fault.
+(`bench/demo.py`): the steps of the story account, the gateway's answer to each fault, and the
+water kiosk's customers (a card, a paper ticket, an electronic ticket) with the receipt.
 
 Pure: messages in, lines out. A step or answer that is not among the messages is told as
 ``NOT SEEN``.
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from billing_engine.money import format_minor
@@ -25,6 +27,32 @@ TOPUP_MINOR = 5_000  # 50.00 yuan to every account
 STORY_ACCOUNT = "A-101-E"
 STORY_DEVICE = "flat-101-elec"
 STORY_TOPUP_MINOR = 600
+
+#: The water kiosk (demo-site.yaml's kiosk-1 with its ``vending`` section): flat 201's card
+#: draws on its water account at 0.35 CNY a litre; the customer holds the tap for 2.5 L, which
+#: costs 2.5 x 0.35 = 0.875 CNY, 88 fen rounded half-up (docs/vending.md).
+KIOSK = "kiosk-1"
+KIOSK_CARD = "CARD-0001"
+KIOSK_ACCOUNT = "A-201-W"
+CARD_POUR_ML = 2_500
+#: The tickets (docs/tickets.md): the run's site gets a ``tickets`` section for this plant,
+#: depot and region (`bench.demo_files.run_site_doc`), with a plant key made for the run.
+TICKET_PLANT = "330102"
+TICKET_PRODUCT = "18.9L"
+TICKET_DEPOT = "hz-xihu-03"
+TICKET_REGION = "hz"
+#: A batch of 500 paper tickets, serials 10000-10499, 20.00 CNY each, for the region.
+TICKET_BATCH = "B-DEMO-1"
+TICKET_BATCH_RANGE = (10_000, 500)
+TICKET_FACE_MINOR = 2_000
+#: Serial 10000 of the batch, with its Damm check digit: docs/tickets.md's worked example.
+PAPER_CODE = "3301020000100008"
+#: An electronic ticket's code: serial 500000, check digit 4 (Damm over 330102000500000, as
+#: `prepay ticket make code --plant 330102 --serial 500000` prints it). Outside the batch: an
+#: electronic ticket is good by the plant's signature, not by an issued range.
+ELECTRONIC_CODE = "3301020005000004"
+#: The customer holds the tap for a whole bucket: the valve closes at the ticket's 18.9 L.
+TICKET_POUR_ML = 18_900
 
 #: What the gateway publishes when a fault of the scenario takes effect: the alarm codes, in
 #: order, on the account of the faulted device (its meter's or its actuator's account). A
@@ -61,7 +89,8 @@ class Seen:
 
     @property
     def at(self) -> datetime:
-        return parse_ts(str(self.doc["ts"]))
+        # A ticket redemption between boxes carries its instant as ``at``, every other as ``ts``.
+        return parse_ts(str(self.doc["ts"] if "ts" in self.doc else self.doc["at"]))
 
     def is_event(self, account: str, *kinds: str) -> bool:
         return (
@@ -72,6 +101,17 @@ class Seen:
 
     def is_alarm(self, account: str, code: str) -> bool:
         return self.is_event(account, "alarm") and self.doc.get("alarm") == code
+
+    def is_session(self, dispenser: str, status: str, identity_kind: str) -> bool:
+        return (
+            self.topic.endswith(f"/dispenser/{dispenser}/session")
+            and self.doc.get("status") == status
+            and self.doc.get("identity_kind") == identity_kind
+        )
+
+    def is_redeemed(self, code: str) -> bool:
+        """The box's redemption of ``code``, as published to the plant's other boxes."""
+        return self.topic.startswith(f"prepay/tickets/{code[:6]}/{code}/redeemed/")
 
     def is_confirmed(self, device: str, supply: str) -> bool:
         return (
@@ -249,6 +289,153 @@ def tell_story(seen: Sequence[Seen], watches: Sequence[FaultWatch], started: dat
         ]
         answers += [f"NOT SEEN {code}" for code in watch.codes[len(watch.found) :]]
         lines.append(f"  +{watch.at_s:6.2f} s  {what}: {'; '.join(answers)}")
+    return lines
+
+
+def kiosk_steps() -> list[StoryStep]:
+    """The kiosk's customers: the backend's batch of paper tickets, a card's session from
+    authorised to settled, a paper ticket's session with its redemption, an electronic ticket
+    redeemed at the counter. Each session settles before the next customer comes (the demo
+    waits), so the first settled session after an authorised one is its end. The gateway
+    redeems a ticket before it authorises its session, and publishes the two apart (the
+    redemption through the ticket feed, within a second), in either order: the redemption
+    only needs to follow the batch."""
+    return [
+        StoryStep(
+            "ticket batch applied",
+            lambda s: (
+                s.topic.endswith("/cmd/ticket_batch/result") and s.doc.get("status") == "applied"
+            ),
+            None,
+        ),
+        StoryStep(
+            "card session authorised",
+            lambda s: (
+                s.is_session(KIOSK, "authorised", "card") and s.doc.get("account") == KIOSK_ACCOUNT
+            ),
+            None,
+        ),
+        StoryStep("card session settled", lambda s: s.is_session(KIOSK, "settled", "card"), 1),
+        StoryStep(
+            "paper ticket session authorised",
+            lambda s: s.is_session(KIOSK, "authorised", "ticket"),
+            0,
+        ),
+        StoryStep(
+            "paper ticket redeemed at the dispenser",
+            lambda s: (
+                s.is_redeemed(PAPER_CODE)
+                and str(s.doc.get("where", "")).startswith(f"dispenser {KIOSK} ")
+            ),
+            0,
+        ),
+        StoryStep(
+            "paper ticket session settled", lambda s: s.is_session(KIOSK, "settled", "ticket"), 3
+        ),
+        StoryStep(
+            "electronic ticket redeemed at the counter",
+            lambda s: s.is_redeemed(ELECTRONIC_CODE) and s.doc.get("kind") == "electronic",
+            None,
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class ReceiptCheck:
+    """The newest receipt written as a PDF and checked offline (`prepay receipt verify`).
+
+    Attributes:
+        path: the PDF; None when none could be written (``problem`` says why).
+        seq: its receipt number.
+        verified: `prepay receipt verify` took it with the gateway's public key.
+        problem: why there is no PDF, or it did not verify.
+    """
+
+    path: Path | None
+    seq: int | None = None
+    verified: bool = False
+    problem: str = ""
+
+
+def litres(ml: object) -> str:
+    """mL as litres, exactly (``2500`` -> ``2.500 L``)."""
+    return f"{ml // 1000}.{ml % 1000:03d} L" if isinstance(ml, int) else "? L"
+
+
+def _describe_kiosk(label: str, seen: Seen) -> str:
+    doc = seen.doc
+    session = f"session {doc.get('session_id')}"
+    if label == "ticket batch applied":
+        first, count = TICKET_BATCH_RANGE
+        return (
+            f"ticket batch {TICKET_BATCH} applied (cmd/ticket_batch, the plant's signature "
+            f"inside the backend's): {count} paper tickets, serials {first}-{first + count - 1}"
+        )
+    if label == "card session authorised":
+        return (
+            f"{KIOSK_CARD} at {KIOSK}: {session} authorised for {doc.get('account')}, up to "
+            f"{litres(doc.get('authorised_ml'))} (balance {money(doc, 'balance_minor')})"
+        )
+    if label == "card session settled":
+        return (
+            f"{session} settled: {litres(doc.get('poured_ml'))} poured, "
+            f"{money(doc, 'charge_minor')} charged to {doc.get('account')}, "
+            f"balance {money(doc, 'balance_minor')}"
+        )
+    if label == "paper ticket session authorised":
+        return (
+            f"paper ticket {PAPER_CODE} at {KIOSK}: {session} authorised, "
+            f"{litres(doc.get('authorised_ml'))}"
+        )
+    if label == "paper ticket session settled":
+        paid = (
+            "no money (the ticket paid)"
+            if doc.get("charge_minor") is None
+            else f"{money(doc, 'charge_minor')} charged"
+        )
+        return f"{session} settled: {litres(doc.get('poured_ml'))} poured, {paid}"
+    return (
+        f"{doc.get('kind')} ticket {doc.get('code')} redeemed at box {doc.get('box')} "
+        f"({doc.get('where')}), published to the plant's boxes"
+    )
+
+
+def tell_kiosk_story(
+    seen: Sequence[Seen], started: datetime, receipt: ReceiptCheck | None
+) -> list[str]:
+    """The kiosk's part of the closing story, and the receipt; 'NOT SEEN' marks what is
+    missing (a receipt that was not written or did not verify too)."""
+    lines = [f"the water kiosk {KIOSK} and the tickets of plant {TICKET_PLANT}:"]
+    steps = kiosk_steps()
+    for story_step, index in zip(steps, find_steps(seen, steps), strict=True):
+        if index is None:
+            lines.append(f"  NOT SEEN  {story_step.label}")
+        else:
+            at = _since(seen[index].at, started)
+            lines.append(f"  {at}  {_describe_kiosk(story_step.label, seen[index])}")
+    if receipt is None or receipt.path is None or not receipt.verified:
+        why = receipt.problem if receipt is not None else "the site did not run"
+        lines.append(f"  NOT SEEN  receipt PDF written and verified ({why})")
+        return lines
+    topup = next(
+        (
+            s
+            for s in seen
+            if s.topic.endswith("/event")
+            and s.doc.get("event") == "topup_applied"
+            and (s.doc.get("receipt") or {}).get("receipt_seq") == receipt.seq
+        ),
+        None,
+    )
+    what = (
+        f" (the top-up of {money(topup.doc, 'amount_minor')} to {topup.doc['account']})"
+        if topup is not None
+        else ""
+    )
+    lines.append(
+        f"  receipt #{receipt.seq}{what} written to {receipt.path}; "
+        "prepay receipt verify: good, with the gateway's public key"
+    )
     return lines
 
 

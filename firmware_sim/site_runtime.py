@@ -20,7 +20,10 @@ relay or valve changes or a fault is applied, and at least every `STATUS_REFRESH
 
 Control commands (a line each, from ``--control FILE`` or stdin) apply a `FaultAction` now:
 ``DEVICE FAULT [COUNT] [option=value ...]``, e.g. ``flat-101-elec timeout 3`` or
-``lora-meter-201 repeat_uplinks 1 copies=3``.
+``lora-meter-201 repeat_uplinks 1 copies=3``; or play a customer at a BLE dispenser
+(`CustomerAction`): ``present DISPENSER card|phone|ticket IDENTITY`` (a card tapped, a phone
+shown, a ticket code scanned: a Request to the gateway) and ``pour DISPENSER ML`` (the customer
+holds the tap for ML mL of the session the gateway authorised, then presses "done").
 """
 
 from __future__ import annotations
@@ -45,10 +48,12 @@ from pymodbus.constants import ExcCodes
 
 from drivers.ble.gatt import (
     COMMAND_UUID,
+    REQUEST_UUID,
     U32_MAX,
     AuthoriseCommand,
     DispenseRef,
     DispenserState,
+    IdentityKind,
     RefKind,
     encode_command,
     sign_authorise,
@@ -80,6 +85,15 @@ RECONNECT_S = 2.0
 SOCAT_START_TIMEOUT_S = 10.0
 LORA_COUNTER_WRAP = 2**32
 _NS_PER_HOUR = 3_600 * 1_000_000_000
+#: A Dispensed notification per half litre of a pour by control line: an 18.9 L bucket in 38
+#: notifications rather than the 378 of the scheduled pours' default 50 mL step.
+CONTROL_POUR_STEP_ML = 500
+#: The words of ``present`` for what the customer presents (the Request frame's kinds).
+IDENTITY_WORDS = {
+    "card": IdentityKind.ACCOUNT_CARD,
+    "phone": IdentityKind.PHONE_ID,
+    "ticket": IdentityKind.TICKET,
+}
 _FLOAT_ROLLOVER_UNITS = 10**6  # a float register "wraps" where a 6-digit display would
 
 Announce = Callable[[str], None]
@@ -190,6 +204,20 @@ class BleUnit:
 
     def fault_name(self) -> str | None:
         return "ignore_writes" if self.device.ignore_lock_writes else None
+
+    def serve(self, ml: int) -> int:
+        """A customer at the machine holds the tap for ``ml`` mL of the session the gateway
+        authorised, then presses "done"; returns the mL that flowed (0: no session authorised,
+        the valve stays shut)."""
+        device = self.device
+        if device.state not in (DispenserState.AUTHORISED, DispenserState.DISPENSING):
+            return 0
+        poured = device.pour(ml, CONTROL_POUR_STEP_ML)
+        device.finish()  # no-op when the pour reached the authorised volume and ended it
+        if poured:
+            self.pours += 1
+            self.poured_ml += poured
+        return poured
 
     def pour(self) -> int:
         """One customer's pour now (see `firmware_sim.scenario.Pours`); the mL that flowed."""
@@ -306,15 +334,49 @@ async def close_pty_pair(rtu: RtuLink) -> None:
         await rtu.drain
 
 
-def parse_command(line: str) -> FaultAction | None:
-    """A control line as a `FaultAction`; None for a blank line or a ``#`` comment.
+@dataclass(frozen=True)
+class CustomerAction:
+    """A customer at a BLE dispenser, by control line.
+
+    Attributes:
+        device: the dispenser's device id.
+        identity_kind: ``present``: what is presented; None for ``pour``.
+        identity: ``present``: the card number, phone id or ticket code (up to 16 characters,
+            what the Request frame carries).
+        ml: ``pour``: how long the customer holds the tap, in mL.
+    """
+
+    device: str
+    identity_kind: IdentityKind | None = None
+    identity: str = ""
+    ml: int = 0
+
+
+def _parse_customer(words: list[str]) -> CustomerAction:
+    if words[0] == "present":
+        if len(words) != 4 or words[2] not in IDENTITY_WORDS:
+            raise ValueError("want present DISPENSER card|phone|ticket IDENTITY")
+        if not 1 <= len(words[3]) <= 16 or not all("!" <= c <= "~" for c in words[3]):
+            raise ValueError("the identity is 1 to 16 printable ASCII characters (a Request's)")
+        return CustomerAction(words[1], IDENTITY_WORDS[words[2]], words[3])
+    if len(words) != 3 or not (words[2].isascii() and words[2].isdigit()) or int(words[2]) == 0:
+        raise ValueError("want pour DISPENSER ML (a whole number of mL above 0)")
+    return CustomerAction(words[1], ml=int(words[2]))
+
+
+def parse_command(line: str) -> FaultAction | CustomerAction | None:
+    """A control line as a `FaultAction` or a `CustomerAction`; None for a blank line or a
+    ``#`` comment.
 
     Raises:
-        ValueError: the line does not read as ``DEVICE FAULT [COUNT] [option=value ...]``.
+        ValueError: the line reads as none of ``DEVICE FAULT [COUNT] [option=value ...]``,
+            ``present DISPENSER KIND IDENTITY``, ``pour DISPENSER ML``.
     """
     words = line.split("#", 1)[0].split()
     if not words:
         return None
+    if words[0] in ("present", "pour"):
+        return _parse_customer(words)
     if len(words) < 2:
         raise ValueError("want DEVICE FAULT [COUNT] [option=value ...]")
     data: dict[str, str] = {"device": words[0], "fault": words[1]}
@@ -624,10 +686,48 @@ class SimulatedSite:
         """Apply one control line; a bad line is logged and ignored."""
         try:
             action = parse_command(line)
-            if action is not None:
+            if isinstance(action, CustomerAction):
+                self.serve(action)
+            elif action is not None:
                 self.apply(action)
         except ValueError as exc:
             logger.warning("sim: ignored command %r: %s", line.strip(), exc)
+
+    def serve(self, action: CustomerAction) -> None:
+        """A customer at a dispenser now: present an identity, or pour.
+
+        Raises:
+            ValueError: not a dispenser of the scenario, or a v1 one (no request path).
+        """
+        unit = self.ble.get(action.device)
+        if unit is None:
+            raise ValueError(f"{action.device} is not a BLE dispenser of the scenario")
+        device = unit.device
+        if action.identity_kind is not None:
+            if not device.listening(REQUEST_UUID):
+                # Presented all the same, as at a real machine whose gateway is away: the
+                # status file's ``listening`` says when a gateway would hear it.
+                logger.warning("sim: ble %s: no gateway listens to requests", action.device)
+            try:
+                request_id = device.present(action.identity_kind, action.identity)
+            except RuntimeError as exc:
+                raise ValueError(f"{action.device}: {exc}") from exc
+            logger.info(
+                "sim: ble %s: request %d, %s %s presented",
+                action.device,
+                request_id,
+                action.identity_kind.name.lower(),
+                action.identity,
+            )
+        else:
+            poured = unit.serve(action.ml)
+            logger.info(
+                "sim: ble %s: %s, total %d mL",
+                action.device,
+                f"poured {poured} mL" if poured else "no session authorised: nothing poured",
+                device.total_ml,
+            )
+        self.changed()
 
     async def _control_file(self, path: Path) -> None:
         """Apply each line appended to ``path`` (created empty at start)."""
@@ -812,6 +912,8 @@ class SimulatedSite:
                 "poured_ml": ble.poured_ml,
                 "refused_pours": ble.refused_pours,
                 "connected": dispenser.connected,
+                "listening": dispenser.listening(REQUEST_UUID),
+                "display": dispenser.display.name.lower() if dispenser.display else None,
                 "fault": ble.fault_name(),
             }
         doc: dict[str, Any] = {

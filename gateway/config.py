@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from billing_engine.base.errors import ConfigError, InvalidConfigError
 from billing_engine.base.yaml_lines import (
@@ -37,6 +37,11 @@ from drivers.lorawan.config import LnsConfig
 from drivers.modbus.config import ModbusBusConfig
 from drivers.modbus.profiles import load_profiles  # YAML and pydantic only, never pymodbus
 from gateway.northbound.settings import CommandLimits, MqttSettings
+from gateway.northbound.sink_settings import (
+    HomeAssistantSettings,
+    InfluxSettings,
+    MetricsSettings,
+)
 from gateway.policy.config import PolicyConfig
 from gateway.policy.quality import MeterConfig, Rating
 from gateway.tickets.settings import TicketSettings
@@ -91,6 +96,35 @@ class DevicesConfig(_Model):
     codecs_dir: Path = Path("../codecs")
 
 
+# --- the operator console (docs/operator-guide.md, "The console"; served by gateway/console/)
+class ConsoleConfig(_Model):
+    """The web console on the box: off unless the site file has a ``console:`` section.
+
+    ``operator_key`` is the operator's Ed25519 private key (PEM, mode 0600): the console signs
+    its actions with it, as ``prepay topup --operator-key`` does, and the daemon verifies them
+    against ``keys.operator_public_key``. Without it the console only reads.
+    """
+
+    bind: str = "127.0.0.1"  # loopback by default: reach it over SSH unless told otherwise
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080  # 0: any free port (tests, the demo)
+    users_file: Path = Path("console-users.json")  # written by `prepay console user add`
+    operator_key: Path | None = None
+    tls_cert: Path | None = None  # both or neither: HTTPS instead of HTTP
+    tls_key: Path | None = None
+    login_failures: Annotated[int, Field(ge=1, le=100)] = 5  # per user and address, then a pause
+    login_pause_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    session_idle_s: Annotated[float, Field(ge=60)] = 8 * 3600.0
+
+    @model_validator(mode="after")
+    def tls_cert_with_key(self) -> ConsoleConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both for HTTPS, or neither")
+        return self
+
+
+# --- end console
+
+
 class AccountConfig(_Model):
     """One prepaid account."""
 
@@ -131,6 +165,7 @@ class SiteConfig(_Model):
     actuation: ActuationConfig = ActuationConfig()
     billing: BillingConfig = BillingConfig()
     tickets: TicketSettings | None = None  # water tickets (docs/tickets.md)
+    console: ConsoleConfig | None = None  # the operator console (gateway/console/)
     reading_queue: Annotated[int, Field(ge=10)] = 10_000
     # An account's retained state message follows its balance at most this often (mode and
     # debt changes go out at once); dirty balances are flushed when the interval has passed.
@@ -142,6 +177,10 @@ class SiteConfig(_Model):
     # The signed ledger head (the rollback check's reference) is published once the head has
     # moved by this many entries; top-ups and a shutdown publish one anyway.
     ledger_checkpoint_every: Annotated[int, Field(ge=1, le=1_000_000)] = 100
+    # Optional sinks (docs/operator-guide.md: Metrics, InfluxDB).
+    metrics: MetricsSettings | None = None
+    influx: InfluxSettings | None = None
+    home_assistant: HomeAssistantSettings | None = None  # MQTT discovery of the accounts
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from billing_engine.base.errors import InvalidConfigError
 from drivers.ports import Actuator, Clock, ReadingSource, VendingPort, utc_now
@@ -32,16 +33,24 @@ from gateway.flows.actuation import ActuationManager
 from gateway.flows.command_handler import CommandHandler
 from gateway.flows.context import FlowContext
 from gateway.flows.device_journal import DeviceJournal
+from gateway.flows.ha_announce import HomeAssistantAnnouncer
 from gateway.flows.pipeline import Pipeline
 from gateway.flows.probe import GatewayProbe
 from gateway.flows.spool import Spool
 from gateway.flows.ticket_feed import BatchImport, TicketFeed
 from gateway.flows.vending import VendingFlow
+from gateway.metrics import (
+    GatewayMetrics,
+    MetricsSources,
+    SinkFigures,
+    StoreFigures,
+    metrics_app,
+)
 from gateway.northbound.checkpoint_reader import (
     CheckpointUnavailableError,
     read_retained_checkpoint,
 )
-from gateway.northbound.mqtt import MqttLink
+from gateway.northbound.mqtt import FeedHandler, MqttLink
 from gateway.notify import ServiceWatch
 from gateway.site_checks import reference_errors
 from gateway.startup import (
@@ -60,6 +69,12 @@ from gateway.startup import (
 from gateway.store.tickets import TicketStore
 from gateway.supervisor import Supervisor
 from gateway.timers import Timers
+
+if TYPE_CHECKING:
+    from gateway.console.server import Console
+
+if TYPE_CHECKING:  # --- sinks: influxdb_client loads only for a site that writes to InfluxDB
+    from gateway.influx_sink import InfluxSink
 
 logger = logging.getLogger(__name__)
 
@@ -164,8 +179,14 @@ class Gateway:
                 site.state_dir / STATE_FILE, box_id=site.config.site, clock=clock
             )
             plant = site.config.tickets.plant_code
-            self.tickets = TicketFeed(self.ctx, ticket_store, plant)
+            self.tickets = TicketFeed(self.ctx, ticket_store, site.config.tickets)
             batch_import = BatchImport(plant, load_plant_keys(site), ticket_store)
+        # Home Assistant discovery, when the site asks for it (its configs through the outbox).
+        self.home_assistant = (
+            HomeAssistantAnnouncer(self.ctx, site.config.home_assistant, version())
+            if site.config.home_assistant is not None
+            else None
+        )
         self.commands = CommandHandler(
             self.ctx,
             backend_key=self.keys.backend,
@@ -208,6 +229,57 @@ class Gateway:
         )
         self.supervisor = Supervisor(self._report_failure)
         self.probe = GatewayProbe(self.ctx, self.pipeline, self.commands, self.actuation)
+        # --- sinks (docs/operator-guide.md: Metrics, InfluxDB): the InfluxDB sink reads the
+        # committed store on a connection of its own; the metrics read a snapshot.
+        self.influx: InfluxSink | None = None
+        if site.config.influx is not None:
+            from gateway.influx_sink import InfluxSink, read_token  # noqa: PLC0415
+            from gateway.store.export_reads import ExportReader  # noqa: PLC0415
+
+            influx = site.config.influx
+            token_file = None if influx.token_file is None else site.resolve(influx.token_file)
+            self.influx = InfluxSink(
+                influx,
+                site.config.site,
+                ExportReader(site.state_dir / STATE_FILE, clock=clock),
+                token=read_token(token_file),
+                clock=clock,
+            )
+        self.metrics = GatewayMetrics(
+            self._metrics_sources(),
+            refresh_s=2.0 if site.config.metrics is None else site.config.metrics.refresh_s,
+        )
+        # --- end sinks
+        # --- the operator console (gateway/console/), only when the site file has `console:`:
+        # its web stack (Starlette, uvicorn, Jinja2) is imported here, never by
+        # `import gateway.daemon`.
+        self.console: Console | None = None
+        if site.config.console is not None:
+            from starlette.routing import Route  # noqa: PLC0415 - lazy, see above
+
+            from gateway.console.server import Console  # noqa: PLC0415 - lazy, see above
+
+            link = self.link
+            self.console = Console(
+                site,
+                accounts=lambda: self.ctx.book.by_id,
+                apply=self.commands.apply,
+                store=self.store,
+                lock=self.ctx.lock,
+                clock=clock,
+                activity=self.probe.counters,
+                link_state=lambda: (
+                    "not connected in this run"
+                    if link is None
+                    else ("connected" if link.connected.is_set() else "down, retrying")
+                ),
+                kernel=self.kernel.reason,
+                operator_public_key=self.keys.operator,
+                # Prometheus scrapes the console's server too, behind no login (like the
+                # standalone `metrics:` server): the figures name no person or amount.
+                mounts=(Route("/metrics", endpoint=metrics_app(self.metrics)),),
+            )
+        # --- end console
         self.ready = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -215,6 +287,51 @@ class Gateway:
     def site(self) -> Site:
         """The site file as last loaded (SIGHUP replaces it)."""
         return self.ctx.site
+
+    # --- sinks
+    def _metrics_sources(self) -> MetricsSources:
+        """Where `gateway.metrics` finds its figures (read on the loop, the store's in a
+        worker thread)."""
+        store, ctx = self.store, self.ctx
+
+        def store_figures() -> StoreFigures:
+            rows, held = store.journal_counts()
+            return StoreFigures(store.outbox_stats(), {str(k): v for k, v in rows.items()}, held)
+
+        def sink_figures(sink: InfluxSink) -> SinkFigures:
+            status = sink.status
+            oldest = status.lag.oldest_reading_received_at
+            return SinkFigures(
+                written_points=status.written_points,
+                written_batches=status.written_batches,
+                failed_writes=status.failed_writes,
+                failing=status.failing,
+                lag_rows={
+                    "readings": status.lag.readings,
+                    "entries": status.lag.entries,
+                    "events": status.lag.events,
+                },
+                lag_s=0.0 if oldest is None else max((ctx.clock() - oldest).total_seconds(), 0),
+            )
+
+        buses = [
+            (source, [d.device_id for d in bus.devices])
+            for bus in self.site.config.devices.modbus_buses
+            for source in self.sources
+            if source.name == f"modbus[{bus.name}]" and hasattr(source, "stats")
+        ]
+        influx = self.influx
+        return MetricsSources(
+            counters=self.probe.counters,
+            billed_by_status=lambda: self.pipeline.stats.by_status,
+            account_states=lambda: [a.policy_state.mode for a in ctx.book.by_id.values()],
+            store_figures=store_figures,
+            link=self.link,
+            buses=buses,  # type: ignore[arg-type]  # ModbusBus, checked by name and stats
+            sink=None if influx is None else functools.partial(sink_figures, influx),
+        )
+
+    # --- end sinks
 
     async def _report_failure(self, name: str, exc: BaseException) -> None:
         def write() -> None:
@@ -356,14 +473,36 @@ class Gateway:
                         ("checkpoint", timers.checkpoint_watch),
                     )
                 ]
+                if self.console is not None:  # the operator console
+                    console = self.console.serve
+                    core.append(group.create_task(sup("console", console), name="console"))
                 tickets = self.tickets
                 if tickets is not None:
                     core.append(
                         group.create_task(sup("ticket-feed", tickets.run), name="ticket-feed")
                     )
-                feeds = (
-                    {} if tickets is None else {tickets.topics.redeemed_filter: tickets.on_message}
-                )
+                feeds: dict[str, FeedHandler] = {}
+                if tickets is not None:
+                    feeds[tickets.topics.redeemed_filter] = tickets.on_message
+                if (announcer := self.home_assistant) is not None:
+                    core.append(group.create_task(sup("home-assistant", announcer.run), name="ha"))
+                    feeds[announcer.status_topic] = announcer.on_status
+                # --- sinks
+                core.append(group.create_task(sup("metrics", self.metrics.run), name="metrics"))
+                if self.site.config.metrics is not None:
+                    served = self.site.config.metrics
+                    core.append(
+                        group.create_task(
+                            sup(
+                                "metrics-http",
+                                functools.partial(self.metrics.serve, served.bind, served.port),
+                            ),
+                            name="metrics-http",
+                        )
+                    )
+                if self.influx is not None:
+                    core.append(group.create_task(sup("influx", self.influx.run), name="influx"))
+                # --- end sinks
                 link_task = None
                 if self.link is not None:
                     link = self.link
@@ -411,6 +550,8 @@ class Gateway:
                     task.cancel()
         finally:
             self.store.close()
+            if self.influx is not None:  # --- sinks
+                self.influx.close()
             logger.info("stopped")
 
 

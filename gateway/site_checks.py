@@ -215,6 +215,59 @@ def _account_errors(site: Site, inventory: _Inventory) -> list[ConfigError]:
     return errors
 
 
+def _vending_errors(site: Site) -> list[ConfigError]:
+    """A dispenser that sells water: its cards name accounts of the site in its currency, its
+    ticket product is one the site's tickets cover, and no account bills its meter as well
+    (each litre would be paid twice: by the session and by the meter's reading)."""
+    errors: list[ConfigError] = []
+    accounts = {a.id: a for a in site.config.accounts}
+    billed_meters = {a.meter: a.id for a in site.config.accounts}
+    tickets = site.config.tickets
+    for k, dispenser in enumerate(site.config.devices.ble_dispensers):
+        vending = dispenser.vending
+        if vending is None:
+            continue
+        where: Loc = ("devices", "ble_dispensers", k, "vending")
+        for card, account_id in vending.cards.items():
+            account = accounts.get(account_id)
+            if account is None:
+                errors.append(
+                    site.error(
+                        (*where, "cards", card),
+                        f"card {card} draws on account {account_id}, which the site does not"
+                        f" have; the accounts are {_listed(list(accounts))}",
+                    )
+                )
+                continue
+            currency = account.currency or site.tariffs[account.tariff].currency
+            if currency != vending.currency:
+                errors.append(
+                    site.error(
+                        (*where, "cards", card),
+                        f"account {account_id} is in {currency}; this dispenser sells in"
+                        f" {vending.currency}",
+                    )
+                )
+        product = vending.ticket_product
+        if product is not None and (tickets is None or product not in tickets.products):
+            covered = "no tickets: section" if tickets is None else f"products {tickets.products}"
+            errors.append(
+                site.error(
+                    (*where, "ticket_product"),
+                    f"tickets for {product} cannot be taken here: the site has {covered}",
+                )
+            )
+        if (double := billed_meters.get(dispenser.meter_id)) is not None:
+            errors.append(
+                site.error(
+                    (*where,),
+                    f"account {double} bills this dispenser's meter {dispenser.meter_id}"
+                    " while it sells water by the session: each litre would be paid twice",
+                )
+            )
+    return errors
+
+
 def reference_errors(site: Site, running: Site | None = None) -> list[ConfigError]:
     """Every cross-reference problem of ``site`` (empty when it can run).
 
@@ -226,4 +279,4 @@ def reference_errors(site: Site, running: Site | None = None) -> list[ConfigErro
     """
     inventory = _inventory(running or site)
     device_errors = inventory.errors if running is None else []
-    return device_errors + _account_errors(site, inventory)
+    return device_errors + _account_errors(site, inventory) + _vending_errors(site)

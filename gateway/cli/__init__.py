@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from gateway.cli import (
     accounts,
+    console,
     devices,
     invoices,
     kernel,
@@ -43,6 +44,7 @@ _GROUPS = (
     accounts,
     devices,
     tickets,
+    console,
 )
 
 

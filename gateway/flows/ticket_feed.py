@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -27,6 +28,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
+from gateway.flows import ticket_stats
 from gateway.flows.context import FlowContext
 from gateway.messages import MessageClass, Outgoing
 from gateway.northbound.payloads import format_rfc3339
@@ -42,6 +44,7 @@ from gateway.store.tickets import (
 from gateway.tickets import batches
 from gateway.tickets.decisions import TicketKind
 from gateway.tickets.events import RedemptionEvent
+from gateway.tickets.settings import TicketSettings
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ logger = logging.getLogger(__name__)
 CURSOR_KEY: Final = "~tickets.published"
 _BATCH: Final = 500
 _POLL_S: Final = 1.0
+# The statistics go out at most this often (each is a full count over the ticket tables).
+_STATS_EVERY_S: Final = 60.0
 
 
 def redemption_event(redemption: Redemption) -> dict[str, Any]:
@@ -145,12 +150,23 @@ class TicketFeed:
     """Publishes this box's redemptions and imports the plant's others (see the module)."""
 
     def __init__(
-        self, ctx: FlowContext, tickets: TicketStore, plant: str, *, poll_s: float = _POLL_S
+        self,
+        ctx: FlowContext,
+        tickets: TicketStore,
+        settings: TicketSettings,
+        *,
+        poll_s: float = _POLL_S,
+        stats_every_s: float = _STATS_EVERY_S,
     ) -> None:
         self._ctx = ctx
         self._tickets = tickets
-        self.topics = PlantTopics(plant)
+        self._settings = settings
+        self.topics = PlantTopics(settings.plant_code)
         self._poll_s = poll_s
+        self._stats_every_s = stats_every_s
+        self._stats_due = True  # at the start, then after each change
+        self._stats_at = -math.inf
+        self.stats_published = 0
         self._nudge = asyncio.Event()
         self.published = 0
         self.imported = 0
@@ -164,9 +180,16 @@ class TicketFeed:
 
     async def run(self) -> None:
         """Queue new redemptions as they are committed, until cancelled."""
+        loop = asyncio.get_running_loop()
         while True:
             async with self._ctx.lock:
                 queued = await asyncio.to_thread(self._queue_new)
+            self._stats_due = self._stats_due or queued > 0
+            if self._stats_due and loop.time() - self._stats_at >= self._stats_every_s:
+                async with self._ctx.lock:
+                    await asyncio.to_thread(self._queue_stats)
+                self._stats_due, self._stats_at = False, loop.time()
+                self._ctx.wake.set()
             if queued:
                 self._ctx.wake.set()
                 continue  # there may be more than one batch
@@ -202,6 +225,15 @@ class TicketFeed:
         self.published += len(fresh)
         return len(fresh)
 
+    def _queue_stats(self) -> None:
+        """The box's ticket statistics, retained (the newest replaces the last)."""
+        box = self._tickets.box_id
+        doc = ticket_stats.stats(box, self._settings, self._tickets, now=self._ctx.clock())
+        topic = self.topics.stats(box)
+        with self._ctx.store.transaction() as tx:
+            tx.enqueue(Outgoing(topic, _json(doc), QOS, True, MessageClass.STATE))
+        self.stats_published += 1
+
     def _report_emergency(self, tickets: list[EmergencyTicket]) -> None:
         """Queue the emergency tickets issued here and not reported yet, then mark them
         reported (reconciled): the outbox carries them to the backend when the link is back.
@@ -236,6 +268,7 @@ class TicketFeed:
         if outcome.own or not outcome.new:
             return  # our own, or one already known (a redelivery, the retained copy again)
         self.imported += 1
+        self._stats_due = True
         if outcome.conflict is not None:
             self.conflicts += 1
             async with self._ctx.lock:

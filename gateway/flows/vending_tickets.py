@@ -57,11 +57,8 @@ class TicketRefused:
 
 
 def facts_of(stored: CodeFacts) -> Facts:
-    """The judge's view of what the store holds.
-
-    The same conversion as `gateway.ops.tickets.pure_facts` (the CLI's): ``ops`` sits above
-    ``flows`` in the layers, so it cannot be imported here; both read the same store records.
-    """
+    """The judge's view of what the store holds (the CLI's ``prepay ticket`` commands judge
+    with it too)."""
     batch, emergency = stored.batch, stored.emergency
 
     def use(redemption: Redemption) -> Use:

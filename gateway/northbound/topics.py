@@ -21,6 +21,7 @@ Water tickets are a plant's, not a site's: their topics sit under ``prepay/ticke
     {code}/redeemed/{box}         retained              a redemption (gateway.tickets.events)
     {code}/conflict               retained              the same ticket redeemed at two boxes
     {code}/emergency/{box}        retained              an emergency ticket issued at a box
+    stats/{box}                   retained              a box's ticket statistics
 
 The payload models are in `gateway.northbound.payloads`.
 """
@@ -115,6 +116,10 @@ class PlantTopics:
 
     def conflict(self, code: str) -> str:
         return f"{self.root}/{code}/conflict"
+
+    def stats(self, box: str) -> str:
+        """A box's ticket statistics (``prepay ticket stats``), retained."""
+        return f"{self.root}/stats/{check_identifier(box)}"
 
     def emergency(self, code: str, box: str) -> str:
         """An emergency ticket issued at ``box`` while the network was down (to reconcile)."""

@@ -13,9 +13,7 @@ directory, and the gateway's key, which signs converted tickets).
 
 from __future__ import annotations
 
-import bisect
 import uuid
-from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -27,7 +25,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from billing_engine.base.errors import ConfigError, InvalidConfigError, PrepayError
 from billing_engine.base.yaml_lines import errors_from_validation, line_of, parse_yaml
 from drivers.ports import Clock, utc_now
+from gateway.flows import ticket_stats
 from gateway.flows.ticket_feed import import_batch_document
+from gateway.flows.vending_tickets import facts_of as pure_facts
 from gateway.northbound.signing import key_id, load_private_key, load_public_key
 from gateway.startup import STATE_FILE, read_private_key_file
 from gateway.store.tickets import (
@@ -43,14 +43,10 @@ from gateway.store.tickets import (
 from gateway.tickets import batches, electronic
 from gateway.tickets.codes import CodeError, TicketCode, emergency_code, parse_code
 from gateway.tickets.decisions import (
-    BatchTerms,
     Box,
-    EmergencyTerms,
-    Facts,
     Presented,
     Terms,
     TicketKind,
-    Use,
     code_of,
     judge,
     judge_conversion,
@@ -190,30 +186,6 @@ def _key(code: TicketCode) -> CodeKey:
 
 def _scope(stored: dict[str, str]) -> Scope:
     return Scope.model_validate(stored)
-
-
-def pure_facts(stored: CodeFacts) -> Facts:
-    """The judge's view of what the store holds."""
-    batch = stored.batch
-    emergency = stored.emergency
-    return Facts(
-        batch=None
-        if batch is None
-        else BatchTerms(
-            batch.batch_id, batch.product, batch.valid_from, batch.valid_until, _scope(batch.scope)
-        ),
-        voided_at=None if stored.void is None else stored.void.voided_at,
-        extended_until=None if stored.extension is None else stored.extension.new_until,
-        emergency=None
-        if emergency is None
-        else EmergencyTerms(emergency.product, emergency.issued_on, emergency.valid_until),
-        used_here=None if stored.here is None else _use(stored.here),
-        used_elsewhere=tuple(_use(r) for r in stored.elsewhere),
-    )
-
-
-def _use(redemption: Redemption) -> Use:
-    return Use(redemption.box_id, redemption.redeemed_at, redemption.where)
 
 
 def _refusal_only(outcome: Terms | Refusal) -> Refusal | None:
@@ -447,84 +419,8 @@ def import_batch(
 def stats(
     site: TicketSite, store: TicketStore, *, now: datetime, period: str = "month"
 ) -> dict[str, Any]:
-    """Issued, used, converted, expired and remaining tickets per product; redemptions per
-    period (``day`` or ``month``, local); paper stock against the restock level.
-
-    Paper tickets are counted from the batches imported here; electronic tickets, which need no
-    issue list, only once used; emergency tickets from this box's issues.
-    """
-    settings = site.settings
-    today = local_day(now, settings.timezone)
-    stored_batches = {b.batch_id: b for b in store.batches()}
-    ranges = store.ranges()
-    starts = [(plant, first) for _, plant, first, _ in ranges]
-
-    def batch_of(code: str) -> str | None:
-        plant, serial = code[:6], int(code[6:15])
-        i = bisect.bisect_right(starts, (plant, serial)) - 1
-        if i >= 0 and ranges[i][1] == plant and ranges[i][2] <= serial <= ranges[i][3]:
-            return ranges[i][0]
-        return None
-
-    used_paper: Counter[str] = Counter()  # per batch
-    used_codes: set[str] = set()
-    per_product: dict[str, Counter[str]] = defaultdict(Counter)
-    per_period: Counter[tuple[str, str, str]] = Counter()
-    for r in store.all_redemptions():
-        used_codes.add(r.code)
-        per_product[r.product][f"{r.kind}_used"] += 1
-        day = local_day(r.redeemed_at, settings.timezone)
-        label = day.isoformat() if period == "day" else day.isoformat()[:7]
-        per_period[(label, r.product, r.kind)] += 1
-        if r.kind == TicketKind.PAPER.value and (batch_id := batch_of(r.code)) is not None:
-            used_paper[batch_id] += 1
-    converted: Counter[str] = Counter()
-    for void in store.voids():
-        if (batch_id := batch_of(void.code)) is not None:
-            converted[batch_id] += 1
-    extended_live: Counter[str] = Counter()  # extended, unused, still valid: not expired
-    for ext in store.extensions():
-        batch_id = batch_of(ext.code)
-        if batch_id is not None and ext.code not in used_codes and ext.new_until >= today:
-            extended_live[batch_id] += 1
-    stock = 0
-    for batch in stored_batches.values():
-        counts = per_product[batch.product]
-        left = batch.code_count - used_paper[batch.batch_id] - converted[batch.batch_id]
-        expired = left - extended_live[batch.batch_id] if batch.valid_until < today else 0
-        counts["paper_issued"] += batch.code_count
-        counts["paper_converted"] += converted[batch.batch_id]
-        counts["paper_expired"] += expired
-        counts["paper_remaining"] += left - expired
-        if _scope(batch.scope).admits(depot=settings.depot, region=settings.region):
-            stock += left - expired
-    for ticket in store.emergency_tickets():
-        counts = per_product[ticket.product]
-        counts["emergency_issued"] += 1
-        counts["emergency_unreconciled"] += ticket.reconciled_at is None
-    fields = (
-        "paper_issued", "paper_used", "paper_converted", "paper_expired", "paper_remaining",
-        "electronic_used", "emergency_issued", "emergency_used", "emergency_unreconciled",
-    )  # fmt: skip
-    return {
-        "site": site.site_id,
-        "as_of": today.isoformat(),
-        "products": {
-            product: {name: int(counts[name]) for name in fields}
-            for product, counts in sorted(per_product.items())
-        },
-        "periods": [
-            {"period": label, "product": product, "kind": kind, "used": n}
-            for (label, product, kind), n in sorted(per_period.items())
-        ],
-        "stock": {
-            "depot": settings.depot,
-            "paper_remaining": stock,
-            "restock_level": settings.paper_restock_level,
-            "restock": stock < settings.paper_restock_level,
-        },
-        "conflicts": len(store.conflicts()),
-    }
+    """`ticket_stats.stats` of this box (also what the daemon publishes on MQTT)."""
+    return ticket_stats.stats(site.site_id, site.settings, store, now=now, period=period)
 
 
 # --- the plant's side (demos and tests) -------------------------------------------------------

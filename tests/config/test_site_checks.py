@@ -189,3 +189,32 @@ def test_site_checks_site_changes_names_what_a_reload_applies_and_what_waits(
     )
     # The second account brings a second device; the broker moved to another port.
     assert changes.need_restart == ("mqtt", "devices")
+
+
+def test_site_checks_vending_cards_currency_tickets_and_double_billing(tmp_path: Path) -> None:
+    # A1 bills meter m1 (read by a Modbus valve); the kiosk sells water on its own meter k1.
+    # Card C-2 names an account the site lacks; the kiosk sells in HKD to a CNY account; it
+    # takes tickets the site has no tickets: section for; and A2 bills the kiosk's meter too.
+    bus = _bus(_modbus_device("v1", 1, "m1", "water_xintai_valve"))
+    bus["devices"][0]["allow_unconfirmed_supply"] = True
+    kiosk = {
+        "address": "AA:BB:CC:00:01:01",
+        "device_id": "kiosk-1",
+        "meter_id": "k1",
+        "vending": {
+            "currency": "HKD",
+            "price_per_litre_minor": 35,
+            "cards": {"C-1": "A1", "C-2": "A9"},
+            "ticket_product": "18.9L",
+        },
+    }
+    accounts = [water_account("A1", "m1", actuator="v1"), water_account("A2", "k1")]
+    site = _site(tmp_path, accounts, {"modbus_buses": [bus], "ble_dispensers": [kiosk]})
+    errors = _errors(site)
+    assert len(errors) == 4, errors
+    assert f"{site}:{_line_of(site, 'C-1: A1')}: " in errors[0]
+    assert "account A1 is in CNY; this dispenser sells in HKD" in errors[0]
+    assert f"{site}:{_line_of(site, 'C-2: A9')}: " in errors[1]
+    assert "card C-2 draws on account A9, which the site does not have" in errors[1]
+    assert "tickets for 18.9L cannot be taken here: the site has no tickets: section" in errors[2]
+    assert "account A2 bills this dispenser's meter k1" in errors[3]

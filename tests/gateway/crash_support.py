@@ -129,6 +129,18 @@ def audit_books(site: Site, *, expect_outbox_empty: bool = False) -> Audit:
     return Audit(len(rows), billed, held, deducted)
 
 
+def _document(payload: bytes) -> dict[str, Any]:
+    """A message as JSON; an empty payload (a cleared retained message: a removed device) as
+    {}, and one that is not JSON (Home Assistant's ``online``) as ``{"raw": text}``."""
+    if not payload:
+        return {}
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return {"raw": payload.decode(errors="replace")}
+    return doc if isinstance(doc, dict) else {"raw": doc}
+
+
 class Watcher:
     """A backend stand-in: keeps every message of the site, across reconnections."""
 
@@ -155,7 +167,7 @@ class Watcher:
         async for message in client.messages:
             payload = message.payload
             assert isinstance(payload, bytes)
-            self.messages.append((str(message.topic), json.loads(payload)))
+            self.messages.append((str(message.topic), _document(payload)))
             self._changed.set()
 
     async def wait_for(

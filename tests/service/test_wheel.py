@@ -112,7 +112,7 @@ def test_wheel_installs_alone_and_runs_version_tariff_check_site_check_and_bench
     )
     site = site_dir / "sites" / "demo-site.yaml"
     ok = _run(prepay, "check-config", "-c", site, cwd=outside, env=env).stdout
-    assert ": ok (site demo-site: 8 accounts, 4 tariffs," in ok, ok
+    assert ": ok (site demo-site: 7 accounts, 4 tariffs," in ok, ok
 
     # The daemon's kernel, built the way the operator guide says, saying what it does first.
     kernels = outside / "kernels"

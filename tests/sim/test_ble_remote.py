@@ -20,12 +20,19 @@ import pytest
 from billing_engine.base.errors import InvalidConfigError
 from drivers.ble.dispenser import DispenserClient, build_ble, resolve_backend
 from drivers.ble.gatt import AppError, DispenseRef, RefKind
-from drivers.ports import DeviceRejectedError, DriverError, DriverEventKind, SupplyState
+from drivers.ports import (
+    DeviceRejectedError,
+    DriverError,
+    DriverEventKind,
+    IdentityKind,
+    SupplyState,
+)
 from firmware_sim.ble_remote import SOCKET_ENV, RemoteSimBackend
 from firmware_sim.scenario import load_scenario
 from tests.ble.conftest import RecordingSink, make_config, ticking_clock
+from tests.ble.test_gatt_v2 import VendingRecorder
 from tests.sim.helpers import SimProcess, sim_process, write_scenario
-from tests.support.waiting import DEFAULT_TIMEOUT_S
+from tests.support.waiting import DEFAULT_TIMEOUT_S, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -48,23 +55,16 @@ def socket_dir() -> Iterator[Path]:
 
 
 def _scenario(directory: Path, socket: Path, **dispenser: Any) -> Path:
+    entry = {
+        "device_id": DEVICE,
+        "address": ADDRESS,
+        "start": START_ML,
+        "pours": {"ml": POUR_ML, "every_s": POUR_EVERY_S, "first_at_s": 0.1},
+        **dispenser,
+    }
+    entry = {key: value for key, value in entry.items() if value is not None}
     return write_scenario(
-        directory,
-        {
-            "name": "ble",
-            "ble": {
-                "socket": str(socket),
-                "dispensers": [
-                    {
-                        "device_id": DEVICE,
-                        "address": ADDRESS,
-                        "start": START_ML,
-                        "pours": {"ml": POUR_ML, "every_s": POUR_EVERY_S, "first_at_s": 0.1},
-                        **dispenser,
-                    }
-                ],
-            },
-        },
+        directory, {"name": "ble", "ble": {"socket": str(socket), "dispensers": [entry]}}
     )
 
 
@@ -77,6 +77,17 @@ async def sim(
     async with sim_process(_scenario(tmp_path, socket)) as process:
         assert process.line("ble air:") == f"ble air: socket {socket} ({DEVICE} {ADDRESS})"
         assert socket.is_socket()
+        yield process
+
+
+@pytest.fixture
+async def customer_sim(
+    tmp_path: Path, socket_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[SimProcess]:
+    """A dispenser without scheduled pours: its customers are the control lines."""
+    socket = socket_dir / "ble.sock"
+    monkeypatch.setenv(SOCKET_ENV, str(socket))
+    async with sim_process(_scenario(tmp_path, socket, pours=None)) as process:
         yield process
 
 
@@ -157,6 +168,51 @@ async def test_a_dropped_link_reconnects_without_double_counting(sim: SimProcess
             task.cancel()
             await asyncio.wait([task])
     assert sink.registers == sorted(set(sink.registers))  # strictly increasing: nothing twice
+
+
+async def test_customer_control_lines_present_and_pour_a_granted_session(
+    customer_sim: SimProcess,
+) -> None:
+    sim = customer_sim
+    recorder = VendingRecorder()
+    async with DispenserClient(_config(), backend=RemoteSimBackend, clock=ticking_clock()) as c:
+        c.attach_vending(recorder)
+        task = asyncio.create_task(c.run(RecordingSink()))
+        try:
+            # Nobody holds the tap before a session is granted: nothing flows.
+            sim.command(f"pour {DEVICE} 500")
+            idle = await sim.wait_device(DEVICE, lambda d: d["listening"], "listening")
+            assert idle["total_ml"] == START_ML
+            sim.command(f"present {DEVICE} card CARD-0001")
+            await eventually(lambda: bool(recorder.requests), what="the card's request")
+            (request,) = recorder.requests
+            assert (request.dispenser_id, request.kind, request.identity) == (
+                DEVICE,
+                IdentityKind.CARD,
+                "CARD-0001",
+            )
+            session_id = await c.next_session(DEVICE)
+            await c.grant(DEVICE, session_id, 2_000, IdentityKind.CARD, "CARD-0001")
+            # The customer holds the tap for 2.5 L; the valve closes at the 2 L granted.
+            sim.command(f"pour {DEVICE} 2500")
+            await eventually(
+                lambda: any(r.ended for r in recorder.reports), what="the session's end report"
+            )
+            ended = [r for r in recorder.reports if r.ended]
+            assert [(r.session_id, r.session_ml) for r in ended] == [(session_id, 2_000)]
+            device = await sim.wait_device(DEVICE, lambda d: d["pours"] == 1, "one pour")
+            assert device["total_ml"] == START_ML + 2_000
+            assert device["state"] == "idle"
+            # A ticket's code reaches the gateway as the customer scanned it.
+            sim.command(f"present {DEVICE} ticket 3301020000100008")
+            await eventually(lambda: len(recorder.requests) == 2, what="the ticket's request")
+            assert recorder.requests[1].kind is IdentityKind.TICKET
+            assert recorder.requests[1].identity == "3301020000100008"
+        finally:
+            task.cancel()
+            await asyncio.wait([task])
+    assert c.unexpected_errors == 0
+    assert c.frame_errors == 0
 
 
 async def test_build_ble_resolves_the_backend_import_path(sim: SimProcess) -> None:

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.demo_files import RunPlaces, run_scenario_doc, run_site_doc, write_run_file
-from bench.demo_story import FAULT_EFFECTS, fault_watches
+from bench.demo_files import (
+    RunPlaces,
+    run_scenario_doc,
+    run_site_doc,
+    write_plant_key,
+    write_run_file,
+)
+from bench.demo_story import FAULT_EFFECTS, KIOSK, KIOSK_ACCOUNT, KIOSK_CARD, fault_watches
 from firmware_sim.ble_remote import DEFAULT_SOCKET
 from firmware_sim.scenario import load_scenario
 from gateway.cli import main as prepay
@@ -31,7 +37,7 @@ def demo_copy(tmp_path: Path) -> Path:
 
 def test_demo_site_passes_check_config(demo_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert prepay(["check-config", "-c", str(demo_copy)]) == 0
-    assert "ok (site demo-site: 8 accounts" in capsys.readouterr().out
+    assert "ok (site demo-site: 7 accounts" in capsys.readouterr().out
 
 
 def test_demo_site_points_at_the_simulated_devices(demo_copy: Path) -> None:
@@ -69,14 +75,32 @@ def test_demo_site_points_at_the_simulated_devices(demo_copy: Path) -> None:
         (d.device_id, d.address) for d in dispensers.values()
     }
     assert {d.backend for d in dispensers.values()} == {"firmware_sim.ble_remote:RemoteSimBackend"}
-    # every meter bills an account; every switchable device is some account's actuator
+    # every meter bills an account, but the vending kiosk's: its pours are billed to the card's
+    # account, and billing its meter too would have every litre paid twice (docs/vending.md)
     meters = {d.meter_id for bus in site.devices.modbus_buses for d in bus.devices}
     meters |= {d.meter_id for n in site.devices.lns for d in n.devices if d.meter_id}
-    meters |= {d.meter_id for d in dispensers.values()}
     assert {a.meter for a in site.accounts} == meters
+    assert dispensers[KIOSK].meter_id not in meters
+    # every switchable device is some account's actuator; the kiosk is no account's: a lock
+    # for want of one account's credit would turn every other customer away
     valves = {d.valve_device_id for n in site.devices.lns for d in n.devices if d.valve_device_id}
     relays = {"flat-101-elec", "flat-101-water", "flat-102-water"}
-    assert {a.actuator for a in site.accounts if a.actuator} == relays | valves | set(dispensers)
+    assert {a.actuator for a in site.accounts if a.actuator} == relays | valves
+
+
+def test_demo_kiosk_sells_to_an_account_of_the_site(demo_copy: Path) -> None:
+    site = load_site(demo_copy).config
+    (kiosk,) = site.devices.ble_dispensers
+    assert kiosk.device_id == KIOSK
+    vending = kiosk.vending
+    assert vending is not None
+    assert dict(vending.cards) == {KIOSK_CARD: KIOSK_ACCOUNT}
+    assert KIOSK_ACCOUNT in {a.id for a in site.accounts}
+    # bench/demo_story.py's golden charge (2.5 L -> 88 fen) is worked out at this price
+    assert (vending.currency, vending.price_per_litre_minor) == ("CNY", 35)
+    # tickets need the site's tickets section, which only the run copy has (its plant key)
+    assert site.tickets is None
+    assert vending.ticket_product is None
 
 
 def test_demo_faults_fire_within_the_run_and_each_has_an_answer_the_demo_waits_for() -> None:
@@ -93,15 +117,13 @@ def test_demo_faults_name_devices_of_accounts(demo_copy: Path) -> None:
     site = load_site(demo_copy).config
     watches = fault_watches(site, scenario)
     # hand-mapped through demo-site.yaml: flat-102-water is A-102-W's valve, flat-101-water
-    # A-101-W's, shop-1-elec
-    # reads m-shop-1-e (S-1-E), lora-valve-202 is dev_eui 24e124460c000202 = m-202-w (A-202-W),
-    # kiosk-1 is K-1-W's dispenser
+    # A-101-W's, shop-1-elec reads m-shop-1-e (S-1-E), lora-valve-202 is dev_eui
+    # 24e124460c000202 = m-202-w (A-202-W); kiosk-1 has no fault: it is no account's device
     assert [(w.fault.device, w.account) for w in watches] == [
         ("flat-102-water", "A-102-W"),
         ("flat-101-water", "A-101-W"),
         ("shop-1-elec", "S-1-E"),
         ("lora-valve-202", "A-202-W"),
-        ("kiosk-1", "K-1-W"),
     ]
 
 
@@ -112,6 +134,7 @@ def test_demo_run_copies_use_this_runs_ports_links_keys_and_store(
     work.mkdir()
     places = RunPlaces(work, tmp_path / "links", broker_port=41883)
     init_keys(places.keys, with_backend=True)
+    write_plant_key(places)
     scenario_file = write_run_file(
         work / "demo-scenario.yaml", run_scenario_doc(SCENARIO, places), SCENARIO
     )
@@ -119,7 +142,7 @@ def test_demo_run_copies_use_this_runs_ports_links_keys_and_store(
         work / "demo-site.yaml", run_site_doc(SITE, places, {"tcp0": 41502}), SITE
     )
     assert prepay(["check-config", "-c", str(site_file)]) == 0
-    assert "ok (site demo-site: 8 accounts" in capsys.readouterr().out
+    assert "ok (site demo-site: 7 accounts" in capsys.readouterr().out
     scenario = load_scenario(scenario_file)
     site = load_site(site_file)
     # the simulator takes any free port; the site gets the one it reported
@@ -141,3 +164,13 @@ def test_demo_run_copies_use_this_runs_ports_links_keys_and_store(
     # keys and store in the work directory, not in configs/
     assert site.state_dir == work / "state"
     assert site.resolve(site.config.keys.ledger_key_file) == work / "keys" / "ledger.key"
+    # the tickets: this run's plant key, trusted by the run's site; the private half 0600, as
+    # `prepay ticket make` wants it
+    tickets = site.config.tickets
+    assert tickets is not None
+    assert tickets.issuer_public_keys == (work / "keys" / "plant.pub.pem",)
+    assert (work / "keys" / "plant.pem").stat().st_mode & 0o077 == 0
+    (kiosk,) = site.config.devices.ble_dispensers
+    assert kiosk.vending is not None
+    assert kiosk.vending.ticket_product == "18.9L"
+    assert tickets.products == ("18.9L",)

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from billing_engine.base.errors import InvalidConfigError
+from drivers.ble.gatt import IdentityKind
 from drivers.modbus.profiles import load_profile
 from firmware_sim.scenario import Curve, FaultAction, load_scenario, rate_function
-from firmware_sim.site_runtime import Accumulator, SiteMeter, parse_command
+from firmware_sim.site_runtime import Accumulator, CustomerAction, SiteMeter, parse_command
 from tests.fixtures.modbus import PROFILES_DIR
 
 GOOD = f"""\
@@ -63,7 +64,9 @@ def test_scenario_shipped_demo_loads() -> None:
     families = dict(scenario.devices())
     assert sorted(families.values()).count("lora") == 2
     assert len(scenario.modbus_rtu) == 1
-    assert len(scenario.faults) >= 5
+    assert len(scenario.faults) >= 4
+    # the kiosk sells water: its customers are the demo's control lines, not a schedule
+    assert [d.pours for d in scenario.ble_dispensers()] == [None]
 
 
 @pytest.mark.parametrize(
@@ -216,13 +219,40 @@ def test_site_meter_register_rolls_over() -> None:
         ("m1 exception 2 code=2", FaultAction(device="m1", fault="exception", count=2, code=2)),
         ("  # only a comment", None),
         ("", None),
+        (
+            "present kiosk-1 card CARD-0001",
+            CustomerAction("kiosk-1", IdentityKind.ACCOUNT_CARD, "CARD-0001"),
+        ),
+        (
+            "present kiosk-1 ticket 3301020000100008  # a paper ticket",
+            CustomerAction("kiosk-1", IdentityKind.TICKET, "3301020000100008"),
+        ),
+        ("present k phone PHONE-77", CustomerAction("k", IdentityKind.PHONE_ID, "PHONE-77")),
+        ("pour kiosk-1 2500", CustomerAction("kiosk-1", ml=2500)),
     ],
 )
-def test_parse_command_reads_control_lines(line: str, expected: FaultAction | None) -> None:
+def test_parse_command_reads_control_lines(
+    line: str, expected: FaultAction | CustomerAction | None
+) -> None:
     assert parse_command(line) == expected
 
 
-@pytest.mark.parametrize("line", ["m1", "m1 explode", "m1 timeout many", "m1 timeout copies=3"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "m1",
+        "m1 explode",
+        "m1 timeout many",
+        "m1 timeout copies=3",
+        "present kiosk-1 card",  # no identity
+        "present kiosk-1 badge CARD-0001",  # not a kind of the Request frame
+        "present kiosk-1 card CARD-0001-0002-0003",  # 19 characters: the frame carries 16
+        "pour kiosk-1",
+        "pour kiosk-1 0",
+        "pour kiosk-1 2.5",
+        "pour kiosk-1 ²",  # a digit to str.isdigit, not a number of mL
+    ],
+)
 def test_parse_command_refuses_bad_lines(line: str) -> None:
     with pytest.raises(ValueError, match=r"\S"):
         parse_command(line)

@@ -114,6 +114,17 @@ async def test_feed_batches_by_command_redemptions_across_boxes_and_conflicts(
                 lambda t, d: t == f"prepay/tickets/330102/{emergency.code}/emergency/box-a"
             )
             assert (reported["product"], reported["note"]) == ("18.9L", "typhoon")
+            # The box's statistics, retained, as of this start: batch B-1 issued 50 codes,
+            # ticket 100 used (phase one), the emergency ticket issued and (now) reported.
+            stats = await watcher.wait_for(
+                lambda t, d: (
+                    t == "prepay/tickets/330102/stats/box-a"
+                    and d["products"].get("18.9L", {}).get("emergency_issued") == 1
+                )
+            )
+            product = stats["products"]["18.9L"]
+            assert (product["paper_issued"], product["paper_used"]) == (50, 1)
+            assert product["paper_remaining"] == 49  # 50 - 1 used
             with a.store() as store:
                 assert not store.emergency_tickets(unreconciled_only=True)
             assert _redeem(a, 101, "counter 1").redeemed is not None
