@@ -70,10 +70,8 @@ from gateway.store.tickets import TicketStore
 from gateway.supervisor import Supervisor
 from gateway.timers import Timers
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # loaded only for a site that has a console / writes to InfluxDB
     from gateway.console.server import Console
-
-if TYPE_CHECKING:  # --- sinks: influxdb_client loads only for a site that writes to InfluxDB
     from gateway.influx_sink import InfluxSink
 
 logger = logging.getLogger(__name__)
@@ -173,9 +171,10 @@ class Gateway:
         # Water tickets, when the site takes them: one ticket store on the same file, the
         # feed that publishes redemptions and imports the plant's others, the batch import.
         self.tickets: TicketFeed | None = None
+        self.ticket_store: TicketStore | None = None
         batch_import = None
         if site.config.tickets is not None:
-            ticket_store = TicketStore(
+            self.ticket_store = ticket_store = TicketStore(
                 site.state_dir / STATE_FILE, box_id=site.config.site, clock=clock
             )
             plant = site.config.tickets.plant_code
@@ -195,15 +194,12 @@ class Gateway:
         )
         # --- vending at dispensers (docs/vending.md): the drivers that take customers' requests
         # report into the flow from their own loops; nothing else to start. Tickets presented
-        # at a dispenser are redeemed through a ticket store of its own on the same file.
+        # at a dispenser are redeemed through the site's ticket store (its own lock serialises
+        # the flows that share it).
         self.vending = VendingFlow(
             self.ctx,
             [a for a in self.actuators if isinstance(a, VendingPort)],
-            tickets=(
-                TicketStore(site.state_dir / STATE_FILE, box_id=site.config.site, clock=clock)
-                if site.config.tickets is not None
-                else None
-            ),
+            tickets=self.ticket_store,
         )
         self.vending.attach()
         # --- end vending
@@ -550,6 +546,8 @@ class Gateway:
                     task.cancel()
         finally:
             self.store.close()
+            if self.ticket_store is not None:
+                self.ticket_store.close()
             if self.influx is not None:  # --- sinks
                 self.influx.close()
             logger.info("stopped")
