@@ -164,6 +164,7 @@ class TicketFeed:
         self.topics = PlantTopics(settings.plant_code)
         self._poll_s = poll_s
         self._stats_every_s = stats_every_s
+        self._cursor: int | None = None  # the last redemption queued (read from the store once)
         self._stats_due = True  # at the start, then after each change
         self._stats_at = -math.inf
         self.stats_published = 0
@@ -200,9 +201,10 @@ class TicketFeed:
 
     def _queue_new(self) -> int:
         store = self._ctx.store
-        record = store.load_account_states().get(CURSOR_KEY) or {}
-        cursor = int(record.get("seq") or 0)
-        fresh = self._tickets.redemptions(after_seq=cursor, limit=_BATCH)
+        if self._cursor is None:  # once: the stored cursor; then this process keeps it
+            record = store.load_account_states().get(CURSOR_KEY) or {}
+            self._cursor = int(record.get("seq") or 0)
+        fresh = self._tickets.redemptions(after_seq=self._cursor, limit=_BATCH)
         emergency = self._tickets.emergency_tickets(unreconciled_only=True)
         if not fresh and not emergency:
             return 0
@@ -222,6 +224,7 @@ class TicketFeed:
                     )
                 )
             tx.save_account_state(CURSOR_KEY, {"seq": fresh[-1].seq})
+        self._cursor = fresh[-1].seq  # after the commit: a failed one leaves it where it was
         self.published += len(fresh)
         return len(fresh)
 
