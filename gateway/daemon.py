@@ -484,7 +484,11 @@ class Gateway:
                     core.append(group.create_task(sup("home-assistant", announcer.run), name="ha"))
                     feeds[announcer.status_topic] = announcer.on_status
                 # --- sinks
-                core.append(group.create_task(sup("metrics", self.metrics.run), name="metrics"))
+                # The snapshot counts the journal (under the store's lock) every refresh: only
+                # when something serves /metrics (its own server, or the console's).
+                if self.site.config.metrics is not None or self.console is not None:
+                    metrics = self.metrics.run
+                    core.append(group.create_task(sup("metrics", metrics), name="metrics"))
                 if self.site.config.metrics is not None:
                     served = self.site.config.metrics
                     core.append(
