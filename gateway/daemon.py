@@ -199,6 +199,7 @@ class Gateway:
         self.vending = VendingFlow(
             self.ctx,
             [a for a in self.actuators if isinstance(a, VendingPort)],
+            gateway_key=self.keys.gateway,
             tickets=self.ticket_store,
         )
         self.vending.attach()

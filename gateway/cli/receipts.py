@@ -16,8 +16,11 @@ from gateway.cli.common import (
     Commands,
     site_of,
 )
+from gateway.northbound.payloads import TicketSaleReceiptPayload, VendingReceiptPayload
+from gateway.northbound.receipts import AnyReceiptPayload
 from gateway.northbound.signing import load_public_key
 from gateway.ops import receipt_check, receipts, topup
+from gateway.ops.receipt_pdf import litres
 
 
 def _print(args: argparse.Namespace) -> int:
@@ -25,7 +28,9 @@ def _print(args: argparse.Namespace) -> int:
     if isinstance(site, int):
         return site
     try:
-        stored = receipts.load_receipt(site, seq=args.seq, topup_id=args.topup)
+        stored = receipts.load_receipt(
+            site, seq=args.seq, topup_id=args.topup, session=args.session, ticket=args.ticket
+        )
         out = Path(args.output or f"receipt-{stored.receipt.receipt_seq}.pdf")
         receipts.write_pdf(site, stored, out, Path(args.font) if args.font else None)
     except (OSError, PrepayError) as exc:  # no store, no such receipt, no font, unwritable
@@ -62,13 +67,40 @@ def _verify(args: argparse.Namespace) -> int:
         body = receipt.model_dump(mode="json", exclude_none=True)
         print(json.dumps({"valid": True, "source": checked.source, "receipt": body}))
         return EXIT_OK
-    print(
-        f"valid receipt {receipt.receipt_seq} of {receipt.site} ({checked.source}):"
-        f" {receipt.account} +{format_minor(receipt.amount_minor, receipt.currency)},"
+    where = f"{receipt.site} ({checked.source})"
+    print(f"valid receipt {receipt.receipt_seq} of {where}: {_what(receipt)}")
+    return EXIT_OK
+
+
+def _what(receipt: AnyReceiptPayload) -> str:
+    """One line of what a checked receipt says."""
+    if isinstance(receipt, VendingReceiptPayload):
+        currency = receipt.currency or ""
+        paid = (
+            f"ticket {receipt.ticket}"
+            if receipt.ticket is not None
+            else f"{receipt.account} -{format_minor(receipt.amount_minor or 0, currency)},"
+            f" balance {format_minor(receipt.balance_after_minor or 0, currency)}"
+        )
+        return (
+            f"water {litres(receipt.poured_ml)} at {receipt.dispenser} (session"
+            f" {receipt.session}), {paid}, closed {receipt.closed_at.isoformat()}"
+        )
+    if isinstance(receipt, TicketSaleReceiptPayload):
+        price = (
+            f", {format_minor(receipt.amount_minor, receipt.currency)}"
+            if receipt.amount_minor is not None and receipt.currency is not None
+            else ""
+        )
+        return (
+            f"{receipt.ticket_kind} ticket {receipt.code} for {receipt.product}{price}, valid"
+            f" until {receipt.valid_until.isoformat()}, sold {receipt.sold_at.isoformat()}"
+        )
+    return (
+        f"{receipt.account} +{format_minor(receipt.amount_minor, receipt.currency)},"
         f" balance {format_minor(receipt.balance_after_minor, receipt.currency)},"
         f" top-up {receipt.topup_id}, applied {receipt.applied_at.isoformat()}"
     )
-    return EXIT_OK
 
 
 def _reissue(args: argparse.Namespace) -> int:
@@ -76,7 +108,9 @@ def _reissue(args: argparse.Namespace) -> int:
     if isinstance(site, int):
         return site
     try:
-        command_id = receipts.queue_reissue(site, args.topup, Path(args.operator_key))
+        command_id = receipts.queue_reissue(
+            site, Path(args.operator_key), topup_id=args.topup, seq=args.seq
+        )
     except (OSError, PrepayError) as exc:  # the key file: missing, too open; the spool
         print(exc, file=sys.stderr)
         return EXIT_INVALID
@@ -92,7 +126,9 @@ def _reissue(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    receipt = commands.add_parser("receipt", help="print, check and reissue top-up receipts")
+    receipt = commands.add_parser(
+        "receipt", help="print, check and reissue receipts (top-ups, water sales, tickets sold)"
+    )
     receipt_commands = receipt.add_subparsers(dest="receipt_command", required=True)
 
     print_cmd = receipt_commands.add_parser(
@@ -105,6 +141,10 @@ def register(commands: Commands) -> None:
         "seq", nargs="?", type=int, metavar="SEQ", help="the receipt number (default: newest)"
     )
     which.add_argument("--topup", metavar="ID", help="the receipt of this top-up")
+    which.add_argument(
+        "--session", metavar="DISPENSER:SESSION", help="the receipt of this vending session"
+    )
+    which.add_argument("--ticket", metavar="CODE", help="the receipt of this ticket sold here")
     print_cmd.add_argument(
         "-o", "--output", metavar="FILE.pdf", help="default: receipt-SEQ.pdf here"
     )
@@ -130,10 +170,12 @@ def register(commands: Commands) -> None:
 
     reissue = receipt_commands.add_parser(
         "reissue",
-        help="have the running gateway issue a top-up's signed receipt again",
+        help="have the running gateway issue a signed receipt again",
     )
     reissue.add_argument("-c", "--config", required=True, metavar="SITE.yaml")
-    reissue.add_argument("--topup", required=True, metavar="ID")
+    named = reissue.add_mutually_exclusive_group(required=True)
+    named.add_argument("--topup", metavar="ID", help="the receipt of this top-up")
+    named.add_argument("--seq", type=int, metavar="SEQ", help="receipt number SEQ, any kind")
     reissue.add_argument("--operator-key", required=True, metavar="OPERATOR.pem")
     reissue.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the result")
     reissue.set_defaults(func=_reissue)

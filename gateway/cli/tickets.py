@@ -14,13 +14,14 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
 from billing_engine.base.errors import InvalidConfigError, PrepayError
 from gateway.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Commands, print_errors
 from gateway.northbound.payloads import format_rfc3339
-from gateway.ops import tickets
+from gateway.ops import receipts, tickets
 from gateway.store.tickets import Redemption, TicketStore
 from gateway.tickets.batches import BatchError
 from gateway.tickets.codes import CodeError, TicketCode
@@ -169,7 +170,7 @@ def _stats(args: argparse.Namespace) -> int:
 def _issue_emergency(args: argparse.Namespace) -> int:
     def work(site: tickets.TicketSite, store: TicketStore) -> int:
         ticket = tickets.issue_emergency(site, store, args.product, now=_now(), note=args.note)
-        doc = {
+        doc: dict[str, Any] = {
             "status": "issued",
             "code": ticket.code,
             "emergency": True,
@@ -177,13 +178,27 @@ def _issue_emergency(args: argparse.Namespace) -> int:
             "issued_on": ticket.issued_on.isoformat(),
             "until": ticket.valid_until.isoformat(),
             "seq": ticket.seq,
+            "receipt_seq": ticket.receipt_seq,
         }
         grouped = " ".join(ticket.code[i : i + 4] for i in range(0, 16, 4))
         text = (
             f"EMERGENCY ticket {grouped}: 1 x {ticket.product}, valid until"
             f" {ticket.valid_until.isoformat()}; exchange for a formal ticket when the network"
-            " is back"
+            f" is back (receipt {ticket.receipt_seq})"
         )
+        if args.receipt is not None:
+            # Issued whatever happens to the printer: a failure here is told, not undone.
+            try:
+                stored = receipts.load_ticket_sale_receipt(site.store_path, ticket.code)
+                out = receipts.write_pdf_in(
+                    stored, ZoneInfo(site.settings.timezone), Path(args.receipt)
+                )
+            except (OSError, PrepayError) as exc:
+                _emit(args, doc, text)
+                print(f"the receipt was not printed: {exc}", file=sys.stderr)
+                return EXIT_INVALID
+            doc["receipt_pdf"] = str(out)
+            text += f"; wrote {out}"
         _emit(args, doc, text)
         return EXIT_OK
 
@@ -382,6 +397,9 @@ def register(commands: Commands) -> None:
     )  # fmt: skip
     emergency.add_argument("--product", required=True)
     emergency.add_argument("--note", default="", help="why (outage, typhoon), for the record")
+    emergency.add_argument(
+        "--receipt", metavar="FILE.pdf", help="also print the sale's receipt as an 80 mm PDF"
+    )
 
     convert = _site_command(
         group, "convert", "exchange a paper ticket 1:1 for an electronic one", _convert

@@ -63,7 +63,12 @@ from gateway.northbound.payloads import (
     ResultStatus,
     encode_payload,
 )
-from gateway.northbound.receipts import make_checkpoint, make_receipt
+from gateway.northbound.receipts import (
+    AnyReceiptPayload,
+    make_checkpoint,
+    make_receipt,
+    receipt_model,
+)
 from gateway.northbound.signing import canonical_json
 from gateway.policy import quality
 from gateway.policy.machine import on_balance, on_topup, set_override
@@ -310,19 +315,28 @@ class CommandHandler:
         tx.save_account_state(account.id, account.to_record())
         enqueue_account_state(tx, self._ctx.topics, account, now)
 
-    def _dispatch(self, tx: Transaction, command: Command, now: datetime) -> ReceiptPayload | None:
+    def _dispatch(
+        self, tx: Transaction, command: Command, now: datetime
+    ) -> AnyReceiptPayload | None:
         if isinstance(command, TopupCommand):
             return self._topup(tx, command, now)
         if isinstance(command, RefundCommand):
             self._refund(tx, command, now)
             return None
         if isinstance(command, ReceiptCommand):
-            receipt = tx.receipt_for_topup(command.topup_id)
-            if receipt is None:
-                raise CommandRejectedError("unknown_topup", f"no top-up {command.topup_id!r}")
+            if command.topup_id is not None:
+                receipt = tx.receipt_for_topup(command.topup_id)
+                if receipt is None:
+                    raise CommandRejectedError("unknown_topup", f"no top-up {command.topup_id!r}")
+            else:
+                receipt = tx.receipt_by_seq(command.receipt_seq or 0)
+                if receipt is None:
+                    raise CommandRejectedError(
+                        "unknown_receipt", f"no receipt number {command.receipt_seq}"
+                    )
             # The receipt is stored as its canonical JSON (what was signed) and its signature.
             signed = {**json.loads(receipt.payload), "signature": receipt.signature.decode()}
-            return ReceiptPayload.model_validate(signed)
+            return receipt_model(signed)
         if isinstance(command, SupplyCommand):
             self._supply(tx, command, now)
             return None

@@ -16,7 +16,9 @@ The driver reports into this flow (`drivers.ports.VendingSink`) and is answered 
    ``vend:{dispenser}:{session}``, the policy sees the new balance, and the session message and
    the account state are queued: one transaction. A session already closed changes nothing (a
    replayed report). A device that reports more than it was authorised is billed the authorised
-   volume and raises the alarm ``dispenser_over_report``.
+   volume and raises the alarm ``dispenser_over_report``. The settled session gets its signed
+   receipt (`gateway.northbound.receipts.make_vending_receipt`) in the same transaction: the
+   message carries it, and a replayed report cannot make a second one.
 3. **caught_up** (after every connect): a session journalled open above the device's
    ``last_session_id`` never reached it (the gateway crashed, or the write failed, between
    journal and grant): it is closed ``voided`` and its hold released.
@@ -40,6 +42,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from drivers.ports import (
     DenyReason,
     DeviceRejectedError,
@@ -54,7 +58,14 @@ from gateway.flows.accounts import Account
 from gateway.flows.context import FlowContext
 from gateway.flows.effects import apply_decision, enqueue_account_state, enqueue_alarm
 from gateway.flows.vending_tickets import TicketRefused, redeem_at_dispenser
-from gateway.northbound.payloads import DispenserSessionPayload, SessionStatus
+from gateway.northbound.payloads import (
+    DispenserSessionPayload,
+    ReceiptKind,
+    SessionStatus,
+    VendingReceiptPayload,
+)
+from gateway.northbound.receipts import make_vending_receipt
+from gateway.northbound.signing import canonical_json
 from gateway.policy import vending
 from gateway.policy.machine import on_balance
 from gateway.store import EntryKind, Transaction
@@ -97,9 +108,11 @@ class VendingFlow:
         ctx: FlowContext,
         ports: Sequence[VendingPort],
         *,
+        gateway_key: Ed25519PrivateKey,
         tickets: TicketStore | None = None,
     ) -> None:
         self._ctx = ctx
+        self._gateway_key = gateway_key
         self._tickets = tickets
         self._configs = {
             d.device_id: d.vending
@@ -443,6 +456,7 @@ class VendingFlow:
                 ledger_seq=ledger_seq,
                 at=now,
             )
+            receipt = self._receipt(tx, found, report, bill.billed_ml, bill.charge_minor, account)
             alarm = OVER_REPORT_ALARM if bill.over_ml else None
             if account is not None:
                 if alarm is not None:
@@ -481,6 +495,7 @@ class VendingFlow:
                 balance_minor=account.billing.balance_minor if account is not None else None,
                 currency=opened.currency,
                 alarm=alarm,
+                receipt=receipt,
             )
             self.counters.settled += 1
             if alarm is not None:
@@ -500,6 +515,52 @@ class VendingFlow:
                 bill.charge_minor,
                 opened.currency or "",
             )
+
+    def _receipt(
+        self,
+        tx: Transaction,
+        found: journal.VendSession,
+        report: PourReport,
+        billed_ml: int,
+        charge_minor: int,
+        account: Account | None,
+    ) -> VendingReceiptPayload:
+        """Sign and keep the receipt of the session settled in ``tx`` (its number moves with
+        the transaction: a settlement rolled back burns none). Paid from ``account``, or with
+        the ticket the session was opened for."""
+        opened = found.opened
+        seq = tx.next_receipt_seq()
+        paid = (
+            {
+                "account": account.id,
+                "amount_minor": charge_minor,
+                "currency": account.currency,
+                "balance_after_minor": account.billing.balance_minor,
+            }
+            if account is not None
+            else {"ticket": opened.identity}
+        )
+        signed = make_vending_receipt(
+            seq,
+            site=self._ctx.topics.site,
+            dispenser=report.dispenser_id,
+            session_id=report.session_id,
+            poured_ml=report.session_ml,
+            billed_ml=billed_ml,
+            closed_at=report.at,
+            gateway_key=self._gateway_key,
+            store=tx.incarnation,
+            **paid,
+        )
+        tx.save_receipt(
+            seq,
+            f"{report.dispenser_id}:{report.session_id}",
+            account.id if account is not None else None,
+            canonical_json(signed),
+            str(signed["signature"]).encode(),
+            kind=ReceiptKind.VENDING,
+        )
+        return VendingReceiptPayload.model_validate(signed)
 
     def _void(self, dispenser_id: str, session_id: int, now: datetime) -> None:
         with self._ctx.store.transaction() as tx:
@@ -556,11 +617,14 @@ class VendingFlow:
     ) -> None:
         """Journal the session event and queue its ``dispenser/{id}/session`` message (one
         event id for both, as `gateway.flows.effects.enqueue_event`)."""
+        receipt = fields.get("receipt")
         record: dict[str, JsonValue] = {
             "dispenser": dispenser_id,
             "status": status.value,
-            **{k: _json(v) for k, v in fields.items() if v is not None},
+            **{k: _json(v) for k, v in fields.items() if v is not None and k != "receipt"},
         }
+        if isinstance(receipt, VendingReceiptPayload):  # the event names it; the store keeps it
+            record["receipt_seq"] = receipt.receipt_seq
         account = fields.get("account")
         event_id = tx.record_event(
             account if isinstance(account, str) else None, f"vend_{status.value}", record, now

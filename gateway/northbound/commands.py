@@ -175,10 +175,19 @@ class SupplyCommand(_Command):
 
 
 class ReceiptCommand(_Command):
-    """Reissue the receipt of top-up ``topup_id`` (the same signed receipt, unchanged)."""
+    """Reissue a receipt, the same signed receipt unchanged: that of top-up ``topup_id``, or
+    receipt number ``receipt_seq`` of any kind (a vending session's, a ticket sale's), exactly
+    one of the two."""
 
     kind: Literal["receipt"]
-    topup_id: CommandId
+    topup_id: CommandId | None = None
+    receipt_seq: Annotated[int, Field(strict=True, ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def one_receipt_named(self) -> Self:
+        if (self.topup_id is None) == (self.receipt_seq is None):
+            raise ValueError("name the receipt by topup_id or by receipt_seq, exactly one")
+        return self
 
 
 class MeterCommand(_Command):

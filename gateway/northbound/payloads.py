@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Final, Literal, Self, TypeVar
 
 from pydantic import (
@@ -26,8 +26,10 @@ from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PlainSerializer,
+    Tag,
     model_validator,
 )
 
@@ -50,6 +52,7 @@ REJECT_REASONS: Final = {
     "currency_mismatch": "the amount's currency is not the account's currency",
     "duplicate_conflict": "the id was used before with different content",
     "unknown_topup": "a receipt or refund names a top-up this site never applied",
+    "unknown_receipt": "a receipt reissue names a receipt number this store never issued",
     "retained": "the command was published with the retain flag; commands must not be retained",
     "too_large": "the payload is larger than commands.max_payload_bytes; it was not parsed",
     "lifetime_too_long": "expires_at - issued_at is longer than commands.max_lifetime_s",
@@ -187,6 +190,97 @@ class ReceiptPayload(_Payload):
     signature: str
 
 
+class ReceiptKind(enum.StrEnum):
+    """What a receipt is for: each kind has its own signed fields and its own QR tag."""
+
+    TOPUP = "topup"
+    VENDING = "vending"
+    TICKET_SALE = "ticket_sale"
+
+
+class VendingReceiptPayload(_Payload):
+    """The receipt of a settled vending session at a dispenser, signed by the gateway's key
+    (same rule and same per-site ``receipt_seq`` as a top-up's `ReceiptPayload`).
+
+    Paid from an account: ``account``, ``amount_minor`` (what the pour cost), ``currency`` and
+    ``balance_after_minor``. Paid with a water ticket: ``ticket`` (its code) and no money.
+    ``session`` is ``{dispenser}:{session_id}``, the ledger entry's ``ref``.
+    """
+
+    kind: Literal[ReceiptKind.VENDING]
+    receipt_seq: Annotated[int, Field(strict=True, ge=1)]
+    site: Identifier
+    session: Annotated[str, Field(min_length=3, max_length=160)]
+    dispenser: Identifier
+    account: Identifier | None = None
+    ticket: Annotated[str, Field(pattern=r"^[0-9]{16}$")] | None = None
+    poured_ml: Annotated[int, Field(strict=True, ge=0)]
+    billed_ml: Annotated[int, Field(strict=True, ge=0)]
+    amount_minor: Annotated[int, Field(strict=True, ge=0)] | None = None
+    currency: Currency | None = None
+    balance_after_minor: MinorUnits | None = None
+    closed_at: UtcDatetime
+    store: Incarnation | None = None
+    key_id: str
+    signature: str
+
+    @model_validator(mode="after")
+    def paid_one_way(self) -> Self:
+        if (self.account is None) == (self.ticket is None):
+            raise ValueError("a vending receipt names either the account or the ticket")
+        money = (self.amount_minor, self.currency, self.balance_after_minor)
+        if self.account is not None and None in money:
+            raise ValueError("paid from an account: amount_minor, currency, balance_after_minor")
+        if self.ticket is not None and money != (None, None, None):
+            raise ValueError("paid with a ticket: no money fields")
+        return self
+
+
+class TicketSaleReceiptPayload(_Payload):
+    """The receipt of a water ticket sold at the box (an emergency ticket, docs/tickets.md),
+    signed by the gateway's key (same rule and same ``receipt_seq`` as the other receipts).
+
+    ``amount_minor`` and ``currency`` are the product's price at the box
+    (``tickets.prices_minor``); a product without a price there has neither.
+    """
+
+    kind: Literal[ReceiptKind.TICKET_SALE]
+    receipt_seq: Annotated[int, Field(strict=True, ge=1)]
+    site: Identifier
+    code: Annotated[str, Field(pattern=r"^[0-9]{16}$")]
+    ticket_kind: Literal["emergency"]
+    product: Annotated[str, Field(min_length=1, max_length=32)]
+    valid_until: date
+    amount_minor: Annotated[int, Field(strict=True, ge=0)] | None = None
+    currency: Currency | None = None
+    sold_at: UtcDatetime
+    store: Incarnation | None = None
+    key_id: str
+    signature: str
+
+    @model_validator(mode="after")
+    def price_has_currency(self) -> Self:
+        if (self.amount_minor is None) != (self.currency is None):
+            raise ValueError("amount_minor and currency go together")
+        return self
+
+
+def _receipt_tag(value: object) -> str:
+    """The kind of a receipt document: top-up receipts (the first kind) carry no ``kind``."""
+    if isinstance(value, dict):
+        return str(value.get("kind", ReceiptKind.TOPUP))
+    return str(getattr(value, "kind", ReceiptKind.TOPUP))
+
+
+AnyReceipt = Annotated[
+    Annotated[ReceiptPayload, Tag(ReceiptKind.TOPUP)]
+    | Annotated[VendingReceiptPayload, Tag(ReceiptKind.VENDING)]
+    | Annotated[TicketSaleReceiptPayload, Tag(ReceiptKind.TICKET_SALE)],
+    Discriminator(_receipt_tag),
+]
+"""Any receipt the gateway signs, told apart by ``kind`` (absent on a top-up receipt)."""
+
+
 class AccountStatePayload(_Payload):
     """``account/{account}/state``: the latest balance and state. Retained."""
 
@@ -312,7 +406,7 @@ class CommandResultPayload(_Payload):
     status: ResultStatus
     reason: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")] | None = None
     detail: str | None = None
-    receipt: ReceiptPayload | None = None
+    receipt: AnyReceipt | None = None
     ts: UtcDatetime
 
     @model_validator(mode="after")
@@ -356,7 +450,8 @@ class DispenserSessionPayload(_Payload):
     (docs/vending.md). ``event_id`` is its identity, as an account event's. Money is in
     ``currency``; volumes in mL. ``alarm`` ``dispenser_over_report`` says the device reported
     more than it was authorised (only the authorised volume is billed). A session paid for with
-    a ticket names no account and carries no money."""
+    a ticket names no account and carries no money. A settled session carries its signed
+    ``receipt`` (`VendingReceiptPayload`), which the customer can print and check."""
 
     event_id: Annotated[str, Field(min_length=1, max_length=255)]
     dispenser: Identifier
@@ -373,6 +468,7 @@ class DispenserSessionPayload(_Payload):
     balance_minor: MinorUnits | None = None
     currency: Currency | None = None
     alarm: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")] | None = None
+    receipt: VendingReceiptPayload | None = None
     ts: UtcDatetime
 
     @model_validator(mode="after")
@@ -399,6 +495,8 @@ PAYLOAD_MODELS: Final[tuple[type[_Payload], ...]] = (
     AccountStatePayload,
     AccountEventPayload,
     ReceiptPayload,
+    VendingReceiptPayload,
+    TicketSaleReceiptPayload,
     DeviceStatePayload,
     CommandResultPayload,
     CheckpointPayload,

@@ -1,4 +1,5 @@
-"""``prepay receipt verify``: check a receipt offline with the site's public key.
+"""``prepay receipt verify``: check a receipt (a top-up's, a vending session's, a ticket
+sale's) offline with the site's public key.
 
 Anyone holding the gateway's public key can check a receipt, without the box or the network:
 from the PDF (its attached signed receipt, and the printed values against it), from a JSON
@@ -21,11 +22,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from billing_engine.base.errors import PrepayError
-from gateway.northbound.payloads import ReceiptPayload
-from gateway.northbound.receipts import InvalidReceiptError, verify_receipt
+from gateway.northbound.receipts import AnyReceiptPayload, InvalidReceiptError, verify_receipt
 from gateway.northbound.signing import key_id, loads_strict
 from gateway.ops.receipt_pdf import (
-    QR_TAG,
+    QR_TAGS,
     UnreadableReceiptError,
     printed_differences,
     read_pdf,
@@ -49,11 +49,11 @@ class ReceiptRefusedError(PrepayError):
 class CheckedReceipt:
     """A receipt that checks out, and where it was read from (pdf, json or qr)."""
 
-    receipt: ReceiptPayload
+    receipt: AnyReceiptPayload
     source: str
 
 
-def check_signed(document: object, public_key: Ed25519PublicKey) -> ReceiptPayload:
+def check_signed(document: object, public_key: Ed25519PublicKey) -> AnyReceiptPayload:
     """A signed receipt object, checked against the gateway's public key.
 
     Raises:
@@ -101,7 +101,7 @@ def check_file(path: Path, public_key: Ed25519PublicKey) -> CheckedReceipt:
         document: Any = loads_strict(data)
     except ValueError as exc:
         raise ReceiptRefusedError("not_a_receipt", f"not a PDF, nor receipt JSON: {exc}") from None
-    if isinstance(document, list) and document[:1] == [QR_TAG]:
+    if isinstance(document, list) and document[:1] and document[0] in QR_TAGS:
         try:
             return CheckedReceipt(check_signed(receipt_from_values(document), public_key), "qr")
         except UnreadableReceiptError as exc:

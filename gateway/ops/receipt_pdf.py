@@ -1,16 +1,18 @@
 """A signed receipt as a customer keeps it: printed lines in Chinese and English, a QR code of
 the signed receipt, an 80 mm PDF that carries the signed receipt inside, and reading them back.
 
-**The QR text** is a JSON array, the receipt's values in a fixed order after a tag::
+**The QR text** is a JSON array, the receipt's values in a fixed order after a tag that names
+its kind (`FORMS`); a top-up's::
 
     ["prepay-receipt/1", receipt_seq, site, topup_id, account, amount_minor, currency,
      balance_after_minor, applied_at, payment_ref, store, key_id, signature]
 
-(``null`` for a ``payment_ref`` or ``store`` the receipt has none of). Without the keys of the
+(``null`` for a field the receipt has none of). A vending session's is tagged
+``prepay-vend-receipt/1``, a ticket sale's ``prepay-ticket-receipt/1``. Without the keys of the
 signed object it is about 270 bytes for a top-up from the box, a version 12 QR code at error
-level M, small enough for an 80 mm roll. The verifier rebuilds the signed object from it,
-leaving out the nulls, and checks the signature over that object's canonical JSON, so nothing
-is signed twice or differently.
+level M, small enough for an 80 mm roll. The verifier rebuilds the signed object from it
+(leaving out the nulls, and putting back the ``kind`` the tag names), and checks the signature
+over that object's canonical JSON, so nothing is signed twice or differently.
 
 **The PDF** is one page 80 mm wide, as tall as its lines; the signed receipt itself (the JSON
 object, one line) is attached to it as the embedded file ``receipt.json``, uncompressed, so
@@ -27,6 +29,7 @@ import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -34,7 +37,13 @@ from zoneinfo import ZoneInfo
 
 from billing_engine.base.errors import PrepayError
 from billing_engine.money import format_minor
-from gateway.northbound.payloads import ReceiptPayload
+from gateway.northbound.payloads import (
+    ReceiptKind,
+    ReceiptPayload,
+    TicketSaleReceiptPayload,
+    VendingReceiptPayload,
+)
+from gateway.northbound.receipts import AnyReceiptPayload
 from gateway.northbound.signing import loads_strict
 
 if TYPE_CHECKING:
@@ -56,7 +65,71 @@ QR_FIELDS: Final = (
     "key_id",
     "signature",
 )
-_OPTIONAL: Final = frozenset({"payment_ref", "store"})
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptForm:
+    """How one kind of receipt is printed and carried in a QR text: its tag, its fields in the
+    QR text's order (``kind`` is the tag's, never a value) and its title."""
+
+    kind: ReceiptKind
+    tag: str
+    fields: tuple[str, ...]
+    title_zh: str
+    title_en: str
+
+
+FORMS: Final = {
+    ReceiptKind.TOPUP: ReceiptForm(
+        ReceiptKind.TOPUP, QR_TAG, QR_FIELDS, "充值收据", "TOP-UP RECEIPT"
+    ),
+    ReceiptKind.VENDING: ReceiptForm(
+        ReceiptKind.VENDING,
+        "prepay-vend-receipt/1",
+        (
+            "receipt_seq",
+            "site",
+            "session",
+            "dispenser",
+            "account",
+            "ticket",
+            "poured_ml",
+            "billed_ml",
+            "amount_minor",
+            "currency",
+            "balance_after_minor",
+            "closed_at",
+            "store",
+            "key_id",
+            "signature",
+        ),
+        "售水收据",
+        "WATER SALE RECEIPT",
+    ),
+    ReceiptKind.TICKET_SALE: ReceiptForm(
+        ReceiptKind.TICKET_SALE,
+        "prepay-ticket-receipt/1",
+        (
+            "receipt_seq",
+            "site",
+            "code",
+            "ticket_kind",
+            "product",
+            "valid_until",
+            "amount_minor",
+            "currency",
+            "sold_at",
+            "store",
+            "key_id",
+            "signature",
+        ),
+        "水票收据",
+        "WATER TICKET RECEIPT",
+    ),
+}
+_BY_TAG: Final = {form.tag: form for form in FORMS.values()}
+#: The tags a receipt's QR text may start with.
+QR_TAGS: Final = frozenset(_BY_TAG)
 ATTACHMENT: Final = "receipt.json"
 #: Where Debian's CJK fonts put their files (fonts-wqy-microhei, fonts-wqy-zenhei,
 #: fonts-noto-cjk), in the order they are tried.
@@ -102,16 +175,60 @@ class PrintedLine:
     checked: bool = False
 
 
-TITLE_ZH: Final = "充值收据"
-TITLE_EN: Final = "TOP-UP RECEIPT"
 SCAN_HINT: Final = "扫码验证 Scan to check: prepay receipt verify --qr"
 
 
-def printed_lines(receipt: ReceiptPayload, tz: ZoneInfo) -> list[PrintedLine]:
-    """What the receipt shows, in order; the time in ``tz`` (the account's tariff zone)."""
-    local = receipt.applied_at.astimezone(tz)
-    lines = [
-        PrintedLine("收据号", "Receipt no.", str(receipt.receipt_seq), checked=True),
+def form_of(receipt: AnyReceiptPayload) -> ReceiptForm:
+    """The form of a receipt's kind."""
+    if isinstance(receipt, VendingReceiptPayload):
+        return FORMS[ReceiptKind.VENDING]
+    if isinstance(receipt, TicketSaleReceiptPayload):
+        return FORMS[ReceiptKind.TICKET_SALE]
+    return FORMS[ReceiptKind.TOPUP]
+
+
+def issued_at(receipt: AnyReceiptPayload) -> datetime:
+    """When the receipted thing happened: a top-up applied, a session closed, a ticket sold."""
+    if isinstance(receipt, VendingReceiptPayload):
+        return receipt.closed_at
+    if isinstance(receipt, TicketSaleReceiptPayload):
+        return receipt.sold_at
+    return receipt.applied_at
+
+
+def litres(ml: int) -> str:
+    """A volume in mL as litres with three decimals ("2.500 L"): exact, no float."""
+    return f"{ml // 1000}.{ml % 1000:03d} L"
+
+
+def grouped(code: str) -> str:
+    """A 16-digit ticket code in groups of four, as printed on paper tickets."""
+    return " ".join(code[i : i + 4] for i in range(0, len(code), 4))
+
+
+def printed_lines(receipt: AnyReceiptPayload, tz: ZoneInfo) -> list[PrintedLine]:
+    """What the receipt shows, in order; the time in ``tz`` (the local time of the customer:
+    the account's tariff zone, or the box's ticket zone)."""
+    local = issued_at(receipt).astimezone(tz)
+    when = PrintedLine("时间", "Time", f"{local:%Y-%m-%d %H:%M:%S %z} ({tz.key})")
+    number = PrintedLine("收据号", "Receipt no.", str(receipt.receipt_seq), checked=True)
+    if isinstance(receipt, VendingReceiptPayload):
+        lines = [number, *_vending_lines(receipt), when]
+    elif isinstance(receipt, TicketSaleReceiptPayload):
+        lines = [number, *_ticket_sale_lines(receipt), when]
+    else:
+        lines = [number, *_topup_lines(receipt), when]
+        lines.append(PrintedLine("充值单号", "Top-up id", receipt.topup_id))
+        if receipt.payment_ref is not None:
+            lines.append(PrintedLine("付款参考", "Payment ref.", receipt.payment_ref))
+    if receipt.store is not None:
+        lines.append(PrintedLine("存储", "Store", receipt.store))
+    lines.append(PrintedLine("签名密钥", "Key id", receipt.key_id))
+    return lines
+
+
+def _topup_lines(receipt: ReceiptPayload) -> list[PrintedLine]:
+    return [
         PrintedLine("账户", "Account", receipt.account, checked=True),
         PrintedLine(
             "充值金额",
@@ -125,14 +242,52 @@ def printed_lines(receipt: ReceiptPayload, tz: ZoneInfo) -> list[PrintedLine]:
             format_minor(receipt.balance_after_minor, receipt.currency),
             checked=True,
         ),
-        PrintedLine("时间", "Time", f"{local:%Y-%m-%d %H:%M:%S %z} ({tz.key})"),
-        PrintedLine("充值单号", "Top-up id", receipt.topup_id),
     ]
-    if receipt.payment_ref is not None:
-        lines.append(PrintedLine("付款参考", "Payment ref.", receipt.payment_ref))
-    if receipt.store is not None:
-        lines.append(PrintedLine("存储", "Store", receipt.store))
-    lines.append(PrintedLine("签名密钥", "Key id", receipt.key_id))
+
+
+def _vending_lines(receipt: VendingReceiptPayload) -> list[PrintedLine]:
+    lines = [
+        PrintedLine("售水机", "Dispenser", receipt.dispenser, checked=True),
+        PrintedLine("会话", "Session", receipt.session),
+    ]
+    if receipt.ticket is not None:
+        lines.append(PrintedLine("水票", "Ticket", grouped(receipt.ticket), checked=True))
+    if receipt.account is not None:
+        lines.append(PrintedLine("账户", "Account", receipt.account, checked=True))
+    lines.append(PrintedLine("出水量", "Poured", litres(receipt.poured_ml), checked=True))
+    if receipt.billed_ml != receipt.poured_ml:
+        lines.append(PrintedLine("计费水量", "Billed", litres(receipt.billed_ml), checked=True))
+    if receipt.amount_minor is not None and receipt.currency is not None:
+        lines.append(
+            PrintedLine(
+                "金额", "Amount", format_minor(receipt.amount_minor, receipt.currency), checked=True
+            )
+        )
+    if receipt.balance_after_minor is not None and receipt.currency is not None:
+        lines.append(
+            PrintedLine(
+                "余额",
+                "Balance after",
+                format_minor(receipt.balance_after_minor, receipt.currency),
+                checked=True,
+            )
+        )
+    return lines
+
+
+def _ticket_sale_lines(receipt: TicketSaleReceiptPayload) -> list[PrintedLine]:
+    lines = [
+        PrintedLine("票号", "Ticket", grouped(receipt.code), checked=True),
+        PrintedLine("类型", "Kind", "应急水票 emergency"),
+        PrintedLine("品名", "Product", receipt.product, checked=True),
+        PrintedLine("有效期至", "Valid until", receipt.valid_until.isoformat(), checked=True),
+    ]
+    if receipt.amount_minor is not None and receipt.currency is not None:
+        lines.append(
+            PrintedLine(
+                "金额", "Amount", format_minor(receipt.amount_minor, receipt.currency), checked=True
+            )
+        )
     return lines
 
 
@@ -140,12 +295,16 @@ def qr_text(signed: Mapping[str, Any]) -> str:
     """The QR text of a signed receipt (see the module's description).
 
     Raises:
-        ValueError: ``signed`` has a field the QR text has no place for.
+        ValueError: ``signed`` is of no known kind, or has a field the QR text has no place for.
     """
-    extra = set(signed) - set(QR_FIELDS)
+    try:
+        form = FORMS[ReceiptKind(signed.get("kind", ReceiptKind.TOPUP))]
+    except ValueError:
+        raise ValueError(f"no receipt kind {signed.get('kind')!r}") from None
+    extra = set(signed) - set(form.fields) - {"kind"}
     if extra:
         raise ValueError(f"the QR text has no place for {sorted(extra)}")
-    values = [QR_TAG, *(signed.get(name) for name in QR_FIELDS)]
+    values = [form.tag, *(signed.get(name) for name in form.fields)]
     return json.dumps(values, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -163,22 +322,28 @@ def receipt_from_qr_text(text: str) -> dict[str, Any]:
 
 
 def receipt_from_values(values: object) -> dict[str, Any]:
-    """The signed receipt of a parsed QR text (a list that starts with `QR_TAG`).
+    """The signed receipt of a parsed QR text (a list that starts with a tag of `FORMS`).
 
     Raises:
         UnreadableReceiptError: not such a list.
     """
-    if not isinstance(values, list) or not values or values[0] != QR_TAG:
-        raise UnreadableReceiptError(f'not a receipt\'s QR text: it starts with ["{QR_TAG}",')
-    if len(values) != 1 + len(QR_FIELDS):
+    form = _BY_TAG.get(values[0]) if isinstance(values, list) and values else None
+    if form is None or not isinstance(values, list):
         raise UnreadableReceiptError(
-            f"not a receipt's QR text: {len(values) - 1} values, {QR_TAG} has {len(QR_FIELDS)}"
+            f'not a receipt\'s QR text: it starts with ["{QR_TAG}", (or another receipt tag)'
         )
-    return {
+    if len(values) != 1 + len(form.fields):
+        raise UnreadableReceiptError(
+            f"not a receipt's QR text: {len(values) - 1} values, {form.tag} has {len(form.fields)}"
+        )
+    signed = {
         name: value
-        for name, value in zip(QR_FIELDS, values[1:], strict=True)
-        if not (value is None and name in _OPTIONAL)
+        for name, value in zip(form.fields, values[1:], strict=True)
+        if value is not None
     }
+    if form.kind is not ReceiptKind.TOPUP:
+        signed = {"kind": str(form.kind), **signed}
+    return signed
 
 
 def find_cjk_font() -> Path:
@@ -194,7 +359,7 @@ def find_cjk_font() -> Path:
 
 
 def render_pdf(
-    signed: Mapping[str, Any], receipt: ReceiptPayload, tz: ZoneInfo, font: Path
+    signed: Mapping[str, Any], receipt: AnyReceiptPayload, tz: ZoneInfo, font: Path
 ) -> bytes:
     """The receipt as an 80 mm PDF: ``signed`` (the signed object) is attached and in the QR
     code, ``receipt`` (its verified model) is what is printed.
@@ -211,7 +376,7 @@ def render_pdf(
 
 def _layout(
     signed: Mapping[str, Any],
-    receipt: ReceiptPayload,
+    receipt: AnyReceiptPayload,
     tz: ZoneInfo,
     font: Path,
     text: str,
@@ -224,11 +389,12 @@ def _layout(
     pdf.set_margins(_MARGIN_MM, _MARGIN_MM, _MARGIN_MM)
     pdf.set_auto_page_break(auto=False)
     # Dated by the receipt, not by the printing: the same receipt prints to the same file.
-    pdf.set_creation_date(receipt.applied_at)
-    pdf.set_title(f"{TITLE_EN} {receipt.site} #{receipt.receipt_seq}")
+    pdf.set_creation_date(issued_at(receipt))
+    form = form_of(receipt)
+    pdf.set_title(f"{form.title_en} {receipt.site} #{receipt.receipt_seq}")
     pdf.set_creator("prepay-gateway")
     lines = printed_lines(receipt, tz)
-    title = f"{TITLE_ZH} {TITLE_EN}"
+    title = f"{form.title_zh} {form.title_en}"
     labels = [f"{line.label_zh} {line.label_en}" for line in lines]
     values = [line.value for line in lines]
     _add_cjk_font(pdf, font, [title, receipt.site, SCAN_HINT, *labels, *values])
@@ -260,7 +426,7 @@ def _layout(
     pdf.embed_file(
         bytes=json.dumps(dict(signed), sort_keys=True, ensure_ascii=False).encode(),
         basename=ATTACHMENT,
-        modification_date=receipt.applied_at,
+        modification_date=issued_at(receipt),
         mime_type="application/json",
         desc="the signed receipt",
         compress=False,
@@ -296,6 +462,9 @@ def _add_cjk_font(pdf: FPDF, font: Path, texts: list[str]) -> None:
         - ({chr(code) for code in loaded.cmap} if isinstance(loaded, TTFFont) else set())
     )
     if missing:
+        # fpdf2 closes a font's file when it writes the PDF; a refused one is closed here.
+        if isinstance(loaded, TTFFont):
+            loaded.close()
         raise MissingFontError(f"{font}: has no glyph for {''.join(missing)}; {_FONT_HINT}")
 
 
@@ -354,7 +523,7 @@ def read_pdf(data: bytes) -> ReceiptPdf:
     return ReceiptPdf(signed, page_text)
 
 
-def printed_differences(page_text: str, receipt: ReceiptPayload) -> list[str]:
+def printed_differences(page_text: str, receipt: AnyReceiptPayload) -> list[str]:
     """The checked lines of ``receipt`` whose value is not printed on the page.
 
     Whitespace is ignored (text extraction breaks and joins lines its own way); a value is

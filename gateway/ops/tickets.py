@@ -28,7 +28,8 @@ from drivers.ports import Clock, utc_now
 from gateway.flows import ticket_stats
 from gateway.flows.ticket_feed import import_batch_document
 from gateway.flows.vending_tickets import facts_of as pure_facts
-from gateway.northbound.signing import key_id, load_private_key, load_public_key
+from gateway.northbound.receipts import make_ticket_sale_receipt
+from gateway.northbound.signing import canonical_json, key_id, load_private_key, load_public_key
 from gateway.startup import STATE_FILE, read_private_key_file
 from gateway.store.tickets import (
     CodeFacts,
@@ -369,11 +370,14 @@ def extend(
 def issue_emergency(
     site: TicketSite, store: TicketStore, product: str, *, now: datetime, note: str = ""
 ) -> EmergencyTicket:
-    """Issue a temporary ticket at the box while the network is down (flagged, capped per day,
-    valid one month, reported upstream when the link returns).
+    """Sell a temporary ticket at the box while the network is down (flagged, capped per day,
+    valid one month, reported upstream when the link returns), with its signed receipt
+    (``receipt_seq`` of the ticket returned; the price is ``tickets.prices_minor``).
 
     Raises:
-        TicketUsageError: no emergency tickets at this box, or a product not handed out here.
+        TicketUsageError: no emergency tickets at this box, a product not handed out here, or
+            the gateway's key (which signs the receipt) cannot be read.
+        KeyPermissionError: the gateway's key file is readable by its group or others.
         EmergencyCapError: the day's cap is reached.
     """
     settings = site.settings
@@ -387,6 +391,24 @@ def issue_emergency(
         )
     box_number = settings.emergency_box_number
     today = local_day(now, settings.timezone)
+    gateway_key = _load_signing_key(site.gateway_key_file)
+    price = settings.prices_minor.get(product)
+
+    def sign(ticket: EmergencyTicket, receipt_seq: int, incarnation: str) -> tuple[bytes, bytes]:
+        signed = make_ticket_sale_receipt(
+            receipt_seq,
+            site=site.site_id,
+            code=ticket.code,
+            product=ticket.product,
+            valid_until=ticket.valid_until,
+            sold_at=ticket.issued_at,
+            gateway_key=gateway_key,
+            amount_minor=price,
+            currency=settings.currency if price is not None else None,
+            store=incarnation,
+        )
+        return canonical_json(signed), str(signed["signature"]).encode()
+
     try:
         return store.issue_emergency(
             product=product,
@@ -395,6 +417,7 @@ def issue_emergency(
             cap_per_day=settings.emergency_cap_per_day,
             code_for=lambda seq: emergency_code(settings.plant_code, box_number, seq).text,
             note=note,
+            receipt=sign,
         )
     except CodeError as exc:  # the box's 99,999 emergency numbers are used up
         raise TicketUsageError(f"cannot number another emergency ticket: {exc}") from exc

@@ -7,7 +7,6 @@ Start at `Store` and `Store.transaction`.
 from __future__ import annotations
 
 from gateway.store.account_records import AccountRecord
-from gateway.store.command_results import Receipt
 from gateway.store.errors import (
     CommandConflictError,
     IdempotencyConflictError,
@@ -32,6 +31,7 @@ from gateway.store.ledger import (
     parse_head,
 )
 from gateway.store.outbox import NOT_QUEUED, OutboxStats
+from gateway.store.receipts import Receipt
 from gateway.store.transaction import Store, Transaction, verify_ledger
 
 __all__ = [

@@ -332,8 +332,28 @@ _V8 = (
        BEGIN SELECT RAISE(ABORT, 'a top-up stays invoiced'); END""",
 )
 
+# Version 9: receipts of every kind (`gateway.northbound.receipts`): a top-up, a settled
+# vending session, a ticket sold at the box. Each names what it is for by ``(kind, subject)``
+# (the top-up id; ``{dispenser}:{session_id}``; the ticket code), one receipt per subject; a
+# ticket sale has no account. SQLite cannot change a constraint in place: the table is copied.
+_V9 = (
+    """CREATE TABLE receipts_v9 (
+        seq         INTEGER PRIMARY KEY,
+        kind        TEXT    NOT NULL CHECK (kind IN ('topup', 'vending', 'ticket_sale')),
+        subject     TEXT    NOT NULL,
+        account_id  TEXT,
+        payload     BLOB    NOT NULL,
+        signature   BLOB    NOT NULL,
+        UNIQUE (kind, subject)
+    )""",
+    """INSERT INTO receipts_v9 (seq, kind, subject, account_id, payload, signature)
+       SELECT seq, 'topup', topup_id, account_id, payload, signature FROM receipts""",
+    "DROP TABLE receipts",
+    "ALTER TABLE receipts_v9 RENAME TO receipts",
+)
+
 #: Forward migrations, in order: ``MIGRATIONS[n - 1]`` brings the file to version ``n``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

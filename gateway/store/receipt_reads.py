@@ -16,11 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gateway.store.command_results import Receipt, receipt_for_topup
+from gateway.store import receipts
+from gateway.store.receipts import Receipt
 from gateway.store.statements import read_snapshot
-
-_BY_SEQ = "SELECT seq, topup_id, account_id, payload, signature FROM receipts WHERE seq = ?"
-_LATEST = "SELECT seq, topup_id, account_id, payload, signature FROM receipts ORDER BY seq DESC"
 
 
 class ReceiptReader:
@@ -31,22 +29,19 @@ class ReceiptReader:
 
     def by_topup(self, topup_id: str) -> Receipt | None:
         """The receipt of top-up ``topup_id``, or None when it has none."""
-        return receipt_for_topup(self._conn, topup_id)
+        return receipts.receipt_for(self._conn, "topup", topup_id)
+
+    def by_subject(self, kind: str, subject: str) -> Receipt | None:
+        """The receipt of ``subject`` of ``kind`` (`gateway.store.receipts`), or None."""
+        return receipts.receipt_for(self._conn, kind, subject)
 
     def by_seq(self, seq: int) -> Receipt | None:
         """The receipt numbered ``seq`` in this store, or None."""
-        row = self._conn.execute(_BY_SEQ, (seq,)).fetchone()
-        return None if row is None else _receipt(row)
+        return receipts.receipt_by_seq(self._conn, seq)
 
     def latest(self) -> Receipt | None:
         """The newest receipt, or None when the store has issued none."""
-        row = self._conn.execute(_LATEST).fetchone()
-        return None if row is None else _receipt(row)
-
-
-def _receipt(row: tuple[int, str, str, bytes, bytes]) -> Receipt:
-    seq, topup_id, account_id, payload, signature = row
-    return Receipt(seq, topup_id, account_id, bytes(payload), bytes(signature))
+        return receipts.latest_receipt(self._conn)
 
 
 def signed_document(receipt: Receipt) -> dict[str, Any]:

@@ -72,14 +72,16 @@ class DeviceSupply:
 
 
 # The running balance over all of the account's entries, then the period: a balance after an
-# entry depends on every entry before it, also those before the period.
+# entry depends on every entry before it, also those before the period. A top-up's receipt is
+# found by its id, a pour's by its ref ``{dispenser}:{session_id}`` (`gateway.store.receipts`).
 _STATEMENT = (
     "SELECT seq, created_at_us, kind, amount_minor, currency, balance, ref, detail_json,"
     " receipt_seq FROM ("
     "  SELECT l.seq, l.created_at_us, l.kind, l.amount_minor, l.currency, l.ref, l.detail_json,"
     "   SUM(l.amount_minor) OVER (ORDER BY l.seq) AS balance, r.seq AS receipt_seq"
     "  FROM ledger AS l LEFT JOIN receipts AS r"
-    "   ON l.kind = 'topup' AND r.topup_id = l.ref AND r.account_id = l.account_id"
+    "   ON r.kind = CASE l.kind WHEN 'topup' THEN 'topup' ELSE 'vending' END"
+    "   AND r.subject = l.ref AND r.account_id = l.account_id"
     "  WHERE l.account_id = ?"
     ") WHERE created_at_us >= ? AND created_at_us < ? ORDER BY seq"
 )

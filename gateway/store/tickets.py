@@ -28,14 +28,14 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 from drivers.ports import Clock, utc_now
-from gateway.store import db
+from gateway.store import db, receipts
 from gateway.store.errors import IdempotencyConflictError, StoreError
 from gateway.store.timestamps import from_micros, to_micros
 
@@ -148,6 +148,19 @@ class EmergencyTicket:
     note: str
     issued_at: datetime
     reconciled_at: datetime | None
+    receipt_seq: int | None = None  # the number of its sale's receipt (`gateway.store.receipts`)
+
+
+# An emergency ticket with the number of its sale's receipt, if it has one.
+_EMERGENCY_SELECT = (
+    "SELECT e.code, e.seq, e.product, e.issued_on, e.valid_until, e.note, e.issued_at_us,"
+    " e.reconciled_at_us, r.seq FROM ticket_emergency AS e LEFT JOIN receipts AS r"
+    " ON r.kind = 'ticket_sale' AND r.subject = e.code"
+)
+
+SaleReceipt = Callable[[EmergencyTicket, int, str], tuple[bytes, bytes]]
+"""Signs a ticket sale's receipt: ``(ticket, receipt_seq, incarnation)`` to the canonical JSON
+that was signed and its signature (`TicketStore.issue_emergency`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,8 +394,7 @@ class TicketStore:
 
     def _emergency(self, conn: sqlite3.Connection, code: str) -> EmergencyTicket | None:
         row = conn.execute(
-            "SELECT code, seq, product, issued_on, valid_until, note, issued_at_us,"
-            " reconciled_at_us FROM ticket_emergency WHERE code = ?",
+            f"{_EMERGENCY_SELECT} WHERE e.code = ?",
             (code,),
         ).fetchone()
         return None if row is None else _emergency_ticket(row)
@@ -685,9 +697,14 @@ class TicketStore:
         cap_per_day: int,
         code_for: Callable[[int], str],
         note: str = "",
+        receipt: SaleReceipt | None = None,
     ) -> EmergencyTicket:
         """Issue the box's next emergency ticket, unless ``cap_per_day`` are issued on
         ``issued_on`` already. ``code_for(seq)`` makes the code of the ``seq``-th.
+
+        ``receipt(ticket, receipt_seq, incarnation)`` signs the sale's receipt, which is kept in
+        the same transaction under the next per-site receipt number: a ticket is never sold
+        without its receipt, nor a number burnt by a refused issue.
 
         Raises:
             EmergencyCapError: the day's cap is reached (nothing is issued).
@@ -712,18 +729,22 @@ class TicketStore:
                 " issued_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (code, seq, product, issued_on.isoformat(), valid_until.isoformat(), note, at_us),
             )
-        return EmergencyTicket(
-            code, seq, product, issued_on, valid_until, note, from_micros(at_us), None
-        )
+            ticket = EmergencyTicket(
+                code, seq, product, issued_on, valid_until, note, from_micros(at_us), None
+            )
+            if receipt is None:
+                return ticket
+            receipt_seq = receipts.next_receipt_seq(conn)
+            payload, signature = receipt(ticket, receipt_seq, self.incarnation)
+            receipts.save_receipt(
+                conn, receipts.Receipt(receipt_seq, "ticket_sale", code, None, payload, signature)
+            )
+        return replace(ticket, receipt_seq=receipt_seq)
 
     def emergency_tickets(self, *, unreconciled_only: bool = False) -> list[EmergencyTicket]:
         """Emergency tickets issued here, oldest first (those not yet reported upstream when
         ``unreconciled_only``)."""
-        query = (
-            "SELECT code, seq, product, issued_on, valid_until, note, issued_at_us,"
-            " reconciled_at_us FROM ticket_emergency"
-            " WHERE reconciled_at_us IS NULL OR ? = 0 ORDER BY seq"
-        )
+        query = f"{_EMERGENCY_SELECT} WHERE reconciled_at_us IS NULL OR ? = 0 ORDER BY e.seq"
         with self._read() as conn:
             rows = conn.execute(query, (int(unreconciled_only),)).fetchall()
         return [_emergency_ticket(row) for row in rows]
@@ -784,4 +805,5 @@ def _emergency_ticket(row: Sequence[Any]) -> EmergencyTicket:
         note=row[5],
         issued_at=from_micros(int(row[6])),
         reconciled_at=None if row[7] is None else from_micros(int(row[7])),
+        receipt_seq=None if row[8] is None else int(row[8]),
     )

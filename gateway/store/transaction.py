@@ -49,9 +49,10 @@ from gateway.store import (
     journal,
     ledger,
     outbox,
+    receipts,
 )
 from gateway.store.account_records import AccountRecord
-from gateway.store.command_results import Receipt, StoredCommand
+from gateway.store.command_results import StoredCommand
 from gateway.store.errors import StoreError
 from gateway.store.events import DeviceSupplyRecord, Event
 from gateway.store.invoices import Invoice, InvoiceDetails
@@ -59,6 +60,7 @@ from gateway.store.journal import JournalRow, JournalState
 from gateway.store.jsontext import JsonObject
 from gateway.store.ledger import ChainHead, EntryKind, LedgerEntry, LedgerReport
 from gateway.store.outbox import OutboxStats
+from gateway.store.receipts import Receipt
 from gateway.store.timestamps import to_micros
 
 logger = logging.getLogger(__name__)
@@ -234,23 +236,35 @@ class Transaction:
 
     def next_receipt_seq(self) -> int:
         """Take the next per-site receipt seq (rolled back with the transaction)."""
-        return command_results.next_receipt_seq(self._c())
+        return receipts.next_receipt_seq(self._c())
 
     def save_receipt(
-        self, seq: int, topup_id: str, account_id: str, payload: bytes, signature: bytes
+        self,
+        seq: int,
+        subject: str,
+        account_id: str | None,
+        payload: bytes,
+        signature: bytes,
+        *,
+        kind: str = "topup",
     ) -> Receipt:
-        """Store a signed receipt (idempotent for the identical receipt).
+        """Store a signed receipt of ``subject`` (`gateway.store.receipts`; idempotent for the
+        identical receipt).
 
         Raises:
-            ReceiptConflictError: a different receipt exists for the top-up or seq.
+            ReceiptConflictError: a different receipt exists for the subject or seq.
         """
-        receipt = Receipt(seq, topup_id, account_id, bytes(payload), bytes(signature))
-        command_results.save_receipt(self._c(), receipt)
+        receipt = Receipt(seq, kind, subject, account_id, bytes(payload), bytes(signature))
+        receipts.save_receipt(self._c(), receipt)
         return receipt
 
     def receipt_for_topup(self, topup_id: str) -> Receipt | None:
         """The receipt of ``topup_id``, or None."""
-        return command_results.receipt_for_topup(self._c(), topup_id)
+        return receipts.receipt_for(self._c(), "topup", topup_id)
+
+    def receipt_by_seq(self, seq: int) -> Receipt | None:
+        """Receipt number ``seq`` (of any kind), or None."""
+        return receipts.receipt_by_seq(self._c(), seq)
 
     # --- invoice requests ----------------------------------------------------------------------
     def request_invoice(
@@ -610,7 +624,7 @@ class Store:
     def receipt_for_topup(self, topup_id: str) -> Receipt | None:
         """The stored receipt of ``topup_id``, or None."""
         with self._locked() as conn:
-            return command_results.receipt_for_topup(conn, topup_id)
+            return receipts.receipt_for(conn, "topup", topup_id)
 
     def events(
         self, account_id: str | None = None, after_id: int = 0, limit: int = 1000

@@ -14,6 +14,8 @@ Example::
       emergency_cap_per_day: 20     # 0: no emergency tickets at this box
       emergency_box_number: 7       # 0-999, unique per box of the plant (in emergency codes)
       paper_restock_level: 50       # restock alert below this many unused paper tickets
+      prices_minor: {"18.9L": 1500} # what a ticket sold at the box costs (on its receipt)
+      currency: CNY
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class TicketSettings(BaseModel):
     emergency_cap_per_day: Annotated[int, Field(ge=0, le=10_000)] = 0
     emergency_box_number: Annotated[int, Field(ge=0, le=MAX_BOX_NUMBER)] | None = None
     paper_restock_level: Annotated[int, Field(ge=0)] = 50
+    prices_minor: dict[Product, Annotated[int, Field(strict=True, ge=0, le=10**12)]] = Field(
+        default_factory=dict
+    )
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -58,6 +64,15 @@ class TicketSettings(BaseModel):
                 f"unknown time zone {value!r}; use an IANA name such as Asia/Shanghai"
             ) from None
         return value
+
+    @model_validator(mode="after")
+    def prices_of_products_with_currency(self) -> Self:
+        unknown = sorted(set(self.prices_minor) - set(self.products))
+        if unknown:
+            raise ValueError(f"prices_minor names {unknown}, not among products {self.products}")
+        if self.prices_minor and self.currency is None:
+            raise ValueError("prices_minor needs currency (ISO 4217, e.g. CNY)")
+        return self
 
     @model_validator(mode="after")
     def emergency_needs_box_number(self) -> Self:

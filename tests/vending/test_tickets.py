@@ -16,6 +16,8 @@ from drivers.ble.gatt import IdentityKind, RefuseReason
 from firmware_sim.ble_backend import SimulatedAir
 from firmware_sim.dispenser import SimulatedDispenser
 from gateway.config import Site, load_site
+from gateway.northbound.receipts import verify_receipt
+from gateway.northbound.signing import load_public_key
 from gateway.ops import tickets
 from gateway.store.vending import SessionState
 from tests.support.gateways import running
@@ -82,6 +84,16 @@ async def test_ticket_pours_one_bucket_once_and_moves_no_money(
             0,
         )
         assert gateway.store.entries("A1") == []  # no money moves
+        # The customer's receipt names the ticket and carries no money.
+        receipt = session_messages(gateway)[1]["receipt"]
+        assert (receipt["kind"], receipt["ticket"], receipt["poured_ml"]) == (
+            "vending",
+            code(7),
+            18_900,
+        )
+        assert {"account", "amount_minor", "currency", "balance_after_minor"}.isdisjoint(receipt)
+        key = load_public_key((site.path.parent / "keys" / "gateway.pub.pem").read_bytes())
+        assert verify_receipt(receipt, key).receipt_seq == 1
         # The same ticket again: used.
         await present(kiosk, IdentityKind.TICKET, code(7))
         await eventually(lambda: gateway.vending.counters.refused == 1)
