@@ -33,6 +33,7 @@ import numpy as np
 
 from billing_engine import kernels, layout
 from billing_engine.engine import AccountState, BatchResult, BillingEngine
+from billing_engine.instants import from_ms, to_ms
 from billing_engine.money import format_minor
 from billing_engine.reference import RefAccount, ReferenceBiller
 from billing_engine.tariff import load_tariff
@@ -92,14 +93,15 @@ def _best_of_three(
 def make_load(
     n_accounts: int, n_readings: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(initial state, account, ts, register) for ``n_readings`` interleaved readings."""
+    """(account, at_ms, register, opening usage) for ``n_readings`` interleaved readings;
+    ``at_ms`` in UTC milliseconds, the engine's time unit, with sub-second jitter."""
     rng = np.random.default_rng(seed)
     per_account = max(n_readings // n_accounts, 1)
-    start = int(datetime(2026, 6, 1, 18, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp())
-    jitter = rng.integers(0, 900, n_accounts)
+    start = to_ms(datetime(2026, 6, 1, 18, 0, tzinfo=ZoneInfo("Asia/Shanghai")))
+    jitter = rng.integers(0, 900_000, n_accounts)  # ms: each meter's place in the 15 minutes
     steps = np.arange(per_account, dtype=np.int64)
     account = np.tile(np.arange(n_accounts, dtype=np.int64), per_account)
-    ts = (start + np.repeat(steps * 900, n_accounts) + np.tile(jitter, per_account)).astype(
+    ts = (start + np.repeat(steps * 900_000, n_accounts) + np.tile(jitter, per_account)).astype(
         np.int64
     )
     usage = rng.integers(0, 400, (per_account, n_accounts)).astype(np.int64)  # Wh per 15 min
@@ -176,7 +178,7 @@ def main(argv: list[str]) -> int:
     ]
     biller = ReferenceBiller(tariff)
     _progress(f"billing a sample of {len(s_ts):,} readings with the reference")
-    stamps = [datetime.fromtimestamp(int(x), tz=ZoneInfo("UTC")) for x in s_ts]
+    stamps = [from_ms(int(x)) for x in s_ts]
     t = time.perf_counter()
     ref_deductions = [
         biller.bill(refs[int(a)], at, int(r)).deduction_minor

@@ -1,9 +1,10 @@
 """Compile a `Tariff` into the arrays the kernel reads.
 
 Done once per tariff and time window (the engine widens the window when readings fall outside
-it). The timeline is a sorted array of UTC seconds where the (version, period, cycle, local day)
-tuple changes; the price tables are indexed ``[version, class, period]`` and
-``[version, class, tier]``. Everything is int64 in the scales of `money`.
+it). The timeline is a sorted array of UTC milliseconds (`instants.py`) where the (version,
+period, cycle, local day) tuple changes; the price tables are indexed
+``[version, class, period]`` and ``[version, class, tier]``. Everything is int64 in the scales
+of `money`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from billing_engine import money
+from billing_engine.instants import to_ms
 from billing_engine.tariff import Tariff
 
 Int64Array = NDArray[np.int64]
@@ -23,7 +25,7 @@ NO_LIMIT = money.INT64_MAX
 
 @dataclass(frozen=True)
 class CompiledTariff:
-    """A tariff's kernel arrays for the window ``[window_start, window_end)`` (UTC seconds)."""
+    """A tariff's kernel arrays for the window ``[window_start, window_end)`` (UTC ms)."""
 
     tariff: Tariff
     window_start: int
@@ -42,8 +44,8 @@ class CompiledTariff:
     class_index: dict[str, int]
     period_names: tuple[str, ...]
 
-    def covers(self, first_s: int, last_s: int) -> bool:
-        return self.window_start <= first_s and last_s < self.window_end
+    def covers(self, first_ms: int, last_ms: int) -> bool:
+        return self.window_start <= first_ms and last_ms < self.window_end
 
 
 def _price_tables(tariff: Tariff) -> tuple[Int64Array, ...]:
@@ -93,13 +95,13 @@ def compile_tariff(tariff: Tariff, start: datetime, end: datetime) -> CompiledTa
         key = (version, period_index[period], cycle, day)
         if rows and rows[-1][1:] == key:
             continue
-        rows.append((int(at.timestamp()), *key))
+        rows.append((to_ms(at), *key))
     table = np.array(rows, dtype=np.int64).reshape(-1, 5)
     price, limit, adder, standing, tax = _price_tables(tariff)
     return CompiledTariff(
         tariff=tariff,
-        window_start=int(start.timestamp()),
-        window_end=int(end.timestamp()),
+        window_start=to_ms(start),
+        window_end=to_ms(end),
         span_start=np.ascontiguousarray(table[:, 0]),
         span_version=np.ascontiguousarray(table[:, 1]),
         span_period=np.ascontiguousarray(table[:, 2]),

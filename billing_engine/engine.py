@@ -5,8 +5,9 @@ when they move on) and runs the Numba kernel over arrays (the JIT or the ahead-o
 `kernels.py`). Callers either hand it arrays (`bill_arrays`, what the benchmark and the
 gateway's batch path use) or plain objects (`bill`), which it packs into arrays.
 
-Timestamps are truncated to whole UTC seconds: the kernel's time unit. Two readings of one meter
-in the same second are the same instant (a duplicate or a conflict).
+Instants are floored to whole UTC milliseconds (`instants.py`): the kernel's time unit. Two
+readings of one meter in the same millisecond are the same instant (a duplicate or a conflict);
+two polls in the same second are two readings, each billed as itself.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 from numpy.typing import NDArray
 
-from billing_engine import kernels, layout
+from billing_engine import instants, kernels, layout
 from billing_engine.compile import CompiledTariff, compile_tariff
 from billing_engine.tariff import Tariff
 
@@ -59,6 +60,7 @@ class AccountState:
 
     ``cycle_id is None`` with a non-zero ``usage_milli`` is an opening usage for the cycle of the
     first reading (an account moved in mid-cycle with a known year-to-date total).
+    ``last_ms`` is the instant of the last billed reading in UTC milliseconds (`instants`).
     """
 
     balance_minor: int
@@ -70,7 +72,7 @@ class AccountState:
     net_acc: int = 0
     tax_acc: int = 0
     tax_rem: int = 0
-    last_ts: int | None = None
+    last_ms: int | None = None
     last_register_milli: int = 0
     standing_day: int | None = None
 
@@ -142,7 +144,7 @@ class BillingEngine:
             row[layout.STATE_NET] = acc.net_acc
             row[layout.STATE_TAX] = acc.tax_acc
             row[layout.STATE_TAX_REM] = acc.tax_rem
-            row[layout.STATE_LAST_TS] = _opt(acc.last_ts)
+            row[layout.STATE_LAST_MS] = _opt(acc.last_ms)
             row[layout.STATE_LAST_REG] = acc.last_register_milli
             row[layout.STATE_STANDING_DAY] = _opt(acc.standing_day)
             row[layout.STATE_LOW] = acc.low_minor
@@ -162,20 +164,20 @@ class BillingEngine:
             acc.net_acc = int(row[layout.STATE_NET])
             acc.tax_acc = int(row[layout.STATE_TAX])
             acc.tax_rem = int(row[layout.STATE_TAX_REM])
-            acc.last_ts = _unopt(row[layout.STATE_LAST_TS])
+            acc.last_ms = _unopt(row[layout.STATE_LAST_MS])
             acc.last_register_milli = int(row[layout.STATE_LAST_REG])
             acc.standing_day = _unopt(row[layout.STATE_STANDING_DAY])
 
-    def ensure_window(self, first_s: int, last_s: int) -> CompiledTariff:
-        """Compile (or widen) the timeline so it covers ``[first_s, last_s]``."""
+    def ensure_window(self, first_ms: int, last_ms: int) -> CompiledTariff:
+        """Compile (or widen) the timeline so it covers ``[first_ms, last_ms]`` (UTC ms)."""
         compiled = self._compiled
-        if compiled is not None and compiled.covers(first_s, last_s):
+        if compiled is not None and compiled.covers(first_ms, last_ms):
             return compiled
-        start = datetime.fromtimestamp(first_s, tz=UTC) - _WINDOW_MARGIN_BEFORE
-        end = datetime.fromtimestamp(last_s, tz=UTC) + _WINDOW_MARGIN_AFTER
+        start = instants.from_ms(first_ms) - _WINDOW_MARGIN_BEFORE
+        end = instants.from_ms(last_ms) + _WINDOW_MARGIN_AFTER
         if compiled is not None:
-            start = min(start, datetime.fromtimestamp(compiled.window_start, tz=UTC))
-            end = max(end, datetime.fromtimestamp(compiled.window_end, tz=UTC))
+            start = min(start, instants.from_ms(compiled.window_start))
+            end = max(end, instants.from_ms(compiled.window_end))
         self._compiled = compile_tariff(self.tariff, start, end)
         return self._compiled
 
@@ -183,16 +185,17 @@ class BillingEngine:
         self,
         state: Int64Array,
         account: Int64Array,
-        ts_s: Int64Array,
+        at_ms: Int64Array,
         register_milli: Int64Array,
     ) -> BatchResult:
-        """Bill readings (parallel arrays, in order) against ``state`` (updated in place)."""
+        """Bill readings (parallel arrays, in order; ``at_ms`` in UTC milliseconds) against
+        ``state`` (updated in place)."""
         n = account.shape[0]
         if n:
-            known = state[:, layout.STATE_LAST_TS]
+            known = state[:, layout.STATE_LAST_MS]
             known = known[known != layout.UNSET]
-            first = int(min(ts_s.min(), known.min())) if known.size else int(ts_s.min())
-            compiled = self.ensure_window(first, int(ts_s.max()))
+            first = int(min(at_ms.min(), known.min())) if known.size else int(at_ms.min())
+            compiled = self.ensure_window(first, int(at_ms.max()))
         else:
             compiled = self.ensure_window(0, 0)
         out = BatchResult(
@@ -216,7 +219,7 @@ class BillingEngine:
             compiled.acc_per_minor,
             state,
             np.ascontiguousarray(account, dtype=np.int64),
-            np.ascontiguousarray(ts_s, dtype=np.int64),
+            np.ascontiguousarray(at_ms, dtype=np.int64),
             np.ascontiguousarray(register_milli, dtype=np.int64),
             out.deduction_minor,
             out.status,
@@ -233,9 +236,9 @@ class BillingEngine:
         """Bill ``(account index, read_at, register_milli)`` readings; updates ``accounts``."""
         state = self.pack(accounts)
         account = np.array([r[0] for r in readings], dtype=np.int64)
-        ts_s = np.array([int(r[1].timestamp()) for r in readings], dtype=np.int64)
+        at_ms = np.array([instants.to_ms(r[1]) for r in readings], dtype=np.int64)
         register = np.array([r[2] for r in readings], dtype=np.int64)
-        out = self.bill_arrays(state, account, ts_s, register)
+        out = self.bill_arrays(state, account, at_ms, register)
         self.unpack(state, accounts)
         return [
             ReadingResult(

@@ -3,7 +3,9 @@
 Pure integer arithmetic over arrays; no Python objects in the loop. The tariff arrives as the
 arrays `compile.py` builds once per tariff (a timeline of constant-price spans plus price and
 tier tables), the accounts as one int64 row each (``STATE_*`` columns: 16 x 8 bytes = two cache
-lines, so a reading touches one account row however the batch interleaves accounts).
+lines, so a reading touches one account row however the batch interleaves accounts). Instants
+are UTC milliseconds (`instants.py`): two readings of an account in the same millisecond are
+the same instant (a duplicate, or a conflict when the registers differ).
 
 What a reading costs: the interval since the account's previous reading is cut at every
 timeline boundary (TOU period, local midnight, cycle start, tariff version); the quantity is
@@ -32,14 +34,15 @@ from billing_engine.layout import (
     FLAG_SPLIT,
     FLAG_ZERO,
     MAX_CYCLE_USAGE_MILLI,
-    MAX_READING_SPAN_S,
+    MAX_READING_SPAN_MS,
+    SPLIT_DIRECT_MAX_MS,
     STATE_BALANCE,
     STATE_CLASS,
     STATE_CYCLE,
     STATE_DISCONNECT,
     STATE_HINT,
+    STATE_LAST_MS,
     STATE_LAST_REG,
-    STATE_LAST_TS,
     STATE_LOW,
     STATE_NET,
     STATE_STANDING_DAY,
@@ -70,10 +73,24 @@ def _njit(signature: str) -> Callable[[F], F]:
 
 @_njit("int64(int64, int64, int64)")
 def _split(quantity: int, elapsed: int, span: int) -> int:
-    """floor(quantity * elapsed / span) for 0 <= elapsed <= span, without int64 overflow."""
+    """floor(quantity * elapsed / span) for 0 <= elapsed <= span <= MAX_READING_SPAN_MS and
+    0 <= quantity <= MAX_CYCLE_USAGE_MILLI, without int64 overflow (the bounds: money.py)."""
     whole = quantity // span
     rest = quantity - whole * span
-    return whole * elapsed + (rest * elapsed) // span
+    if span <= SPLIT_DIRECT_MAX_MS:  # rest * elapsed < span**2 fits: the usual reading
+        return whole * elapsed + (rest * elapsed) // span
+    # A span of over 34 days in milliseconds: rest * elapsed may pass 2**63, so divide it by
+    # span long-hand, elapsed (< 2**42) in three 20-bit digits, most significant first; each
+    # partial remainder stays below span * 2**20 + rest * 2**20 < 2**63.
+    quot = 0
+    rem = 0
+    shift = 40
+    while shift >= 0:
+        rem = rem * 1_048_576 + rest * ((elapsed >> shift) & 1_048_575)
+        quot = quot * 1_048_576 + rem // span
+        rem = rem % span
+        shift -= 20
+    return whole * elapsed + quot
 
 
 @_njit("int64(int64, int64, int64)")
@@ -142,7 +159,7 @@ def bill_batch(
     acc_per_minor: int,
     state: np.ndarray,
     reading_account: np.ndarray,
-    reading_ts: np.ndarray,
+    reading_ms: np.ndarray,
     reading_register: np.ndarray,
     out_deduction: np.ndarray,
     out_status: np.ndarray,
@@ -154,7 +171,7 @@ def bill_batch(
     n_tiers = tier_limit_milli.shape[2]
     for i in range(reading_account.shape[0]):
         row = state[reading_account[i]]
-        ts = reading_ts[i]
+        at_ms = reading_ms[i]
         register = reading_register[i]
         balance_before = row[STATE_BALANCE]
         deduction = 0
@@ -162,17 +179,17 @@ def bill_batch(
         out_deduction[i] = 0
         out_flags[i] = 0
         out_balance[i] = balance_before
-        last_ts = row[STATE_LAST_TS]
+        last_ms = row[STATE_LAST_MS]
 
-        if ts >= window_end:
+        if at_ms >= window_end:
             out_status[i] = STATUS_OUTSIDE_WINDOW
             continue
-        if last_ts == UNSET:
-            span = _find_span(span_start, ts)
+        if last_ms == UNSET:
+            span = _find_span(span_start, at_ms)
             if span < 0:
                 out_status[i] = STATUS_NO_TARIFF
                 continue
-            row[STATE_LAST_TS] = ts
+            row[STATE_LAST_MS] = at_ms
             row[STATE_LAST_REG] = register
             row[STATE_HINT] = span
             if row[STATE_CYCLE] == UNSET:
@@ -190,10 +207,10 @@ def bill_batch(
                 row[STATE_STANDING_DAY] = span_day[span]
             deduction += _rounded(row[STATE_NET], row[STATE_TAX], acc_per_minor) - before
             out_status[i] = STATUS_BASELINE
-        elif ts < last_ts:
+        elif at_ms < last_ms:
             out_status[i] = STATUS_OUT_OF_ORDER
             continue
-        elif ts == last_ts:
+        elif at_ms == last_ms:
             same = register == row[STATE_LAST_REG]
             out_status[i] = STATUS_DUPLICATE if same else STATUS_CONFLICT
             continue
@@ -202,18 +219,18 @@ def bill_batch(
             continue
         else:
             quantity = register - row[STATE_LAST_REG]
-            duration = ts - last_ts
+            duration = at_ms - last_ms
             too_much = row[STATE_USAGE] + quantity > MAX_CYCLE_USAGE_MILLI
-            if duration > MAX_READING_SPAN_S or too_much:
+            if duration > MAX_READING_SPAN_MS or too_much:
                 out_status[i] = STATUS_LIMIT
                 continue
             span = row[STATE_HINT]
             if not (
                 0 <= span < n_spans
-                and span_start[span] <= last_ts
-                and (span + 1 == n_spans or last_ts < span_start[span + 1])
+                and span_start[span] <= last_ms
+                and (span + 1 == n_spans or last_ms < span_start[span + 1])
             ):
-                span = _find_span(span_start, last_ts)
+                span = _find_span(span_start, last_ms)
                 if span < 0:
                     out_status[i] = STATUS_OUTSIDE_WINDOW
                     continue
@@ -222,9 +239,9 @@ def bill_batch(
             allocated = 0
             spans = 0
             while True:
-                piece_start = span_start[span] if span_start[span] > last_ts else last_ts
+                piece_start = span_start[span] if span_start[span] > last_ms else last_ms
                 piece_end = span_start[span + 1] if span + 1 < n_spans else window_end
-                piece_end = min(piece_end, ts)
+                piece_end = min(piece_end, at_ms)
                 if piece_end > piece_start:
                     spans += 1
                     if span_cycle[span] != row[STATE_CYCLE]:
@@ -239,7 +256,7 @@ def bill_batch(
                         days = span_day[span] - row[STATE_STANDING_DAY]
                         _add_cost(row, days * standing_micro[version, klass] * 1000, bp)
                         row[STATE_STANDING_DAY] = span_day[span]
-                    upto = _split(quantity, piece_end - last_ts, duration)
+                    upto = _split(quantity, piece_end - last_ms, duration)
                     piece = upto - allocated
                     allocated = upto
                     if piece > 0:
@@ -259,11 +276,11 @@ def bill_batch(
                             lower = upper
                         row[STATE_USAGE] = end_usage
                         _add_cost(row, cost, bp)
-                if piece_end >= ts:
+                if piece_end >= at_ms:
                     break
                 span += 1
             row[STATE_HINT] = span
-            row[STATE_LAST_TS] = ts
+            row[STATE_LAST_MS] = at_ms
             row[STATE_LAST_REG] = register
             deduction += _rounded(row[STATE_NET], row[STATE_TAX], acc_per_minor) - before
             if spans > 1:

@@ -22,6 +22,16 @@ tax, plus standing charges (< 4e16 acc over a century): < 7e18 < 2**63 - 1. The 
 generous for a prepaid account: 34 GWh (or 34 million m3) in one cycle, 100 major units per
 unit, 1000 major units per day of standing charge. `tests/billing/test_overflow.py` checks the
 arithmetic and runs the kernel at the limits against the big-integer reference.
+
+Time is in milliseconds (`instants`). The one product of a duration is the pro-rata split
+``floor(quantity x elapsed / span)``, with ``elapsed <= span <= MAX_READING_SPAN_MS`` (3e12 ms,
+about 95 years, < 2**42) and ``quantity <= MAX_CYCLE_USAGE_MILLI`` (2**35). The kernel takes
+``whole = quantity // span`` (``whole x elapsed <= quantity``) and multiplies only the remainder
+``rest < span``, ``rest <= quantity``: up to ``SPLIT_DIRECT_MAX_MS`` (3e9 ms, 34 days)
+``rest x elapsed < span**2 <= 9e18 < 2**63 - 1`` directly; above it the kernel divides
+``rest x elapsed`` by ``span`` long-hand, ``elapsed`` in 20-bit digits, each step below
+``span x 2**20 + rest x 2**20 < 2**62 + 2**55``. Instants themselves (1.8e12 ms today) are far
+from the limit, and nothing else multiplies a time.
 """
 
 from __future__ import annotations
@@ -40,7 +50,8 @@ MAX_PRICE_MICRO = 100 * PRICE_SCALE  # period price + tier adder, per unit
 MAX_STANDING_MICRO_PER_DAY = 1_000 * PRICE_SCALE
 MAX_TAX_BP = TAX_SCALE  # 100 %
 MAX_CYCLE_USAGE_MILLI = 2**35  # 3.4e10 milli-units: 34 GWh or 34 million m3 in one cycle
-MAX_READING_SPAN_S = 3_000_000_000  # ~95 years: keeps (remainder x span) below 2**63 in splits
+MAX_READING_SPAN_MS = 3_000_000_000_000  # ~95 years, < 2**42: the long-hand split's bound
+SPLIT_DIRECT_MAX_MS = 3_000_000_000  # ~34 days: (remainder x span) < 2**63 multiplied directly
 INT64_MAX = 2**63 - 1
 
 # ISO 4217 minor-unit exponents for the currencies a site is likely to bill in. A currency not

@@ -10,10 +10,11 @@ The rules, in the order they apply to one reading:
 1. The first reading of an account is its baseline: no energy is charged, the standing charge of
    its local day is.
 2. A reading at or before the last one charges nothing (duplicate, out of order, conflict);
-   a register below the last one is reported and not billed.
+   a register below the last one is reported and not billed. Instants are floored to the
+   millisecond first (`instants.py`): two readings in one millisecond are the same instant.
 3. The interval since the last reading is cut at every change of version, TOU period, cycle and
-   local day. The quantity is split over the pieces pro rata by time, cumulatively floored to the
-   milli-unit, so the pieces add up to the quantity exactly.
+   local day. The quantity is split over the pieces pro rata by time in milliseconds,
+   cumulatively floored to the milli-unit, so the pieces add up to the quantity exactly.
 4. A piece in a new cycle closes the old one (its rounded total stands) and starts from zero
    usage and zero cost. A piece in a new local day first pays that day's standing charge.
 5. A piece costs, per tier it spans, ``quantity x (period price + tier adder)``, plus tax when
@@ -27,11 +28,11 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 
-from billing_engine import layout, money
+from billing_engine import instants, layout, money
 from billing_engine.tariff import FLAT_PERIOD, Tariff
 
 
@@ -155,8 +156,8 @@ class ReferenceBiller:
         return lines
 
     def bill(self, account: RefAccount, at: datetime, register_milli: int) -> RefResult:
-        """Bill one reading; ``at`` is truncated to whole seconds, as the engine does."""
-        at = datetime.fromtimestamp(int(at.timestamp()), tz=UTC)
+        """Bill one reading; ``at`` is floored to the millisecond, as the engine does."""
+        at = instants.floor_ms(at)
         before_balance = account.balance_minor
         result = RefResult(layout.STATUS_BILLED, balance_minor=before_balance)
         if account.last_at is None:
@@ -187,9 +188,9 @@ class ReferenceBiller:
         else:
             quantity = register_milli - account.last_register_milli
             start = account.last_at
-            span_s = int((at - start).total_seconds())
+            span_ms = (at - start) // instants.ONE_MS
             if account.usage_milli + quantity > money.MAX_CYCLE_USAGE_MILLI or (
-                span_s > money.MAX_READING_SPAN_S
+                span_ms > money.MAX_READING_SPAN_MS
             ):
                 result.status = layout.STATUS_LIMIT
                 return result
@@ -212,8 +213,8 @@ class ReferenceBiller:
                     self._start_cycle(account, cycle_id)
                     result.flags |= layout.FLAG_CYCLE_RESET
                 self._pay_standing(account, version_index, day, result)
-                elapsed = int((piece_end - start).total_seconds())
-                upto = quantity * elapsed // span_s
+                elapsed_ms = (piece_end - start) // instants.ONE_MS
+                upto = quantity * elapsed_ms // span_ms
                 piece = upto - allocated
                 allocated = upto
                 if piece > 0:

@@ -309,6 +309,13 @@ class Version(_Model):
     def aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("effective_from needs a UTC offset, e.g. 2026-01-01T00:00:00+08:00")
+        if value.microsecond % 1000:
+            # The engine bills in whole milliseconds (`instants`): a version starting inside
+            # one would be priced from a different instant by the kernel and the reference.
+            raise ValueError(
+                f"effective_from {value.isoformat()} is finer than a millisecond; "
+                "give it to the millisecond at most, e.g. 2026-01-01T00:00:00.250+08:00"
+            )
         return value
 
     @model_validator(mode="after")

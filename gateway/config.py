@@ -8,8 +8,9 @@ devices, keys and state directory: `gateway.startup.preflight`). Paths inside th
 directory.
 
 The file names the site, how to reach the utility's broker, the keys, the tariffs, the policies
-per account class, the devices (grouped by driver), and the accounts: which meter bills which
-account, which device cuts it, under which tariff, class and policy.
+per account class, the devices (grouped by driver), the accounts (which meter bills which
+account, which device cuts it, under which tariff, class and policy), and the meters that are
+published only, never billed (``publish_only:``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from billing_engine.base.yaml_lines import (
     parse_yaml,
 )
 from billing_engine.kernels import KernelMode
-from billing_engine.tariff import Tariff, load_tariff
+from billing_engine.tariff import REGISTER_UNIT, RegisterUnit, Tariff, Unit, load_tariff
 from drivers.ble.config import BleDispenserConfig
 from drivers.lorawan.config import LnsConfig
 from drivers.modbus.config import ModbusBusConfig
@@ -143,12 +144,27 @@ class AccountConfig(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class PublishOnlyMeter(_Model):
+    """A meter whose readings are journalled and published, never billed: telemetry for a
+    utility that bills elsewhere, or a meter not assigned to an account yet.
+
+    Listed by the operator, never assumed: a meter that no account bills and that is not listed
+    here is held as ``unknown_meter`` (a forgotten assignment shows, rather than being published
+    as if that were meant). ``unit`` is what no tariff gives such a meter: its register is
+    published in the unit's milli-unit (kWh -> Wh, m3 -> L, L -> mL), as a billed meter's.
+    """
+
+    meter: Ident
+    unit: Unit
+
+
 class SiteConfig(_Model):
     """A whole site file.
 
-    The rules across its parts (an account id once, a meter billing one account, the account's
-    policy, tariff and class defined) are checked by `load_site` after validation, so that each
-    is reported at the line that names the thing rather than at the document.
+    The rules across its parts (an account id once, a meter billing one account, a publish-only
+    meter billing none, the account's policy, tariff and class defined) are checked by
+    `load_site` after validation, so that each is reported at the line that names the thing
+    rather than at the document.
     """
 
     site: Ident
@@ -159,6 +175,8 @@ class SiteConfig(_Model):
     tariffs: tuple[Path, ...]
     policies: dict[Ident, PolicyConfig]
     accounts: tuple[AccountConfig, ...] = ()
+    # Meters journalled and published with ``"billing": "none"``, never billed (no account).
+    publish_only: tuple[PublishOnlyMeter, ...] = ()
     meters: tuple[MeterConfig, ...] = ()  # optional data-quality settings per meter
     devices: DevicesConfig = DevicesConfig()
     outbox: OutboxConfig = OutboxConfig()
@@ -236,6 +254,11 @@ class Site:
         return found
 
     @cached_property
+    def publish_only_units(self) -> dict[str, RegisterUnit]:
+        """The register unit of each publish-only meter (``publish_only:``), by meter id."""
+        return {m.meter: REGISTER_UNIT[m.unit] for m in self.config.publish_only}
+
+    @cached_property
     def meter_ratings(self) -> dict[str, Rating]:
         """The rated maximum of each meter read over Modbus whose device profile gives one, by
         meter id (the default ``max_rate_per_h`` of `gateway.policy.quality.with_defaults`).
@@ -257,7 +280,14 @@ class Site:
 
 #: The settings a reload (SIGHUP) applies; every other one waits for a restart (the devices,
 #: the broker, the state directory, the keys, the queues and the kernel are built at start).
-RELOADABLE = ("tariffs", "policies", "accounts", "meters", "journal_retention_days")
+RELOADABLE = (
+    "tariffs",
+    "policies",
+    "accounts",
+    "publish_only",
+    "meters",
+    "journal_retention_days",
+)
 
 
 @dataclass(frozen=True)
@@ -297,6 +327,11 @@ def site_changes(old: Site, new: Site) -> SiteChanges:
         _by_id_changes(
             "accounts", {a.id: a for a in was.accounts}, {a.id: a for a in now.accounts}
         ),
+        _by_id_changes(
+            "publish_only",
+            {m.meter: m for m in was.publish_only},
+            {m.meter: m for m in now.publish_only},
+        ),
         _by_id_changes("meters", {m.id: m for m in was.meters}, {m.id: m for m in now.meters}),
     ]
     if was.journal_retention_days != now.journal_retention_days:
@@ -329,7 +364,7 @@ def load_site(path: Path) -> Site:
         config = SiteConfig.model_validate(data)
     except ValidationError as exc:
         raise errors_from_validation(lines.name, node, exc) from exc
-    errors = _account_errors(config, lines)
+    errors = _account_errors(config, lines) + _publish_only_errors(config, lines)
     tariff_errors: list[ConfigError] = []
     tariffs: dict[str, Tariff] = {}
     for i, tariff_path in enumerate(config.tariffs):
@@ -385,6 +420,28 @@ def _account_errors(config: SiteConfig, lines: SiteLines) -> list[ConfigError]:
                 lines.error(
                     ("accounts", i, "policy"),
                     f"unknown policy {acc.policy!r}; the site defines {sorted(config.policies)}",
+                )
+            )
+    return errors
+
+
+def _publish_only_errors(config: SiteConfig, lines: SiteLines) -> list[ConfigError]:
+    """Each publish-only meter listed once, and billed by no account: a meter is either
+    billed or published only, and the operator says which."""
+    errors: list[ConfigError] = []
+    billed_by = {acc.meter: acc.id for acc in config.accounts}
+    seen: set[str] = set()
+    for i, entry in enumerate(config.publish_only):
+        loc = ("publish_only", i, "meter")
+        if entry.meter in seen:
+            errors.append(lines.error(loc, f"meter {entry.meter} is listed twice; list it once"))
+        seen.add(entry.meter)
+        if (account := billed_by.get(entry.meter)) is not None:
+            errors.append(
+                lines.error(
+                    loc,
+                    f"meter {entry.meter} bills account {account}, so it cannot be publish-only"
+                    " (never billed); remove it here, or give the account another meter",
                 )
             )
     return errors

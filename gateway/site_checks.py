@@ -12,6 +12,9 @@ problem is a `ConfigError` at the site file's line that names the thing:
   and open/close commands when it drives a valve;
 - an account's meter is read by a device of the site (else it would never be billed, and the
   real meter's readings would be held as ``unknown_meter``);
+- a publish-only meter (``publish_only:``) is read by a device of the site, in the unit its
+  entry says when the device's Modbus profile names one (a kWh meter published as m3 would
+  mislead whoever reads it);
 - an account's actuator is a device that can switch (a Modbus profile with a usable relay or
   valve, a LoRaWAN valve, a BLE dispenser), and it cuts no other account: the gateway drives a
   device from one account's balance (one account per device in the account book), so two
@@ -26,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from billing_engine.base.errors import ConfigError, InvalidConfigError
+from billing_engine.tariff import Unit
 from drivers.lorawan.codec import CodecSpec, load_codecs
 from drivers.modbus.profiles import load_profiles
 from gateway.config import Site
@@ -39,6 +43,8 @@ class _Inventory:
 
     # meter id -> where it is defined (for a meter read twice)
     meters: dict[str, Loc] = field(default_factory=dict)
+    # meter id -> (the unit its Modbus profile gives its register, the profile's name)
+    units: dict[str, tuple[str, str]] = field(default_factory=dict)
     # device id -> None when it can switch, else why not (a meter without a relay)
     switches: dict[str, str | None] = field(default_factory=dict)
     # device id -> where it is defined
@@ -88,6 +94,10 @@ def _modbus(site: Site, inventory: _Inventory) -> None:
         for d, device in enumerate(bus.devices):
             where: Loc = ("devices", "modbus_buses", b, "devices", d)
             _add_meter(site, inventory, device.meter_id, (*where, "meter_id"))
+            inventory.units[device.meter_id] = (
+                profiles[device.profile].energy.unit,
+                device.profile,
+            )
             supply = profiles[device.profile].supply
             why_not: str | None = None
             if supply is None:
@@ -215,6 +225,32 @@ def _account_errors(site: Site, inventory: _Inventory) -> list[ConfigError]:
     return errors
 
 
+def _publish_only_errors(site: Site, inventory: _Inventory) -> list[ConfigError]:
+    errors: list[ConfigError] = []
+    for i, entry in enumerate(site.config.publish_only):
+        if entry.meter not in inventory.meters:
+            errors.append(
+                site.error(
+                    ("publish_only", i, "meter"),
+                    f"no device of the site reads meter {entry.meter}, so nothing would be"
+                    f" published for it; the devices read {_listed(list(inventory.meters))}",
+                )
+            )
+            continue
+        unit, profile = inventory.units.get(entry.meter, ("", ""))
+        # A profile's unit is free text (``kWh``, or ``""`` when it gives none): compare only
+        # when it is one of the units a site can name.
+        if unit in {str(u) for u in Unit} and unit != entry.unit:
+            errors.append(
+                site.error(
+                    ("publish_only", i, "unit"),
+                    f"meter {entry.meter} is read with profile {profile}, which gives its"
+                    f" register in {unit}; write unit: {unit}",
+                )
+            )
+    return errors
+
+
 def _vending_errors(site: Site) -> list[ConfigError]:
     """A dispenser that sells water: its cards name accounts of the site in its currency, its
     ticket product is one the site's tickets cover, and no account bills its meter as well
@@ -279,4 +315,9 @@ def reference_errors(site: Site, running: Site | None = None) -> list[ConfigErro
     """
     inventory = _inventory(running or site)
     device_errors = inventory.errors if running is None else []
-    return device_errors + _account_errors(site, inventory) + _vending_errors(site)
+    return (
+        device_errors
+        + _account_errors(site, inventory)
+        + _publish_only_errors(site, inventory)
+        + _vending_errors(site)
+    )

@@ -32,6 +32,9 @@ def _check_config(args: argparse.Namespace) -> int:
         f"{count(len(cfg.devices.lns), 'network server')}, "
         f"{count(len(cfg.devices.ble_dispensers), 'dispenser')})"
     )
+    if cfg.publish_only:
+        meters = ", ".join(f"{m.meter} ({m.unit.value})" for m in cfg.publish_only)
+        print(f"publish-only meters, published and never billed: {meters}")
     return EXIT_OK
 
 

@@ -25,8 +25,10 @@ logger = logging.getLogger(__name__)
 
 OPENING_KEY = "opening"  # the ledger ref (and key prefix) of an account's opening balance
 
+# Persisted as ``billing.<name>``; ``last_ms`` was ``last_ts`` in whole seconds before store
+# schema 9, whose migration renames and scales it (`gateway.store.db`).
 _BILLING_FIELDS = (
-    "cycle_id", "usage_milli", "net_acc", "tax_acc", "tax_rem", "last_ts",
+    "cycle_id", "usage_milli", "net_acc", "tax_acc", "tax_rem", "last_ms",
     "last_register_milli", "standing_day",
 )  # fmt: skip
 

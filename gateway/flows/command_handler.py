@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import ValidationError
 
 from billing_engine.base.errors import PrepayError
+from billing_engine.instants import to_ms
 from gateway.errors import CommandRejectedError
 from gateway.flows.accounts import Account
 from gateway.flows.context import FlowContext
@@ -580,7 +581,7 @@ class CommandHandler:
         for alarm in quality.accept_level(watch, command.reason):
             enqueue_alarm(tx, self._ctx.topics, account, alarm.code, alarm.detail, now)
         account.billing.last_register_milli = watch.level_milli
-        account.billing.last_ts = int(watch.level_at.timestamp())
+        account.billing.last_ms = to_ms(watch.level_at)
         account.watch = quality.HoldWatch()
         logger.info(
             "meter %s: new level %d accepted (%s); billing continues from it",

@@ -11,7 +11,9 @@ batches and, for each batch:
    reading's `put` raises, and the pipeline goes on; any other failure (the disk) fails the
    task as before;
 2. **bills** the new ones with the engine of each account's tariff, after the data-quality
-   check (`gateway.policy.quality`: rollover, replaced meter, implausible jump);
+   check (`gateway.policy.quality`: rollover, replaced meter, implausible jump); a reading of a
+   meter no account bills is held as ``unknown_meter``, unless the site lists the meter as
+   publish-only (`gateway.flows.publish_only`: published, never billed);
 3. in **one transaction**: the ledger deductions (idempotency key ``deduct:<reading id>``), the
    journal rows marked billed or held, the policy's decisions and events, the accounts' new
    billing and policy state, and the outgoing messages. A held reading raises its alarm only
@@ -36,10 +38,11 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import NamedTuple
 
 from billing_engine.engine import ReadingStatus
+from billing_engine.instants import from_ms
 from billing_engine.tariff import REGISTER_UNIT
 from drivers.ports import DriverEvent, Reading
 from gateway.flows.accounts import Account
@@ -51,6 +54,7 @@ from gateway.flows.effects import (
     publish_state_if_due,
     state_due,
 )
+from gateway.flows.publish_only import PublishOnly
 from gateway.northbound.payloads import EventDetail
 from gateway.policy import quality
 from gateway.policy.machine import on_balance
@@ -71,9 +75,9 @@ _NOT_BILLED = frozenset(
 
 
 def _advances(previous: tuple[int, datetime], register_milli: int, read_at: datetime) -> bool:
-    """Whether the engine bills a reading after ``previous`` (register, time): a later whole
-    second and a register not below (else it is out of order, a conflict or backwards)."""
-    return register_milli >= previous[0] and quality.later_second(read_at, previous[1])
+    """Whether the engine bills a reading after ``previous`` (register, time): a later
+    millisecond and a register not below (else it is out of order, a conflict or backwards)."""
+    return register_milli >= previous[0] and quality.later_ms(read_at, previous[1])
 
 
 def _row_id(step: _Hold | _Outcome) -> int:
@@ -136,6 +140,7 @@ class PipelineStats:
     billed: int = 0
     held: int = 0
     refused: int = 0  # readings the journal refused for their values (their put raised)
+    publish_only: int = 0  # readings of publish-only meters published, never billed
     batches: int = 0  # journal commits
     billed_batches: int = 0
     deducted_minor: int = 0
@@ -161,6 +166,7 @@ class Pipeline:
         self._events: asyncio.Queue[DriverEvent] = asyncio.Queue(maxsize=1_000)
         self._batch_max = batch_max
         self._unknown_meters: set[str] = set()
+        self._publish_only = PublishOnly(ctx.store, ctx.topics)
         self._stale: set[str] = set()
         self._state_every_s = state_every_s
         self._runs = 0
@@ -377,18 +383,24 @@ class Pipeline:
         pending: list[_Checked] = []
         outcomes: list[_Outcome] = []
         last: dict[str, tuple[int, datetime]] = {}  # account -> (register, read_at) so far
+        publish_units = ctx.site.publish_only_units
+        publish_only = self._publish_only
+        publish_only.begin()
         for row_id, reading in rows:
             account = book.by_meter.get(reading.meter_id)
             if account is None:
+                # An account added by the backend on a publish-only meter bills it: the
+                # account is looked up first.
+                unit = publish_units.get(reading.meter_id)
+                if unit is not None:
+                    publish_only.add(row_id, reading, unit)
+                    continue
                 holds.append(_Hold(row_id, reading, None, "unknown_meter", reading.register_milli))
                 continue
             billing = account.billing
             previous = last.get(account.id)
-            if previous is None and billing.last_ts is not None:
-                previous = (
-                    billing.last_register_milli,
-                    datetime.fromtimestamp(billing.last_ts, tz=UTC),
-                )
+            if previous is None and billing.last_ms is not None:
+                previous = (billing.last_register_milli, from_ms(billing.last_ms))
             checked = quality.check(
                 account.meter,
                 raw_milli=reading.register_milli,
@@ -404,7 +416,7 @@ class Pipeline:
                 # Bill what came before the swap, then start the new meter from a baseline.
                 outcomes += self._bill(pending)
                 pending = []
-                billing.last_ts = None
+                billing.last_ms = None
                 billing.last_register_milli = 0
                 notes.append(
                     _Note(
@@ -436,7 +448,8 @@ class Pipeline:
                 or _advances(previous, checked.register_milli, reading.read_at)
             ):
                 # What the engine will bill from next; a reading it refuses (backwards, out of
-                # order, same second) must not become the base of the next plausibility check.
+                # order, same millisecond) must not become the base of the next plausibility
+                # check.
                 last[account.id] = (checked.register_milli, reading.read_at)
             pending.append(_Checked(row_id, reading, account, checked.register_milli))
         outcomes += self._bill(pending)
@@ -465,6 +478,8 @@ class Pipeline:
             tx.save_account_states((a.id, a.to_record()) for a in saved.values())
             for account in touched.values():
                 publish_state_if_due(tx, ctx.topics, account, now, self._state_every_s)
+            publish_only.record(tx, now)
+        self.stats.publish_only += publish_only.committed()
 
     def _hold(self, tx: Transaction, now: datetime, hold: _Hold) -> None:
         """Mark a reading held; raise its condition's alarm if the condition is new for the
@@ -562,11 +577,7 @@ class Pipeline:
         """Meters that went stale (True) or came back (False) since the last check."""
         book = self._ctx.book
         last_seen = {
-            a.config.meter: (
-                datetime.fromtimestamp(a.billing.last_ts, tz=UTC)
-                if a.billing.last_ts is not None
-                else None
-            )
+            a.config.meter: (from_ms(a.billing.last_ms) if a.billing.last_ms is not None else None)
             for a in book.by_id.values()
         }
         meters = {a.config.meter: a.meter for a in book.by_id.values() if a.meter is not None}
@@ -617,9 +628,10 @@ class Pipeline:
             self.stats.deducted_minor += deduction
         tx.mark_billed(row_id, name, deduction)
         if status is ReadingStatus.CONFLICT:
-            # A second reading within the same whole second as the last one billed (the
-            # engine's time unit): registers are cumulative, so the next reading bills what
-            # this one saw. It is still a reading of its own: published with delta 0.
+            # A second reading within the same millisecond as the last one billed (the
+            # engine's time unit) with another register: registers are cumulative, so the next
+            # reading bills what this one saw. It is still a reading of its own: published
+            # with delta 0.
             self._publish_reading(tx, now, account, reading, 0)
             return
         if status in _NOT_BILLED:

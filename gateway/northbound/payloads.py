@@ -135,11 +135,19 @@ class StatusPayload(_Payload):
     ts: UtcDatetime
 
 
+class ReadingBilling(enum.StrEnum):
+    """How a published reading is billed, when not by an account of the site (``billing``)."""
+
+    NONE = "none"  # a publish-only meter (the site's ``publish_only:``): never billed
+
+
 class ReadingPayload(_Payload):
-    """``meter/{meter}/reading``: one billed reading.
+    """``meter/{meter}/reading``: one reading, billed or of a publish-only meter.
 
     ``reading_id`` is the reading's identity: unique per site and stable across resends, so
-    consumers dedupe on it.
+    consumers dedupe on it. ``billing`` is absent for a reading billed by an account; ``none``
+    marks a meter the site publishes and never bills, whose ``delta`` is the consumption since
+    the meter's previous reading.
     """
 
     meter: Identifier
@@ -149,9 +157,21 @@ class ReadingPayload(_Payload):
     register_value: int = Field(
         strict=True, alias="register", description="cumulative register, in `unit`"
     )
-    delta: Annotated[int, Field(strict=True, description="consumption billed by this reading")]
+    delta: Annotated[
+        int,
+        Field(
+            strict=True,
+            description="consumption billed by this reading; with `billing: none`, the"
+            " consumption since the meter's previous reading",
+        ),
+    ]
     unit: RegisterUnit
     quality: Quality
+    # Absent (None, left out by `encode_payload`) on a billed reading: its bytes stay those the
+    # fast path writes (`reading_fast_path`), as before the field existed.
+    billing: ReadingBilling | None = Field(
+        default=None, description="absent: billed by an account; `none`: never billed"
+    )
     ts: UtcDatetime
 
 

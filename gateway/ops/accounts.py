@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from billing_engine.instants import from_ms
 from billing_engine.money import format_minor
 from gateway.config import Site
 from gateway.flows.accounts import Account, AccountBook
@@ -88,11 +89,7 @@ def _summary(account: Account, view: StoreView) -> AccountSummary:
             or confirmed.supply != wanted
             or (device.latest is not None and device.latest.kind == SUPPLY_SENT)
         )
-    billed_at = (
-        None
-        if account.billing.last_ts is None
-        else datetime.fromtimestamp(account.billing.last_ts, tz=UTC)
-    )
+    billed_at = None if account.billing.last_ms is None else from_ms(account.billing.last_ms)
     journalled_at = view.last_read_at(config.meter)
     # The journal keeps readings for its retention period; the billing state keeps the last
     # billed reading's time for ever.

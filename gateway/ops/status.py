@@ -9,18 +9,21 @@ the writer) or stopped, and without the network.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from billing_engine.instants import from_ms
 from billing_engine.money import format_minor
 from gateway.config import Site
 from gateway.flows.accounts import Account, load_book
-from gateway.northbound.payloads import format_rfc3339
+from gateway.flows.publish_only import stored_bases
+from gateway.northbound.payloads import ReadingBilling, format_rfc3339
 from gateway.startup import STATE_FILE, load_keys, open_store
 from gateway.store import Store
 from gateway.store.events import SUPPLY_SENT, Event
 from gateway.store.journal import JournalState
 from gateway.store.statements import StoreView, open_view
+from gateway.store.timestamps import from_micros
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,17 @@ class AccountStatus:
 
 
 @dataclass(frozen=True)
+class PublishOnlyStatus:
+    """A meter of the site's ``publish_only:``: published, never billed."""
+
+    meter: str
+    unit: str  # the published register's unit (Wh, L, mL)
+    published: int  # readings published so far
+    last_read_at: datetime | None  # the latest reading published; None: none yet
+    register_milli: int | None
+
+
+@dataclass(frozen=True)
 class SiteStatus:
     site: str
     store_path: str
@@ -55,6 +69,7 @@ class SiteStatus:
     ledger_entries: int
     accounts: list[AccountStatus]
     recent_events: list[Event]
+    publish_only: list[PublishOnlyStatus]
 
     @property
     def outbox_total(self) -> int:
@@ -95,7 +110,25 @@ def _collect(site: Site, store: Store, events: int) -> SiteStatus:
         ledger_entries=0 if head is None else head.seq,
         accounts=accounts,
         recent_events=store.recent_events(events),
+        publish_only=_publish_only(site, store),
     )
+
+
+def _publish_only(site: Site, store: Store) -> list[PublishOnlyStatus]:
+    bases = stored_bases(store.load_account_states())
+    found = []
+    for meter, unit in sorted(site.publish_only_units.items()):
+        base = bases.get(meter)
+        found.append(
+            PublishOnlyStatus(
+                meter=meter,
+                unit=unit.value,
+                published=0 if base is None else base.published,
+                last_read_at=None if base is None else from_micros(base.read_at_us),
+                register_milli=None if base is None else base.register_milli,
+            )
+        )
+    return found
 
 
 def _id(account: Account) -> str:
@@ -121,9 +154,7 @@ def _account(account: Account, view: StoreView) -> AccountStatus:
             device is not None and device.latest is not None and device.latest.kind == SUPPLY_SENT
         ),
         last_reading_at=(
-            None
-            if account.billing.last_ts is None
-            else datetime.fromtimestamp(account.billing.last_ts, tz=UTC)
+            None if account.billing.last_ms is None else from_ms(account.billing.last_ms)
         ),
     )
 
@@ -153,6 +184,17 @@ def to_json(status: SiteStatus) -> dict[str, Any]:
                 "last_reading_at": _time(a.last_reading_at),
             }
             for a in status.accounts
+        ],
+        "publish_only": [
+            {
+                "meter": m.meter,
+                "billing": ReadingBilling.NONE.value,
+                "unit": m.unit,
+                "published": m.published,
+                "last_read_at": _time(m.last_read_at),
+                "register": m.register_milli,
+            }
+            for m in status.publish_only
         ],
         "recent_events": [
             {"account": e.account_id, "event": e.kind, "detail": e.detail, "at": _time(e.at)}
@@ -188,6 +230,17 @@ def render(status: SiteStatus) -> str:
         lines.append(
             f"  {a.id:<{width}}  {balance:>{money}}  {a.mode}{debt}, {_supply_text(a)};"
             f" {a.meter} last read {_time(a.last_reading_at) or 'never'}"
+        )
+    if status.publish_only:
+        lines.append(f"publish-only meters, never billed ({len(status.publish_only)}):")
+        lines.extend(
+            f"  {m.meter}  {count(m.published, 'reading')} published;"
+            + (
+                f" last read {_time(m.last_read_at)}, register {m.register_milli:,} {m.unit}"
+                if m.last_read_at is not None
+                else " none yet"
+            )
+            for m in status.publish_only
         )
     if status.recent_events:
         lines.append(f"recent events ({len(status.recent_events)}):")

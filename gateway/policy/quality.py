@@ -37,7 +37,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from billing_engine import money
+from billing_engine import instants, money
 from billing_engine.tariff import Unit
 
 _WRAP_HIGH = Decimal("0.9")  # a wrap is the last value in the top 10 % and the new in the bottom
@@ -161,25 +161,24 @@ def check(
             wraps += 1
             register = raw_milli + wraps * modulus
             verdict = Verdict.ROLLOVER
-    # A reading not after the last one (same whole second or earlier) is the engine's to refuse
+    # A reading not after the last one (same millisecond or earlier) is the engine's to refuse
     # (duplicate, conflict, out of order); it bills nothing, so it is never a jump.
-    later = later_second(read_at, last_read_at)
+    later = later_ms(read_at, last_read_at)
     if later and not within_rate(meter, last_register_milli, last_read_at, register, read_at):
         return Checked(Verdict.JUMP, register, wraps - (verdict is Verdict.ROLLOVER))
     return Checked(verdict, register, wraps)
 
 
 _MICROSECOND = timedelta(microseconds=1)
-_ONE_SECOND = timedelta(seconds=1)
 _SECOND_US = 1_000_000
 _MICRO_MILLI_US_PER_H = 3_600_000_000 * 1_000  # us per hour x (millionths per milli-unit)
 
 
-def later_second(at: datetime, than: datetime) -> bool:
-    """Whether ``at`` falls in a later whole second than ``than`` (the engine's time unit)."""
-    if at - than >= _ONE_SECOND:  # the usual case, without the slower timestamps
+def later_ms(at: datetime, than: datetime) -> bool:
+    """Whether ``at`` falls in a later millisecond than ``than`` (the engine's time unit)."""
+    if at - than >= instants.ONE_MS:  # the usual case, without the conversions
         return True
-    return at > than and int(at.timestamp()) > int(than.timestamp())
+    return at > than and instants.to_ms(at) > instants.to_ms(than)
 
 
 @lru_cache(maxsize=256)

@@ -352,8 +352,29 @@ _V9 = (
     "ALTER TABLE receipts_v9 RENAME TO receipts",
 )
 
+# Version 10: the billing engine counts UTC milliseconds, no longer whole seconds (issue 12: two
+# polls of a meter in one second are two readings, each billed as itself). A saved account
+# state's ``billing.last_ts`` (seconds of the last billed reading) becomes ``billing.last_ms``
+# (x 1000; null stays null), so billing continues from the same instant. The record is rebuilt
+# in key order, no spaces, as `account_records` writes it (canonical JSON; the subquery's ORDER
+# BY holds: SQLite does not flatten an ordered subquery into an aggregate). Records without the
+# key (cursors, the overlay) are left alone.
+_V10 = (
+    """UPDATE account_state SET state_json = (
+           SELECT json_group_object(name, value) FROM (
+               SELECT CASE key WHEN 'billing.last_ts' THEN 'billing.last_ms' ELSE key END
+                          AS name,
+                      CASE key WHEN 'billing.last_ts' THEN value * 1000 ELSE value END
+                          AS value
+               FROM json_each(account_state.state_json)
+               ORDER BY name
+           )
+       )
+       WHERE json_type(state_json, '$."billing.last_ts"') IS NOT NULL""",
+)
+
 #: Forward migrations, in order: ``MIGRATIONS[n - 1]`` brings the file to version ``n``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -112,21 +112,39 @@ def tariffs(draw: st.DrawFn) -> Tariff:
     )
 
 
+# Steps between readings. 4,000,000 s (46 days) passes the kernel's direct split (34 days in
+# ms) into its long-hand one; the sub-second polls are what millisecond billing is for.
+STEPS_S = [1, 59, 900, 3_600, 40_000, 90_000, 2_700_000, 4_000_000]
+POLLS_US = [1, 999, 1_000, 1_001, 100_000, 400_000, 999_999, 1_500_250]
+
+
 @st.composite
 def reading_runs(
     draw: st.DrawFn, start: datetime, *, messy: bool = True, max_len: int = 25
 ) -> list[tuple[datetime, int]]:
-    """Readings of one meter: mostly increasing, with optional duplicates and backward steps."""
-    at = start + timedelta(seconds=draw(st.integers(-86_400, 200 * 86_400)))
+    """Readings of one meter: mostly increasing, at whole seconds or not, with sub-second
+    polls, and optional duplicates, same-millisecond conflicts and backward steps."""
+    at = start + timedelta(
+        seconds=draw(st.integers(-86_400, 200 * 86_400)),
+        microseconds=draw(st.one_of(st.just(0), st.integers(0, 999_999))),
+    )
     register = draw(st.integers(0, 10_000_000))
     out = [(at, register)]
     for _ in range(draw(st.integers(1, max_len))):
-        kind = draw(st.sampled_from(["step"] * 8 + (["dup", "back", "old"] if messy else [])))
+        kinds = ["step"] * 6 + ["poll"] * 2
+        kind = draw(st.sampled_from(kinds + (["dup", "same_ms", "back", "old"] if messy else [])))
         if kind == "step":
-            at += timedelta(
-                seconds=draw(st.sampled_from([1, 59, 900, 3_600, 40_000, 90_000, 2_700_000]))
-            )
+            at += timedelta(seconds=draw(st.sampled_from(STEPS_S)))
             register += draw(st.integers(0, 60_000))
+        elif kind == "poll":
+            at += timedelta(microseconds=draw(st.sampled_from(POLLS_US)))
+            register += draw(st.integers(0, 500))
+        elif kind == "same_ms":
+            # Within a millisecond of the last reading: the same instant (a duplicate or a
+            # conflict) unless it crosses into the next millisecond. It moves nothing on.
+            nudge = timedelta(microseconds=draw(st.integers(0, 999)))
+            out.append((at + nudge, register + draw(st.integers(0, 3))))
+            continue
         elif kind == "back":
             at += timedelta(seconds=60)
             out.append((at, max(register - draw(st.integers(1, 500)), 0)))

@@ -5,8 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from hypothesis import example, given
+from hypothesis import strategies as st
+
 from billing_engine import layout, money
 from billing_engine.engine import AccountState, BillingEngine, ReadingStatus
+from billing_engine.kernel import _split
 from billing_engine.reference import RefAccount, ReferenceBiller
 from billing_engine.tariff import Tariff
 
@@ -17,10 +21,41 @@ def test_overflow_worst_cycle_fits_int64() -> None:
     energy = money.MAX_CYCLE_USAGE_MILLI * money.MAX_PRICE_MICRO
     standing = 100 * 366 * money.MAX_STANDING_MICRO_PER_DAY * money.QTY_SCALE
     assert 2 * (energy + standing) < 2**63 - 1
-    # The pro-rata split's largest intermediate: remainder (< span) x elapsed (<= span).
-    assert money.MAX_READING_SPAN_S**2 < 2**63 - 1
+    # The pro-rata split's largest intermediates (money.py): remainder (< span) x elapsed
+    # (<= span) multiplied directly up to SPLIT_DIRECT_MAX_MS; above it, one long-hand step:
+    # partial remainder (< span) x 2**20 + remainder (<= quantity) x a 20-bit digit.
+    assert money.SPLIT_DIRECT_MAX_MS**2 < 2**63 - 1
+    assert money.MAX_READING_SPAN_MS < 2**42  # three 20-bit digits hold elapsed
+    step = money.MAX_READING_SPAN_MS * 2**20 + money.MAX_CYCLE_USAGE_MILLI * (2**20 - 1)
+    assert step < 2**63 - 1
     assert layout.MAX_CYCLE_USAGE_MILLI == money.MAX_CYCLE_USAGE_MILLI
-    assert layout.MAX_READING_SPAN_S == money.MAX_READING_SPAN_S
+    assert layout.MAX_READING_SPAN_MS == money.MAX_READING_SPAN_MS
+    assert layout.SPLIT_DIRECT_MAX_MS == money.SPLIT_DIRECT_MAX_MS
+
+
+@given(
+    quantity=st.integers(0, money.MAX_CYCLE_USAGE_MILLI),
+    span=st.integers(1, money.MAX_READING_SPAN_MS),
+    data=st.data(),
+)
+@example(  # every digit of elapsed and the remainder at their largest
+    quantity=money.MAX_CYCLE_USAGE_MILLI, span=money.MAX_READING_SPAN_MS, data=None
+)
+@example(quantity=money.MAX_CYCLE_USAGE_MILLI, span=money.SPLIT_DIRECT_MAX_MS, data=None)
+@example(quantity=money.MAX_CYCLE_USAGE_MILLI, span=money.SPLIT_DIRECT_MAX_MS + 1, data=None)
+@example(  # a remainder of span - 1: (remainder x elapsed) ~ 3.6e19 would wrap if multiplied
+    quantity=2 * money.SPLIT_DIRECT_MAX_MS - 2, span=2 * money.SPLIT_DIRECT_MAX_MS - 1, data=None
+)
+def test_overflow_split_is_exact_up_to_the_limits(
+    quantity: int, span: int, data: st.DataObject | None
+) -> None:
+    # The pro-rata split in milliseconds: exact floor(quantity x elapsed / span) over the whole
+    # range, both below SPLIT_DIRECT_MAX_MS (multiplied directly) and above (long-hand).
+    elapsed_values = [0, 1, span // 3, span - 1, span] if data is None else []
+    if data is not None:
+        elapsed_values.append(data.draw(st.integers(0, span)))
+    for elapsed in elapsed_values:
+        assert _split(quantity, elapsed, span) == quantity * elapsed // span, (elapsed, span)
 
 
 def _extreme_tariff() -> Tariff:

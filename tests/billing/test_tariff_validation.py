@@ -88,6 +88,11 @@ def test_tariff_good_file_loads(tmp_path: Path) -> None:
         ),
         ("cycle: {reset: annual}", "cycle: {reset: weekly}", "F:6: cycle.reset: Input should be"),
         (
+            "effective_from: 2026-01-01T00:00:00+08:00",
+            "effective_from: 2026-01-01T00:00:00.000250+08:00",
+            "F:8: versions.0.effective_from: is finer than a millisecond",
+        ),
+        (
             "      resident:",
             "      resident:\n        colour: red",
             "F:15: versions.0.classes.resident.colour: Extra inputs are not permitted",

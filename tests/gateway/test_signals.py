@@ -31,8 +31,9 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.integration
 
 PREPAY = str(ROOT / ".venv" / "bin" / "prepay")
-# Slower than a second: the engine bills whole seconds, and two readings of a moving register
-# in one second conflict (held), which is not what these tests are about.
+# Slower than a second: chosen when the engine billed whole seconds and two readings of a
+# moving register in one second conflicted; it bills milliseconds now (issue 12), and these
+# tests are not about the poll rate, so it stays.
 POLL_S = 1.3
 A2 = {
     "id": "A2",
