@@ -15,6 +15,7 @@ measures for ``--seconds``:
 - poll -> broker latency p50 / p99 (the reading's ``read_at``, the poll instant, to the
   subscriber's receipt: one clock, one machine);
 - RSS of the daemon at the end;
+- readings per journal commit (from the daemon's ``/metrics``, on as a monitored site has it);
 - journal rows missing at the subscriber after the daemon stopped (every journalled reading
   of the window must have been published: 0).
 
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -77,7 +79,12 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _write_site(
-    directory: Path, mqtt_port: int, buses: list[tuple[int, int]], interval: float
+    directory: Path,
+    mqtt_port: int,
+    buses: list[tuple[int, int]],
+    interval: float,
+    commit_window_ms: int | None = None,
+    metrics_port: int | None = None,
 ) -> Path:
     """Accounts ``A{i}`` on meters ``m{i}``; ``buses``: (TCP port, meter count) per simulator."""
     accounts, modbus = [], []
@@ -109,11 +116,15 @@ def _write_site(
                 "devices": devices,
             }
         )
-    extra = {
+    extra: dict[str, Any] = {
         "devices": {"profiles_dir": str(PROFILES_DIR), "modbus_buses": modbus},
         # The simulators count fast: far above the SDM120's rating.
         "meters": [{"id": f"m{k}", "max_rate_per_h": 100_000} for k in range(1, i + 1)],
     }
+    if commit_window_ms is not None:
+        extra["commit_window_ms"] = commit_window_ms
+    if metrics_port is not None:  # as a monitored site runs: the commit counters come from it
+        extra["metrics"] = {"port": metrics_port}
     return write_site(
         directory,
         site_id=SITE,
@@ -210,7 +221,12 @@ def _journalled(store: Path, start: float, end: float) -> tuple[set[str], int]:
 
 
 async def _one(
-    n: int, per_bus: int, interval: float, warmup: float, seconds: float
+    n: int,
+    per_bus: int,
+    interval: float,
+    warmup: float,
+    seconds: float,
+    commit_window_ms: int | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="prepay-bench-site-") as tmp:
         directory = Path(tmp)
@@ -230,6 +246,8 @@ async def _one(
                     port,
                     [(s.port, c) for s, c in zip(sims, counts, strict=True)],
                     interval,
+                    commit_window_ms,
+                    metrics_port := free_port(),
                 )
                 init = [sys.executable, "-m", "gateway.cli", "init", "-c", str(site), "--new-store"]
                 await asyncio.to_thread(subprocess.run, init, check=True, capture_output=True)
@@ -242,8 +260,10 @@ async def _one(
                     _say(f"  {n} meters: online; warming up {warmup:.0f} s")
                     await asyncio.sleep(warmup)  # the benchmark's schedule, not a settle wait
                     start, cpu0 = time.time(), _cpu_s(proc.pid)
+                    commits0 = await asyncio.to_thread(_commit_counters, metrics_port)
                     await asyncio.sleep(seconds)
                     end, cpu1 = time.time(), _cpu_s(proc.pid)
+                    commits1 = await asyncio.to_thread(_commit_counters, metrics_port)
                     rss = _rss_mb(proc.pid)
                     await asyncio.sleep(min(5.0, 2 * interval))  # the last polls' messages
                 # What the daemon drained on its way out may still be on its way to us.
@@ -277,7 +297,23 @@ async def _one(
         "latency_p50_ms": round(_percentile(latencies, 0.5), 1),
         "latency_p99_ms": round(_percentile(latencies, 0.99), 1),
         "rss_mb": round(rss, 1),
+        # From the daemon's /metrics (refreshed every 2 s, so both ends are as old).
+        "readings_per_journal_commit": round(
+            (commits1[1] - commits0[1]) / max(commits1[0] - commits0[0], 1), 2
+        ),
     }
+
+
+def _commit_counters(port: int) -> tuple[float, float]:
+    """(journal commits, readings journalled) as the daemon's /metrics says now."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    figures = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("prepay_journal_commits_total", "prepay_readings_journalled_total"):
+            figures[name] = float(value)
+    return figures["prepay_journal_commits_total"], figures["prepay_readings_journalled_total"]
 
 
 def main(argv: list[str]) -> int:
@@ -290,6 +326,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
     parser.add_argument("--per-bus", type=int, default=125, help="meters per simulator and bus")
     parser.add_argument("--quick", action="store_true", help="100 meters, 10 s: a smoke run")
+    parser.add_argument(
+        "--commit-window-ms",
+        type=int,
+        default=None,
+        help="the site's commit_window_ms (default: the site default)",
+    )
     args = parser.parse_args(argv)
     sizes = [100] if args.quick else [int(x) for x in args.meters.split(",")]
     seconds, warmup = (10.0, 5.0) if args.quick else (args.seconds, args.warmup)
@@ -300,14 +342,17 @@ def main(argv: list[str]) -> int:
     )
     runs = []
     for n in sizes:
-        result = asyncio.run(_one(n, args.per_bus, args.interval, warmup, seconds))
+        result = asyncio.run(
+            _one(n, args.per_bus, args.interval, warmup, seconds, args.commit_window_ms)
+        )
         runs.append(result)
         _say(
             f"  {n:>5} meters: delivered {result['delivered']}/{result['offered']}"
             f" ({100 * result['delivered_ratio']:.1f}%), {result['cpu_ms_per_poll']} ms CPU/poll,"
             f" {100 * result['cpu_share_of_one_core']:.0f}% of a core, latency p50"
             f" {result['latency_p50_ms']} / p99 {result['latency_p99_ms']} ms,"
-            f" RSS {result['rss_mb']} MB, unpublished {result['journalled_not_published']},"
+            f" RSS {result['rss_mb']} MB, {result['readings_per_journal_commit']} readings/commit,"
+            f" unpublished {result['journalled_not_published']},"
             f" twice {result['duplicates_at_subscriber']}"
         )
     print(json.dumps({"bench": "site", "loadavg_start": round(load, 2), "runs": runs}))

@@ -189,6 +189,11 @@ class SiteConfig(_Model):
     # debt changes go out at once); dirty balances are flushed when the interval has passed.
     state_publish_interval_s: Annotated[float, Field(ge=0)] = 10.0
     batch_max: Annotated[int, Field(ge=1)] = 500
+    # Group commit: at most one journal commit per window. A reading that finds the journal
+    # committed less than this long ago waits for the rest of the window, so that one fsync
+    # carries every reading of the window; an idle gateway commits at once. Bounded so that
+    # the shutoff stays prompt (docs/operator-guide.md).
+    commit_window_ms: Annotated[int, Field(ge=0, le=200)] = 20
     # Billed readings are deleted from the journal this many days after they were received
     # (null: never). The ledger, events and account state are kept whatever this says.
     journal_retention_days: Annotated[int, Field(ge=1)] | None = 400

@@ -167,6 +167,7 @@ class Gateway:
             queue_size=site.config.reading_queue,
             batch_max=site.config.batch_max,
             state_every_s=site.config.state_publish_interval_s,
+            commit_window_s=site.config.commit_window_ms / 1000,
         )
         # Water tickets, when the site takes them: one ticket store on the same file, the
         # feed that publishes redemptions and imports the plant's others, the batch import.
@@ -217,6 +218,7 @@ class Gateway:
                 version(),
                 clock=clock,
                 command_limits=site.config.commands,
+                ack_window_s=site.config.commit_window_ms / 1000,
             )
             if connect_mqtt
             else None

@@ -9,7 +9,10 @@ collector serves the latest snapshot to whichever thread scrapes. A scrape is at
 ``refresh_s`` old.
 
 Labels are bounded: message classes, journal states, hold reasons, billing statuses, account
-states, command results, buses; never an account, a meter or a reading.
+states, command results, buses; never an account, a meter or a reading. The poll-time histogram
+(``prepay_bus_poll_seconds``) is one per configured bus, summed over its devices from the
+buckets each device counts in the driver (`drivers.modbus.client.DeviceStats`): 12 bounds,
++Inf, a sum and a count, 15 series per bus, however many devices the bus has.
 
 ``metrics_app(metrics)`` is the ASGI app to mount on another server (the operator console);
 `GatewayMetrics.serve` is the small standalone ``/metrics`` server of the ``metrics`` section
@@ -19,14 +22,21 @@ states, command results, buses; never an account, a meter or a reading.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector, make_asgi_app, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from gateway.flows.probe import Counters
@@ -65,6 +75,10 @@ class DeviceStatsView(Protocol):
     def failed_polls(self) -> int: ...
     @property
     def timeouts(self) -> int: ...
+    @property
+    def poll_time_counts(self) -> Sequence[int]: ...  # per bucket of the bus's bounds, + 1
+    @property
+    def poll_time_sum_s(self) -> float: ...
 
 
 class BusView(Protocol):
@@ -72,6 +86,8 @@ class BusView(Protocol):
 
     @property
     def name(self) -> str: ...
+    @property
+    def poll_time_buckets_s(self) -> Sequence[float]: ...  # inclusive upper bounds
     def stats(self, device_id: str) -> DeviceStatsView: ...
 
 
@@ -80,6 +96,9 @@ class BusFigures:
     polls: int
     failed_polls: int
     timeouts: int
+    #: (upper bound, polls that took at most that long), cumulative, the last bound +Inf
+    poll_time_buckets: tuple[tuple[float, int], ...] = ()
+    poll_time_sum_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +163,8 @@ class _SnapshotCollector(Collector):
             ("prepay_readings_refused", c.refused, "Readings the journal refused."),
             ("prepay_readings_billed", c.billed, "Readings billed and published."),
             ("prepay_readings_held", c.held, "Readings held for an operator."),
+            ("prepay_journal_commits", c.journal_commits, "Journal commits (each one fsync)."),
+            ("prepay_billing_batches", c.billing_batches, "Billing transactions committed."),
             ("prepay_actuation_attempts", c.supply_sent, "Supply switch commands sent."),
             ("prepay_actuation_confirmed", c.supply_confirmed, "Supply changes confirmed."),
             ("prepay_actuation_alarms", c.supply_alarms, "Supply changes given up (alarm)."),
@@ -190,11 +211,23 @@ class _SnapshotCollector(Collector):
             timeouts = CounterMetricFamily(
                 "prepay_bus_poll_timeouts", "Device polls that timed out.", labels=["bus"]
             )
+            # One histogram per bus, not per device: its series stay bounded by the site's
+            # buses (a bus of 200 meters is still 15 series).
+            latency = HistogramMetricFamily(
+                "prepay_bus_poll_seconds",
+                "Time to read a device, answered or failed (retries and timeouts included).",
+                labels=["bus"],
+            )
             for bus, figures in sorted(snap.buses.items()):
                 polls.add_metric([bus], figures.polls)
                 failed.add_metric([bus], figures.failed_polls)
                 timeouts.add_metric([bus], figures.timeouts)
-            yield from (polls, failed, timeouts)
+                latency.add_metric(
+                    [bus],
+                    [(_le(bound), count) for bound, count in figures.poll_time_buckets],
+                    figures.poll_time_sum_s,
+                )
+            yield from (polls, failed, timeouts, latency)
         if snap.store is not None:
             out = snap.store.outbox
             pending = GaugeMetricFamily(
@@ -326,10 +359,19 @@ def metrics_app(metrics: GatewayMetrics) -> Any:  # an ASGI app; typed by what s
     return _AsgiApp(make_asgi_app(metrics.registry))
 
 
+def _le(bound: float) -> str:
+    """A bucket's bound as Prometheus writes it (``0.005``, ``1.0``, ``+Inf``)."""
+    return "+Inf" if math.isinf(bound) else repr(bound)
+
+
 def _bus_figures(bus: BusView, devices: Sequence[str]) -> BusFigures:
     stats = [bus.stats(d) for d in devices]
+    bounds = [*bus.poll_time_buckets_s, math.inf]
+    per_bucket = [sum(s.poll_time_counts[i] for s in stats) for i in range(len(bounds))]
     return BusFigures(
         polls=sum(s.polls for s in stats),
         failed_polls=sum(s.failed_polls for s in stats),
         timeouts=sum(s.timeouts for s in stats),
+        poll_time_buckets=tuple(zip(bounds, itertools.accumulate(per_bucket), strict=True)),
+        poll_time_sum_s=sum(s.poll_time_sum_s for s in stats),
     )

@@ -37,6 +37,7 @@ Readings are integers in milli-units decoded by `drivers.modbus.registers`.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import heapq
 import logging
@@ -96,6 +97,13 @@ PYMODBUS_LOGGER = "pymodbus.logging"
 PYMODBUS_LOG_INTERVAL_S = 60.0
 _PYMODBUS_FRAMES = "\n>>>>> "  # pymodbus appends its last raw frames to errors after this
 _NUMBERS = re.compile(r"\d+")
+#: Upper bounds (seconds, inclusive) of the poll-time buckets each device counts: a reply on a
+#: LAN or a short RS485 line takes milliseconds, a slow line at 9600 baud tens of them, a
+#: device that does not answer the timeout times its attempts. The gateway's metrics sum them
+#: per bus (``prepay_bus_poll_seconds``).
+POLL_TIME_BUCKETS_S: tuple[float, ...] = (
+    0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
 # Readings of one bus on their way into the journal at once (`ModbusBus._poll_loop`).
 _PUTS_IN_FLIGHT = 16
 
@@ -171,6 +179,17 @@ class DeviceStats:
     value_alarm: bool = False  # an implausible value is being reported (alarm raised)
     last_error: str = ""
     values_milli: dict[str, int] = field(default_factory=dict)
+    #: polls by how long reading the device took, answered or failed (retries and timeouts
+    #: included), one count per bucket of `POLL_TIME_BUCKETS_S` and the last for slower ones
+    poll_time_counts: list[int] = field(
+        default_factory=lambda: [0] * (len(POLL_TIME_BUCKETS_S) + 1)
+    )
+    poll_time_sum_s: float = 0.0
+
+    def observe_poll_time(self, seconds: float) -> None:
+        """Count one poll that took ``seconds`` (a bound is inclusive, as Prometheus' ``le``)."""
+        self.poll_time_counts[bisect.bisect_left(POLL_TIME_BUCKETS_S, seconds)] += 1
+        self.poll_time_sum_s += seconds
 
 
 @dataclass
@@ -348,6 +367,8 @@ class ModbusBus:
     ) -> None:
         self.config = config
         self.name = f"modbus[{config.name}]"
+        #: the bounds of every device's poll-time buckets (`DeviceStats.poll_time_counts`)
+        self.poll_time_buckets_s = POLL_TIME_BUCKETS_S
         self._clock = clock
         self._lock = asyncio.Lock()
         self._link: _Link | None = None
@@ -442,7 +463,7 @@ class ModbusBus:
         stats = dev.stats
         stats.polls += 1
         try:
-            values = await self._read_values(dev)
+            values = await self._timed_read(dev)
             read_at = self._clock()
             reading = Reading(
                 meter_id=dev.config.meter_id,
@@ -567,6 +588,16 @@ class ModbusBus:
                 },
             )
         )
+
+    async def _timed_read(self, dev: _Device) -> dict[str, int]:
+        """`_read_values`, its time counted in the device's poll-time buckets however it ends
+        (the bus lock, the retries and the timeouts included: the bus's time it took)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            return await self._read_values(dev)
+        finally:
+            dev.stats.observe_poll_time(loop.time() - started)
 
     async def _read_values(self, dev: _Device) -> dict[str, int]:
         specs = dev.specs

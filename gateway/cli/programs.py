@@ -66,6 +66,8 @@ def register(commands: Commands) -> None:
         " are its own (prepay bench NAME --help). billing needs only the wheel and a C compiler;"
         " gateway and modbus also start mosquitto and simulated meters.",
     )
-    bench.add_argument("name", choices=["billing", "gateway", "modbus", "site", "tickets"])
+    bench.add_argument(
+        "name", choices=["billing", "console", "gateway", "modbus", "site", "tickets"]
+    )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)

@@ -8,6 +8,9 @@ console hands it over in memory rather than through the spool directory, so the 
 the result at once. The operator's name goes into the command (``payment_ref`` or ``reason``,
 ``console:NAME: ...``) and a ``console_action`` event records who did what and what came of it.
 Acknowledging an alarm is not a command: it only writes an ``alarm_acknowledged`` event.
+Redeeming a water ticket at the counter is not a command either: it takes the path of
+``prepay ticket redeem`` (`gateway.console.tickets.CounterTickets.redeem`), with
+``console:NAME`` as where it was redeemed, and a ``console_action`` event records it.
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from billing_engine import money
 from gateway.console.reads import ALARM_ACKNOWLEDGED, CONSOLE_ACTION
+from gateway.console.tickets import CounterRedemption, CounterTickets
 from gateway.errors import CommandRejectedError
 from gateway.northbound.commands import Command, new_command, parse_and_verify, sign_command
 from gateway.northbound.payloads import CommandKind, CommandResultPayload
 from gateway.store import Store
 
 MAX_REASON = 200
+#: Bounds of a redemption's place and request id (those of ``prepay ticket redeem``).
+MAX_WHERE = 200
+MAX_REDEMPTION_ID = 128
 
 
 class ActionError(ValueError):
@@ -68,8 +75,10 @@ class Actions:
         store: Store,
         lock: asyncio.Lock,
         clock: Callable[[], datetime],
+        tickets: CounterTickets | None = None,
     ) -> None:
         self._site = site_id
+        self._tickets = tickets
         self._key = operator_key
         self._public = operator_public_key
         self._apply = apply
@@ -123,6 +132,44 @@ class Actions:
 
     async def reissue_receipt(self, user: str, account: str, topup_id: str) -> Outcome:
         return await self._command(user, CommandKind.RECEIPT, {"topup_id": topup_id}, account)
+
+    async def redeem_ticket(
+        self, user: str, text: str, note: str, redemption_id: str
+    ) -> CounterRedemption:
+        """Redeem a water ticket presented at the counter (a code, or an electronic ticket's
+        text), once: the same ``redemption_id`` again (a form sent twice) answers with the
+        first redemption and changes nothing.
+
+        Raises:
+            ActionError: the site takes no tickets, or the note or id is too long or empty.
+        """
+        tickets = self._tickets
+        if tickets is None:
+            raise ActionError("this site takes no water tickets (no tickets: section)")
+        if not text.strip():
+            raise ActionError("code: type or scan the ticket")
+        if not 0 < len(redemption_id) <= MAX_REDEMPTION_ID:
+            raise ActionError(f"redemption id: 1 to {MAX_REDEMPTION_ID} characters")
+        where = f"console:{user}" + (f": {note.strip()}" if note.strip() else "")
+        if len(where) > MAX_WHERE:
+            raise ActionError(f"where: at most {MAX_WHERE} characters in all")
+        outcome = await asyncio.to_thread(
+            tickets.redeem, text, where=where, redemption_id=redemption_id
+        )
+        redemption = outcome.redeemed or outcome.replayed
+        detail: dict[str, Any] = {
+            "operator": user,
+            "action": "ticket_redeem",
+            "code": outcome.code,
+            "redemption_id": redemption_id,
+            "status": outcome.status,
+        }
+        if redemption is not None:
+            detail.update(product=redemption.product, quantity=redemption.quantity, where=where)
+        if outcome.refusal is not None:
+            detail.update(reason=outcome.refusal.reason.value, detail=outcome.refusal.detail)
+        await self._journal(None, CONSOLE_ACTION, detail)
+        return outcome
 
     async def acknowledge(self, user: str, alarm_event: int, account: str | None) -> None:
         """Journal that ``user`` saw the alarm event ``alarm_event``."""

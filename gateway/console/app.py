@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import (
@@ -42,7 +44,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from billing_engine.money import format_minor
 from gateway.console.actions import ActionError, Actions
 from gateway.console.auth import SESSION_COOKIE, LoginLimiter, Session, Sessions
-from gateway.console.reads import AccountRow, Reads
+from gateway.console.reads import AccountRow, AccountsSnapshot, Reads, litres_text
+from gateway.console.tickets import CounterRedemption
 from gateway.console.users import User, check_password, load_users
 from gateway.northbound.payloads import format_rfc3339
 from gateway.store.events import Event
@@ -98,6 +101,7 @@ def _environment() -> Environment:
     env.filters["time"] = _time
     env.filters["kv"] = _key_values
     env.filters["money"] = lambda minor, currency: format_minor(int(minor), str(currency))
+    env.filters["litres"] = litres_text
     return env
 
 
@@ -110,6 +114,19 @@ def _account_json(row: AccountRow) -> dict[str, Any]:
         "supply_confirmed": row.supply_confirmed or "unknown",
         "last_reading": _time(row.last_reading_at),
     }
+
+
+def _redemption_text(outcome: CounterRedemption) -> str:
+    """What the counter is told of a redemption (the flash)."""
+    code = outcome.code or "?"
+    if outcome.refusal is not None:
+        return f"Ticket {code} refused: {outcome.refusal.reason.value}: {outcome.refusal.detail}"
+    first = outcome.redeemed or outcome.replayed
+    if first is None:  # CounterRedemption sets exactly one
+        return f"Ticket {code}: no answer"
+    if outcome.replayed is not None:
+        return f"Ticket {code} was redeemed by this same form at {_time(first.redeemed_at)}"
+    return f"Ticket {code} ({first.kind}) redeemed: hand out {first.quantity} x {first.product}"
 
 
 def _event_json(event: Event) -> dict[str, Any]:
@@ -143,6 +160,29 @@ def build_app(state: ConsoleState, *, mounts: Sequence[BaseRoute] = ()) -> ASGIA
             **values,
         )
         return HTMLResponse(html)
+
+    # What is the same for every page of one read of the accounts is made once per read: the
+    # accounts table (about 10 ms for 1,000 accounts) and the live stream's update.
+    made: dict[str, tuple[AccountsSnapshot, Any]] = {}
+
+    def per_snapshot(key: str, snapshot: AccountsSnapshot, make: Callable[[], Any]) -> Any:
+        found = made.get(key)
+        if found is None or found[0] is not snapshot:
+            found = made[key] = (snapshot, make())
+        return found[1]
+
+    def accounts_table(snapshot: AccountsSnapshot) -> Markup:
+        template = env.get_template("_accounts_table.html")
+        return Markup(  # noqa: S704 - rendered by the autoescaping environment
+            per_snapshot("table", snapshot, lambda: template.render(rows=snapshot.rows))
+        )
+
+    def accounts_update(snapshot: AccountsSnapshot) -> str:
+        def make() -> str:
+            balances = {r.book.id: _account_json(r) for r in snapshot.rows}
+            return f"event: accounts\ndata: {json.dumps(balances)}\n\n"
+
+        return str(per_snapshot("update", snapshot, make))
 
     def current(request: Request) -> Session | None:
         return state.sessions.get(request.cookies.get(SESSION_COOKIE))
@@ -252,7 +292,8 @@ def build_app(state: ConsoleState, *, mounts: Sequence[BaseRoute] = ()) -> ASGIA
         session = current(request)
         if session is None:
             return to_login()
-        return page(request, "accounts.html", session, rows=await state.reads.accounts())
+        table = accounts_table(await state.reads.accounts_snapshot())
+        return page(request, "accounts.html", session, table=table)
 
     async def account(request: Request) -> Response:
         session = current(request)
@@ -321,6 +362,29 @@ def build_app(state: ConsoleState, *, mounts: Sequence[BaseRoute] = ()) -> ASGIA
             return to_login()
         return page(request, "events.html", session, events=await state.reads.recent_events(50))
 
+    async def tickets(request: Request) -> Response:
+        session = current(request)
+        if session is None:
+            return to_login()
+        period = "day" if request.query_params.get("period") == "day" else "month"
+        found = await state.reads.tickets(period)
+        return page(
+            request,
+            "tickets.html",
+            session,
+            t=found,
+            period=period,
+            can_redeem=found is not None and session.can_act,
+            # names this form's request: sent twice, it is redeemed once
+            redemption_id=f"console-{uuid.uuid4()}",
+        )
+
+    async def vending(request: Request) -> Response:
+        session = current(request)
+        if session is None:
+            return to_login()
+        return page(request, "vending.html", session, v=await state.reads.vending())
+
     # --- actions -------------------------------------------------------------------------------
     async def topup(request: Request) -> Response:
         acted = await acting(request)
@@ -384,6 +448,24 @@ def build_app(state: ConsoleState, *, mounts: Sequence[BaseRoute] = ()) -> ASGIA
             session.flash = f"Receipt of {topup_id}: {outcome.text()}"
         return RedirectResponse(f"/accounts/{account_id}", status_code=303)
 
+    async def redeem(request: Request) -> Response:
+        acted = await acting(request)
+        if isinstance(acted, Response):
+            return acted
+        session, form = acted
+        try:
+            outcome = await state.actions.redeem_ticket(
+                session.user,
+                form.get("code", ""),
+                form.get("where", ""),
+                form.get("redemption_id", ""),
+            )
+        except ActionError as exc:
+            session.flash = f"Ticket not redeemed: {exc}"
+        else:
+            session.flash = _redemption_text(outcome)
+        return RedirectResponse("/tickets", status_code=303)
+
     async def acknowledge(request: Request) -> Response:
         acted = await acting(request)
         if isinstance(acted, Response):
@@ -409,20 +491,22 @@ def build_app(state: ConsoleState, *, mounts: Sequence[BaseRoute] = ()) -> ASGIA
         async def updates() -> AsyncIterator[str]:
             nonlocal after
             last_activity: object = None
-            last_sent: dict[str, Any] | None = None
+            last_sent: str | None = None
             loop = asyncio.get_running_loop()
             next_refresh = 0.0
             # The stream ends with its session (logged out, or idle for session_idle_s).
             while not state.closing.is_set() and state.sessions.alive(session):
                 activity = state.activity()
                 if activity != last_activity or loop.time() >= next_refresh:
-                    last_activity = activity
                     next_refresh = loop.time() + STREAM_REFRESH_S
-                    rows = await state.reads.accounts()
-                    balances = {r.book.id: _account_json(r) for r in rows}
-                    if balances != last_sent:
-                        last_sent = balances
-                        yield f"event: accounts\ndata: {json.dumps(balances)}\n\n"
+                    snapshot = await state.reads.accounts_snapshot()
+                    # The rows may predate this activity (a shared read, at most
+                    # ACCOUNTS_MAX_AGE_S old): then the next tick asks again.
+                    last_activity = snapshot.activity
+                    update = accounts_update(snapshot)
+                    if update != last_sent:
+                        last_sent = update
+                        yield update
                     new = [] if after is None else await state.reads.events_after(after)
                     if new:
                         after = new[-1].event_id
@@ -455,6 +539,9 @@ def build_app(state: ConsoleState, *, mounts: Sequence[BaseRoute] = ()) -> ASGIA
         Route("/alarms/{event:int}/ack", acknowledge, methods=["POST"]),
         Route("/devices", devices),
         Route("/events", feed),
+        Route("/tickets", tickets),
+        Route("/tickets/redeem", redeem, methods=["POST"]),
+        Route("/vending", vending),
         Route("/stream", stream),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         # --- extra mounts (e.g. /metrics from the metrics helper): served without a login

@@ -3,8 +3,16 @@
 Two sources, each read where it is safe: the account book the daemon runs (mode, supply
 wanted, debt, which meter and device) is memory the event loop owns, copied in the loop in one
 step; everything from the store (balances as the sum of ledger entries, statements, confirmed
-supply, journal and outbox counts, events) comes from one read-only snapshot
-(`gateway.store.statements.read_snapshot`) in a worker thread. Neither takes the state lock.
+supply, journal and outbox counts, events, vending sessions, recent ticket redemptions) comes
+from one read-only snapshot (`gateway.store.statements.read_snapshot`) in a worker thread.
+Neither takes the state lock. The accounts' rows (the accounts and devices pages, and every
+open page's live stream) are read at most once every `ACCOUNTS_MAX_AGE_S`, whoever asks:
+one read serves them all, so what the console costs the billing path does not grow with the
+number of pages open or how often they are asked for (`Reads.accounts_snapshot`).
+
+The ticket statistics are the ones ``prepay ticket stats`` prints (`gateway.flows.ticket_stats`,
+which reads through a `TicketStore`): read in a worker thread through the console's own ticket
+store (`gateway.console.tickets`), never the daemon's ticket store or the state lock.
 """
 
 from __future__ import annotations
@@ -13,22 +21,33 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from billing_engine.money import format_minor
+from drivers.ports import utc_now
+from gateway.console.tickets import CounterTickets
+from gateway.flows import ticket_stats
 from gateway.flows.accounts import Account
 from gateway.store import journal, jsontext, outbox
 from gateway.store.events import Event, events, recent_events
 from gateway.store.statements import StatementLine, StoreView, read_snapshot
+from gateway.store.tickets import Conflict, EmergencyTicket
 from gateway.store.timestamps import from_micros, to_micros
+from gateway.tickets.settings import TicketSettings
+from gateway.tickets.validity import local_day
 
 #: The event kinds the console lists as alarms, and the one that acknowledges them.
 ALARM = "alarm"
 ALARM_ACKNOWLEDGED = "alarm_acknowledged"
 #: What the console writes to the events journal for every action it takes.
 CONSOLE_ACTION = "console_action"
+#: How many of the newest redemptions and vending sessions the pages list.
+RECENT_ROWS = 50
+#: How old the accounts' rows may be when a page or a live stream is given them (one read of
+#: 1,000 accounts costs about 30 ms of CPU: asked back to back, it would starve the billing).
+ACCOUNTS_MAX_AGE_S = 1.0
 
 _T = TypeVar("_T")
 
@@ -83,6 +102,15 @@ class AccountRow:
     @property
     def mismatch(self) -> bool:
         return self.book.actuator is not None and self.supply_confirmed != self.book.supply_wanted
+
+
+@dataclass(frozen=True, slots=True)
+class AccountsSnapshot:
+    """Every account's row, as read once for whoever asked meanwhile."""
+
+    rows: list[AccountRow]
+    activity: object  # the gateway's activity token when the read began
+    taken_at: float  # the loop's time when the read began
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,16 +219,203 @@ def _usage(conn: sqlite3.Connection, meter: str) -> list[UsageBar]:
     return [UsageBar(hour, used) for hour, used in bars.items()]
 
 
+def litres_text(ml: int | None) -> str:
+    """Millilitres as litres to the millilitre, in integers: 18 900 -> ``18.900 L``."""
+    return "-" if ml is None else f"{ml // 1000}.{ml % 1000:03d} L"
+
+
+@dataclass(frozen=True, slots=True)
+class RecentRedemption:
+    """A ticket redeemed at this box (``here``) or, as learned from the feed, at another."""
+
+    code: str
+    kind: str
+    product: str
+    quantity: int
+    box_id: str
+    where: str
+    redeemed_at: datetime
+    here: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TicketsPage:
+    """What ``/tickets`` shows: ``stats`` is what ``prepay ticket stats`` prints."""
+
+    settings: TicketSettings
+    stats: dict[str, Any]
+    recent: list[RecentRedemption]  # newest first
+    conflicts: list[Conflict]
+    emergency_today: list[EmergencyTicket]
+    today: date  # the box's local day
+
+
+@dataclass(frozen=True, slots=True)
+class VendRow:
+    """One vending session as journalled (`gateway.store.vending`)."""
+
+    dispenser_id: str
+    session_id: int
+    identity_kind: str
+    identity: str
+    account_id: str | None  # None: a ticket, no money moves
+    currency: str | None
+    authorised_ml: int
+    max_charge_minor: int
+    opened_at: datetime
+    state: str
+    poured_ml: int | None
+    charge_minor: int | None
+    closed_at: datetime | None
+
+    @property
+    def customer(self) -> str:
+        """The account billed, or the ticket poured (a card's number is not shown)."""
+        if self.account_id is not None:
+            return f"account {self.account_id} ({self.identity_kind})"
+        return f"ticket {self.identity}"
+
+    @property
+    def charge_text(self) -> str:
+        if self.currency is None:
+            return "none (ticket)"
+        if self.charge_minor is None:  # still open: what a full pour would cost
+            return f"up to {format_minor(self.max_charge_minor, self.currency)}"
+        return format_minor(self.charge_minor, self.currency)
+
+
+@dataclass(frozen=True, slots=True)
+class VendingPage:
+    open: list[VendRow]  # every open session, oldest first
+    recent: list[VendRow]  # the newest sessions opened, whatever their state, newest first
+
+
+_VEND_COLUMNS = (
+    "dispenser_id, session_id, identity_kind, identity, account_id, currency, authorised_ml,"
+    " max_charge_minor, opened_at_us, state, poured_ml, charge_minor, closed_at_us"
+)
+
+
+def _vend_rows(conn: sqlite3.Connection, where: str, order: str, limit: int) -> list[VendRow]:
+    def opt(value: object) -> int | None:
+        return None if value is None else int(str(value))
+
+    return [
+        VendRow(
+            dispenser_id=str(row[0]),
+            session_id=int(row[1]),
+            identity_kind=str(row[2]),
+            identity=str(row[3]),
+            account_id=None if row[4] is None else str(row[4]),
+            currency=None if row[5] is None else str(row[5]),
+            authorised_ml=int(row[6]),
+            max_charge_minor=int(row[7]),
+            opened_at=from_micros(int(row[8])),
+            state=str(row[9]),
+            poured_ml=opt(row[10]),
+            charge_minor=opt(row[11]),
+            closed_at=None if row[12] is None else from_micros(int(row[12])),
+        )
+        for row in conn.execute(
+            f"SELECT {_VEND_COLUMNS} FROM vend_sessions WHERE {where}"  # noqa: S608 - fixed text
+            f" ORDER BY {order} LIMIT ?",
+            (limit,),
+        )
+    ]
+
+
+def _vending(conn: sqlite3.Connection, limit: int) -> VendingPage:
+    # Rows are inserted when a session opens: the newest rowids are the newest sessions.
+    return VendingPage(
+        open=_vend_rows(conn, "state = 'open'", "opened_at_us, session_id", 10_000),
+        recent=_vend_rows(conn, "1", "rowid DESC", limit),
+    )
+
+
+_RECENT_REDEMPTION_COLUMNS = "code, kind, product, quantity, box_id, where_text, redeemed_at_us"
+
+
+def _recent_redemptions(conn: sqlite3.Connection, limit: int) -> list[RecentRedemption]:
+    """The ``limit`` newest redemptions, here and elsewhere (each table newest first by key)."""
+    found = [
+        RecentRedemption(
+            code=str(code),
+            kind=str(kind),
+            product=str(product),
+            quantity=int(qty),
+            box_id=str(box),
+            where=str(where),
+            redeemed_at=from_micros(int(at_us)),
+            here=here,
+        )
+        for table, key, here in (
+            ("ticket_redemptions", "seq", True),
+            ("ticket_remote_redemptions", "row_id", False),
+        )
+        for code, kind, product, qty, box, where, at_us in conn.execute(
+            f"SELECT {_RECENT_REDEMPTION_COLUMNS} FROM {table}"  # noqa: S608 - fixed names
+            f" ORDER BY {key} DESC LIMIT ?",
+            (limit,),
+        )
+    ]
+    return sorted(found, key=lambda r: r.redeemed_at, reverse=True)[:limit]
+
+
 class Reads:
     """The console's reads of one running gateway (see the module docstring)."""
 
-    def __init__(self, state_file: Path, accounts: Callable[[], Mapping[str, Account]]) -> None:
+    def __init__(
+        self,
+        state_file: Path,
+        accounts: Callable[[], Mapping[str, Account]],
+        *,
+        site_id: str = "",
+        tickets: CounterTickets | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        activity: Callable[[], object] = lambda: None,
+    ) -> None:
         self._path = state_file
         self._accounts = accounts
+        self._activity = activity
+        self._latest: AccountsSnapshot | None = None
+        self._reading: asyncio.Task[AccountsSnapshot] | None = None
+        self._site_id = site_id
+        self._tickets = tickets
+        self._clock = clock
+
+    def stop(self) -> None:
+        """Cancel a read of the accounts under way (in the loop, when the console stops)."""
+        if self._reading is not None:
+            self._reading.cancel()
 
     async def accounts(self) -> list[AccountRow]:
+        return (await self.accounts_snapshot()).rows
+
+    async def accounts_snapshot(self) -> AccountsSnapshot:
+        """Every account's row, at most `ACCOUNTS_MAX_AGE_S` old: the last read, or the read
+        under way (one at a time, shared by everyone asking), or a new one."""
+        loop = asyncio.get_running_loop()
+        latest = self._latest
+        if latest is not None and loop.time() - latest.taken_at < ACCOUNTS_MAX_AGE_S:
+            return latest
+        if self._reading is None:
+            self._reading = loop.create_task(self._read_accounts(), name="console.accounts")
+            self._reading.add_done_callback(self._read_ended)
+        # Shielded: a page closed while it waits must not cancel the read the others await.
+        return await asyncio.shield(self._reading)
+
+    async def _read_accounts(self) -> AccountsSnapshot:
+        taken_at = asyncio.get_running_loop().time()
+        activity = self._activity()
         book = copy_book(self._accounts())
-        return await asyncio.to_thread(self._in_snapshot, lambda conn: _rows(conn, book))
+        rows = await asyncio.to_thread(self._in_snapshot, lambda conn: _rows(conn, book))
+        self._latest = AccountsSnapshot(rows, activity, taken_at)
+        return self._latest
+
+    def _read_ended(self, task: asyncio.Task[AccountsSnapshot]) -> None:
+        self._reading = None
+        if not task.cancelled():
+            task.exception()  # retrieved: whoever awaited it has it; else it was not needed
 
     async def account(self, account_id: str) -> AccountPage | None:
         """One account's page; None when the daemon has no such account."""
@@ -246,6 +461,33 @@ class Reads:
             self._in_snapshot, lambda conn: events(conn, None, event_id - 1, 1)
         )
         return found[0] if found and found[0].event_id == event_id else None
+
+    async def vending(self, limit: int = RECENT_ROWS) -> VendingPage:
+        return await asyncio.to_thread(self._in_snapshot, lambda conn: _vending(conn, limit))
+
+    async def tickets(self, period: str = "month", limit: int = RECENT_ROWS) -> TicketsPage | None:
+        """The tickets page; None when the site takes no tickets. ``period``: ``day`` or
+        ``month``, as ``prepay ticket stats --period``."""
+        tickets = self._tickets
+        if tickets is None:
+            return None
+        settings = tickets.settings
+        now = self._clock()
+
+        def read() -> TicketsPage:
+            store = tickets.store()
+            today = local_day(now, settings.timezone)
+            stats = ticket_stats.stats(self._site_id, settings, store, now=now, period=period)
+            return TicketsPage(
+                settings=settings,
+                stats=stats,
+                recent=self._in_snapshot(lambda conn: _recent_redemptions(conn, limit)),
+                conflicts=store.conflicts(),
+                emergency_today=[t for t in store.emergency_tickets() if t.issued_on == today],
+                today=today,
+            )
+
+        return await asyncio.to_thread(read)
 
     def _in_snapshot(self, read: Callable[[sqlite3.Connection], _T]) -> _T:
         with read_snapshot(self._path) as conn:

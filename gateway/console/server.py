@@ -27,11 +27,12 @@ from gateway.console.actions import Actions
 from gateway.console.app import ConsoleState, build_app
 from gateway.console.auth import LoginLimiter, Sessions
 from gateway.console.reads import Reads
+from gateway.console.tickets import CounterTickets
 from gateway.flows.accounts import Account
 from gateway.northbound.commands import Command
 from gateway.northbound.payloads import CommandResultPayload
 from gateway.northbound.signing import load_private_key
-from gateway.startup import STATE_FILE, read_private_key_file
+from gateway.startup import STATE_FILE, load_plant_keys, read_private_key_file
 from gateway.store import Store
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,29 @@ def _operator_key(site: Site, config: ConsoleConfig) -> Ed25519PrivateKey | None
         return load_private_key(read_private_key_file(path))
     except (OSError, ValueError) as exc:
         raise ConsoleSetupError(f"console.operator_key: {path}: {exc}") from None
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port``.
+
+    Made with the protocol named (``IPPROTO_TCP``), unlike ``socket.create_server``: asyncio
+    switches Nagle's algorithm off (``TCP_NODELAY``) only on accepted sockets whose protocol
+    says TCP, and uvicorn writes a response's head and body separately, so with Nagle on every
+    small answer on a kept-alive connection waited for the client's delayed ACK (about 40 ms).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as create_server does
+        sock.bind((host, port))
+        sock.listen()
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class Console:
@@ -93,9 +117,28 @@ class Console:
             if config.tls_cert is None or config.tls_key is None
             else (site.resolve(config.tls_cert), site.resolve(config.tls_key))
         )
+        tickets = site.config.tickets
+        self._tickets = (
+            None
+            if tickets is None
+            else CounterTickets(
+                site.state_dir / STATE_FILE,
+                site_id=site.config.site,
+                settings=tickets,
+                plant_keys=load_plant_keys(site),
+                clock=clock,
+            )
+        )
         self.state = ConsoleState(
             site_id=site.config.site,
-            reads=Reads(site.state_dir / STATE_FILE, accounts),
+            reads=Reads(
+                site.state_dir / STATE_FILE,
+                accounts,
+                site_id=site.config.site,
+                tickets=self._tickets,
+                clock=clock,
+                activity=activity,
+            ),
             actions=Actions(
                 site_id=site.config.site,
                 operator_key=_operator_key(site, config),
@@ -104,6 +147,7 @@ class Console:
                 store=store,
                 lock=lock,
                 clock=clock,
+                tickets=self._tickets,
             ),
             users_file=site.resolve(config.users_file),
             sessions=Sessions(config.session_idle_s),
@@ -131,11 +175,7 @@ class Console:
         Raises:
             OSError: the address cannot be bound (the supervisor retries with backoff).
         """
-        sock = socket.create_server(
-            (self._config.bind, self.port),
-            family=socket.AF_INET6 if ":" in self._config.bind else socket.AF_INET,
-            reuse_port=False,
-        )
+        sock = _listening_socket(self._config.bind, self.port)
         self.port = int(sock.getsockname()[1])
         tls = self._tls
         server = _Server(
@@ -164,3 +204,6 @@ class Console:
             if server.started:
                 await server.shutdown(sockets=[sock])
             sock.close()
+            self.state.reads.stop()
+            if self._tickets is not None:
+                await asyncio.to_thread(self._tickets.close)

@@ -5,7 +5,8 @@ full queue makes the driver wait, which is the back-pressure. The pipeline takes
 batches and, for each batch:
 
 1. **journals** them in one transaction and commits; only then does `put` return (a reading is
-   on disk before it is billed or acknowledged; a re-delivered reading is recognised by its
+   on disk before it is billed or acknowledged; at most one such commit per ``commit_window``,
+   so that under load one fsync carries many readings; a re-delivered reading is recognised by its
    identity and goes no further). A batch the journal refuses because of one reading's values
    (`JournalRowError`) is written again reading by reading: the others commit, only the bad
    reading's `put` raises, and the pipeline goes on; any other failure (the disk) fails the
@@ -34,7 +35,9 @@ they call live in their own modules.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -69,6 +72,8 @@ _HELD = {
     ReadingStatus.OUTSIDE_WINDOW: "outside_window",
 }
 _STATUS_NAME = {status: status.name.lower() for status in ReadingStatus}
+# After a group-commit wait that gathered no other reading, commits go at once for this long.
+_WINDOW_PROBE_S = 1.0
 _NOT_BILLED = frozenset(
     {ReadingStatus.DUPLICATE, ReadingStatus.OUT_OF_ORDER, ReadingStatus.CONFLICT}
 )
@@ -142,6 +147,7 @@ class PipelineStats:
     refused: int = 0  # readings the journal refused for their values (their put raised)
     publish_only: int = 0  # readings of publish-only meters published, never billed
     batches: int = 0  # journal commits
+    window_waits: int = 0  # journal commits that waited for the rest of their commit window
     billed_batches: int = 0
     deducted_minor: int = 0
     by_status: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -157,6 +163,7 @@ class Pipeline:
         queue_size: int = 10_000,
         batch_max: int = 500,
         state_every_s: float = 10.0,
+        commit_window_s: float = 0.0,
     ) -> None:
         self._ctx = ctx
         self._queue: asyncio.Queue[tuple[Reading, asyncio.Future[None]]] = asyncio.Queue(
@@ -165,6 +172,14 @@ class Pipeline:
         self._journalled: asyncio.Queue[list[_Journalled]] = asyncio.Queue()
         self._events: asyncio.Queue[DriverEvent] = asyncio.Queue(maxsize=1_000)
         self._batch_max = batch_max
+        self._window_s = commit_window_s
+        self._last_commit = -math.inf  # event-loop time the last journal commit started
+        self._window_gathers = True  # the last wait for the window gathered more readings
+        self._window_probe_at = -math.inf  # when to try the window again after a useless wait
+        self._closing = asyncio.Event()  # set by `drain`: no more waiting for the window
+        self._taken = 0  # batches the journal loop took and has not handed to billing yet
+        self._handed_over = asyncio.Event()  # set while `_taken` is 0
+        self._handed_over.set()
         self._unknown_meters: set[str] = set()
         self._publish_only = PublishOnly(ctx.store, ctx.topics)
         self._stale: set[str] = set()
@@ -230,11 +245,60 @@ class Pipeline:
                     rows += self._journalled.get_nowait()
                 await self._bill_batch(rows)
 
-    async def _take_batch(self) -> list[tuple[Reading, asyncio.Future[None]]]:
-        batch = [await self._queue.get()]
+    async def _gather_batch(
+        self, first: tuple[Reading, asyncio.Future[None]]
+    ) -> list[tuple[Reading, asyncio.Future[None]]]:
+        batch = [first]
+        # Group commit: at most one journal commit per window. Readings that arrive one by one
+        # (a bus polled meter after meter) would otherwise each be a commit, an fsync and a
+        # billing transaction of their own; waiting out the rest of the window lets one commit
+        # carry them all. After a quiet window the reading is committed at once. A wait that
+        # gathered nothing (one producer that waits for each commit, such as a network
+        # server's uplinks) is not repeated for a second, so such a producer is not slowed to
+        # one reading per window (PostgreSQL's commit_delay with commit_siblings, adaptively).
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        wait = self._last_commit + self._window_s - now
+        waited = False
+        if (
+            wait > 0
+            and self._queue.qsize() + 1 < self._batch_max
+            and (self._window_gathers or now >= self._window_probe_at)
+        ):
+            try:
+                # The group-commit window (not a settle wait); `drain` ends it at once.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._closing.wait()
+            except BaseException:
+                # Cancelled (the pipeline restarting): the reading taken must not wait forever.
+                _, future = batch[0]
+                if not future.done():
+                    future.set_exception(StoreError("pipeline restarted"))
+                raise
+            waited = True
+            self.stats.window_waits += 1
+        self._last_commit = loop.time()
         while len(batch) < self._batch_max and not self._queue.empty():
             batch.append(self._queue.get_nowait())
+        if waited:
+            self._window_gathers = len(batch) > 1
+            if not self._window_gathers:
+                self._window_probe_at = self._last_commit + _WINDOW_PROBE_S
         return batch
+
+    async def _journal_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            # Counted from the moment it is taken: `drain` waits for it to reach billing.
+            self._taken += 1
+            self._handed_over.clear()
+            try:
+                await self._journal(await self._gather_batch(first))
+            finally:
+                self._taken -= 1
+                if self._taken == 0:
+                    self._handed_over.set()
 
     async def _journal(self, batch: list[tuple[Reading, asyncio.Future[None]]]) -> None:
         readings = [r for r, _ in batch]
@@ -270,10 +334,6 @@ class Pipeline:
         if fresh:
             self._journalled.put_nowait(fresh)
 
-    async def _journal_loop(self) -> None:
-        while True:
-            await self._journal(await self._take_batch())
-
     async def _bill_batch(self, rows: list[_Journalled]) -> None:
         async with self._ctx.lock:
             await asyncio.to_thread(self._bill_rows, rows)
@@ -286,6 +346,7 @@ class Pipeline:
 
     async def drain(self, timeout_s: float) -> None:
         """Journal and bill what is already queued (shutdown); gives up after ``timeout_s``."""
+        self._closing.set()  # a batch waiting for its commit window is committed now
         async with asyncio.timeout(timeout_s):
             while not self._queue.empty():
                 batch = [
@@ -293,6 +354,9 @@ class Pipeline:
                     for _ in range(min(self._batch_max, self._queue.qsize()))
                 ]
                 await self._journal(batch)
+            # The batch the journal loop took before the drain began, journalled then handed
+            # to billing: billed below, not left unbilled for the next start.
+            await self._handed_over.wait()
             while not self._journalled.empty():
                 await self._bill_batch(self._journalled.get_nowait())
 

@@ -1,10 +1,11 @@
 """A paper water ticket presented at a dispenser: checked and redeemed, exactly once.
 
-The rules are the pickup point's (`gateway.tickets.decisions.judge`, docs/tickets.md); the
-redemption is the ticket store's (`gateway.store.tickets.TicketStore.redeem`: one transaction,
-the code UNIQUE, so a ticket presented at two dispensers at the same instant is redeemed by one
-and refused ``already_used`` at the other). A dispenser reads a 16-digit code only (its Request
-frame carries 16 characters), so electronic tickets are redeemed at the counter.
+The redemption is the pickup point's (`gateway.flows.ticket_redemption.redeem_presented`): the
+rules of `gateway.tickets.decisions.judge` (docs/tickets.md) and the ticket store's one
+transaction, the code UNIQUE, so a ticket presented at two dispensers at the same instant is
+redeemed by one and refused ``already_used`` at the other. What is the dispenser's own is kept
+here: it reads a 16-digit code only (its Request frame carries 16 characters), so electronic
+tickets are redeemed at the counter, and it shows a refusal as a `DenyReason`.
 """
 
 from __future__ import annotations
@@ -13,28 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from drivers.ports import DenyReason
-from gateway.store.tickets import (
-    CodeFacts,
-    CodeKey,
-    Grant,
-    Redemption,
-    RedemptionRequest,
-    TicketStore,
-)
+from gateway.flows.ticket_redemption import redeem_presented
+from gateway.store.tickets import Redemption, TicketStore
 from gateway.tickets.codes import CodeError, parse_code
-from gateway.tickets.decisions import (
-    BatchTerms,
-    Box,
-    EmergencyTerms,
-    Facts,
-    TicketKind,
-    Use,
-    judge,
-)
 from gateway.tickets.reasons import Reason, Refusal
-from gateway.tickets.scope import Scope
 from gateway.tickets.settings import TicketSettings
-from gateway.tickets.validity import local_day
 
 # What the dispenser can show for each refusal of the ticket rules.
 _SHOWN = {
@@ -54,34 +38,6 @@ class TicketRefused:
 
     shown: DenyReason
     refusal: Refusal
-
-
-def facts_of(stored: CodeFacts) -> Facts:
-    """The judge's view of what the store holds (the CLI's ``prepay ticket`` commands judge
-    with it too)."""
-    batch, emergency = stored.batch, stored.emergency
-
-    def use(redemption: Redemption) -> Use:
-        return Use(redemption.box_id, redemption.redeemed_at, redemption.where)
-
-    return Facts(
-        batch=None
-        if batch is None
-        else BatchTerms(
-            batch.batch_id,
-            batch.product,
-            batch.valid_from,
-            batch.valid_until,
-            Scope.model_validate(batch.scope),
-        ),
-        voided_at=None if stored.void is None else stored.void.voided_at,
-        extended_until=None if stored.extension is None else stored.extension.new_until,
-        emergency=None
-        if emergency is None
-        else EmergencyTerms(emergency.product, emergency.issued_on, emergency.valid_until),
-        used_here=None if stored.here is None else use(stored.here),
-        used_elsewhere=tuple(use(r) for r in stored.elsewhere),
-    )
 
 
 def redeem_at_dispenser(
@@ -107,20 +63,11 @@ def redeem_at_dispenser(
         code = parse_code(text)
     except CodeError as exc:
         return TicketRefused(DenyReason.OTHER, Refusal(exc.reason, str(exc)))
-    box = Box.from_settings(settings)
-    today = local_day(now, settings.timezone)
-
-    def decide(stored: CodeFacts) -> Grant | Refusal:
-        outcome = judge(code, facts_of(stored), box, today, product)
-        return outcome if isinstance(outcome, Refusal) else Grant(outcome.product, outcome.quantity)
-
-    request = RedemptionRequest(
-        key=CodeKey(code.text, code.plant, code.serial),
-        redemption_id=redemption_id,
-        kind=TicketKind.PAPER.value,
-        where=where,
+    # Recorded by the code's series (an emergency code as emergency), as at the counter: the
+    # statistics count a redemption under its kind.
+    outcome = redeem_presented(
+        store, settings, code, redemption_id=redemption_id, where=where, now=now, product=product
     )
-    outcome = store.redeem(request, decide)
     if outcome.refused is not None:
         refusal = outcome.refused
         return TicketRefused(_SHOWN.get(refusal.reason, DenyReason.OTHER), refusal)

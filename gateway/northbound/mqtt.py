@@ -127,9 +127,11 @@ class MqttLink:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         command_limits: CommandLimits = _DEFAULT_LIMITS,
+        ack_window_s: float = 0.0,
     ) -> None:
         self._settings = settings
         self._command_limits = command_limits
+        self._ack_window_s = ack_window_s
         self._topics = SiteTopics(site_id)
         self._version = version
         self._clock = clock
@@ -395,20 +397,32 @@ class MqttLink:
         ready: deque[_Unit] = deque()  # read from the outbox, not yet sent
         sent: set[int] = set()  # seqs handed to this connection and not yet acknowledged
         progress = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        finished: list[int] = []  # PUBACKed, in order, not yet acknowledged to the outbox
+        last_ack = -math.inf
+        unread = True  # the outbox may hold messages not read yet
         while True:
             progress.clear()
-            finished: list[int] = []
             while inflight and inflight[0].done:
                 finished.extend(inflight.popleft().seqs)
-            if finished:
+            # At most one acknowledgement commit per window (the site's commit_window_ms): a
+            # message PUBACKed but not yet acknowledged stays in `sent`, so it is not sent
+            # again on this connection; after a crash it is sent again (consumers dedupe).
+            if finished and (self._stop.is_set() or loop.time() >= last_ack + self._ack_window_s):
                 # Off the event loop: the store may be busy with a billing transaction, and an
                 # acknowledgement commits; PUBACKs that arrive meanwhile are acknowledged next.
-                await asyncio.to_thread(outbox.acknowledge, finished)
-                sent.difference_update(finished)
-                self.counters.published += len(finished)
-            if not ready:
+                acked, finished = finished, []
+                last_ack = loop.time()
+                await asyncio.to_thread(outbox.acknowledge, acked)
+                sent.difference_update(acked)
+                self.counters.published += len(acked)
+            # The outbox is read again only when something was added (wake) or the last read
+            # was full: reading it on every PUBACK cost a thread hop per message.
+            if not ready and (unread or wake.is_set()):
                 wake.clear()  # before reading, so a message added after the read sets it again
-                pending = await asyncio.to_thread(outbox.pending, len(sent) + chunk)
+                limit = len(sent) + chunk
+                pending = await asyncio.to_thread(outbox.pending, limit)
+                unread = len(pending) >= limit
                 fresh = [m for m in pending if m.seq not in sent]
                 ready.extend(self._units(fresh))
             while ready and len(inflight) < window:
@@ -416,11 +430,17 @@ class MqttLink:
                 inflight.append(unit)
                 sent.update(unit.seqs)
                 tg.create_task(self._publish(client, unit, progress))
-            if self._stop.is_set() and not inflight and not ready:
+            if self._stop.is_set() and not inflight and not ready and not finished:
                 if wake.is_set():
                     continue  # added after the last read (e.g. the shutdown's state flush)
                 return
             waiting_for = progress if inflight else wake
+            if finished and not self._stop.is_set():
+                # Acknowledgements wait for the end of their window, not for more traffic.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(last_ack + self._ack_window_s):
+                        await waiting_for.wait()
+                continue
             if self._stop.is_set():
                 try:
                     async with asyncio.timeout_at(self._stop_deadline):

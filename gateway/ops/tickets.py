@@ -27,7 +27,9 @@ from billing_engine.base.yaml_lines import errors_from_validation, line_of, pars
 from drivers.ports import Clock, utc_now
 from gateway.flows import ticket_stats
 from gateway.flows.ticket_feed import import_batch_document
-from gateway.flows.vending_tickets import facts_of as pure_facts
+from gateway.flows.ticket_redemption import facts_of as pure_facts
+from gateway.flows.ticket_redemption import present as present_ticket
+from gateway.flows.ticket_redemption import redeem_presented
 from gateway.northbound.receipts import make_ticket_sale_receipt
 from gateway.northbound.signing import canonical_json, key_id, load_private_key, load_public_key
 from gateway.startup import STATE_FILE, read_private_key_file
@@ -36,13 +38,11 @@ from gateway.store.tickets import (
     CodeKey,
     EmergencyTicket,
     Extension,
-    Grant,
     Redemption,
-    RedemptionRequest,
     TicketStore,
 )
 from gateway.tickets import batches, electronic
-from gateway.tickets.codes import CodeError, TicketCode, emergency_code, parse_code
+from gateway.tickets.codes import CodeError, TicketCode, emergency_code
 from gateway.tickets.decisions import (
     Box,
     Presented,
@@ -172,13 +172,8 @@ def open_ticket_store(site: TicketSite, clock: Clock = utc_now) -> TicketStore:
 # --- reading what was presented ---------------------------------------------------------------
 def present(site: TicketSite, text: str) -> Presented | Refusal:
     """A typed or scanned code, or a scanned electronic ticket (verified against the plant
-    keys); or why it is not a ticket at all."""
-    if electronic.looks_electronic(text):
-        return electronic.verify(text, site.keys)
-    try:
-        return parse_code(text)
-    except CodeError as exc:
-        return Refusal(exc.reason, str(exc))
+    keys); or why it is not a ticket at all (`gateway.flows.ticket_redemption.present`)."""
+    return present_ticket(text, site.keys)
 
 
 def _key(code: TicketCode) -> CodeKey:
@@ -258,25 +253,21 @@ def redeem(
     presented = present(site, text)
     if isinstance(presented, Refusal):
         return RedeemResult(None, refusal=presented)
-    code = code_of(presented)
-    today = local_day(now, site.settings.timezone)
-
-    def decide(stored: CodeFacts) -> Grant | Refusal:
-        outcome = judge(presented, pure_facts(stored), site.box, today, product)
-        return outcome if isinstance(outcome, Refusal) else Grant(outcome.product, outcome.quantity)
-
-    request = RedemptionRequest(
-        key=_key(code),
+    result = redeem_presented(
+        store,
+        site.settings,
+        presented,
         redemption_id=redemption_id or f"r-{uuid.uuid4()}",
-        kind=kind_of(presented).value,
         where=where,
+        now=now,
+        product=product,
     )
-    result = store.redeem(request, decide)
-    if result.refused is not None:
-        return RedeemResult(code.text, refusal=result.refused)
-    if result.replayed is not None:
-        return RedeemResult(code.text, replayed=result.replayed)
-    return RedeemResult(code.text, redeemed=result.redeemed)
+    return RedeemResult(
+        code_of(presented).text,
+        redeemed=result.redeemed,
+        replayed=result.replayed,
+        refusal=result.refused,
+    )
 
 
 # --- conversion, extension, emergency tickets -----------------------------------------------

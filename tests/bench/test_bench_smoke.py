@@ -111,3 +111,23 @@ def test_bench_tickets_runs_and_redeems_each_once() -> None:
     assert result["electronic_verify_per_s"] > 0
     assert result["paper_check_per_s"] > 0
     assert result["verify_ratio"] > 0
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+def test_bench_console_runs_with_and_without_the_console() -> None:
+    result = _bench("console", "--accounts", "50", "--readings", "500", "--rounds", "1")
+    assert result["accounts"] == 50
+    assert result["readings"] == 500
+    assert len(result["readings_per_s_without"]) == len(result["readings_per_s_with"]) == 1
+    assert min(result["readings_per_s_without"] + result["readings_per_s_with"]) > 0
+    assert result["ratio"] > 0
+    assert result["accounts_page_requests"] > 0
+    assert result["metrics_requests"] > 0
+    assert result["accounts_page_failures"] == result["metrics_failures"] == 0
+    for key in ("accounts_page", "metrics"):
+        assert result[f"{key}_req_per_s"] > 0
+        assert result[f"{key}_p99_ms"] >= result[f"{key}_p50_ms"] > 0
+    assert result["gateway_cpu_s_per_1000_readings_with"] > 0
+    assert result["held"] == 0
+    assert result["supervised_failures"] == 0
+    assert "target_met" in result

@@ -75,6 +75,8 @@ async def test_metrics_counters_move_as_readings_are_billed(tmp_path: Path) -> N
         await wait_for("prepay_readings_duplicate_total", 1)
         await wait_for("prepay_journal_rows", 12, state="billed")
         assert seen[("prepay_readings_journalled_total", ())] == 12
+        # Each reading was handed over alone, after the one before was committed: 13 commits.
+        await wait_for("prepay_journal_commits_total", 13)
         # A broker-less gateway has no link figures; the process figures are there.
         assert not any(name.startswith("prepay_mqtt_") for name, _ in seen)
         assert seen[("process_resident_memory_bytes", ())] > 0

@@ -127,3 +127,25 @@ async def test_same_ticket_at_two_dispensers_at_once_pours_at_one_only(
         assert sorted(k.max_ml for k in kiosks) == [0, 18_900]
         assert [shown(k) for k in kiosks if k.max_ml == 0] == [RefuseReason.TICKET_USED]
     assert [c for c, _ in redemptions(site)] == [code(9)]
+
+
+async def test_an_emergency_ticket_at_a_dispenser_is_redeemed_as_emergency(
+    tmp_path: Path, air: SimulatedAir
+) -> None:
+    site = ticket_site(tmp_path, ["kiosk-1"])
+    ticket_site_ = tickets.load_ticket_site(site.path)
+    with tickets.open_ticket_store(ticket_site_) as store:
+        sold = tickets.issue_emergency(
+            ticket_site_, store, PRODUCT, now=datetime.now(ZoneInfo("UTC"))
+        )
+    kiosk = air.add(SimulatedDispenser(ADDRESSES["kiosk-1"]))
+    gateway, _ = gateway_for(site, air)
+    async with running(gateway):
+        await present(kiosk, IdentityKind.TICKET, sold.code)
+        await eventually(lambda: kiosk.max_ml > 0)
+        assert kiosk.pour(18_900) == 18_900
+        await eventually(lambda: gateway.vending.counters.settled == 1)
+    with tickets.open_ticket_store(ticket_site_) as store:
+        [used] = store.redemptions()
+    # Counted with the emergency tickets (prepay ticket stats), not with the paper ones.
+    assert (used.code, used.kind) == (sold.code, "emergency")

@@ -1,0 +1,81 @@
+"""Group commit (the site's ``commit_window_ms``): readings that arrive one by one within a
+window share one journal commit; a producer that waits for each commit is not made to wait a
+window every time; every reading is still journalled before its ``put`` returns."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from drivers.ports import Reading
+from gateway.config import load_site
+from tests.fixtures.mosquitto import free_port
+from tests.gateway.site import water_account, write_site
+from tests.support.gateways import offline_gateway, running, settled
+from tests.support.waiting import eventually
+
+T0 = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)
+METERS = [f"m{i}" for i in range(1, 9)]
+
+
+def _site(tmp_path: Path, window_ms: int) -> Path:
+    return write_site(
+        tmp_path,
+        mqtt_port=free_port(),  # nothing listens: every message stays in the outbox
+        accounts=[water_account(f"A{i}", meter) for i, meter in enumerate(METERS, 1)],
+        extra={"commit_window_ms": window_ms},
+    )
+
+
+def _reading(meter: str, seconds: int, litres: int) -> Reading:
+    # A water meter's register in m3: a litre is one milli-unit.
+    return Reading(meter, T0 + timedelta(seconds=seconds), litres, source="test")
+
+
+async def test_readings_arriving_one_by_one_share_one_commit(tmp_path: Path) -> None:
+    site = load_site(_site(tmp_path, 200))  # the longest window, so arrivals fall inside it
+    gateway, feed = offline_gateway(site, lambda: T0 + timedelta(hours=1))
+    async with running(gateway):
+        await feed.put(_reading("m1", 0, 0))  # after a quiet time: committed at once
+        stats = gateway.pipeline.stats
+        assert (stats.batches, stats.window_waits) == (1, 0)
+
+        async def arrive(i: int, meter: str) -> None:
+            await asyncio.sleep(0.002 * i)  # one by one, as a bus polls meter after meter
+            await feed.put(_reading(meter, 60, 10))
+
+        await asyncio.gather(*(arrive(i, m) for i, m in enumerate(METERS)))
+        # Every put returned: each reading is in the journal, the eight in one more commit.
+        assert (stats.journalled, stats.batches, stats.window_waits) == (9, 2, 1)
+        await eventually(lambda: settled(gateway), what="all readings billed")
+
+
+async def test_a_producer_waiting_for_each_commit_is_not_held_a_window_each_time(
+    tmp_path: Path,
+) -> None:
+    site = load_site(_site(tmp_path, 200))
+    gateway, feed = offline_gateway(site, lambda: T0 + timedelta(hours=1))
+    async with running(gateway):
+        # One reading at a time, each put awaited (a network server's uplinks): the second
+        # waits out the window, gathers nothing, and the next ones are committed at once.
+        for seconds in range(0, 5 * 60, 60):
+            await feed.put(_reading("m1", seconds, seconds // 6))
+        stats = gateway.pipeline.stats
+        assert (stats.journalled, stats.batches, stats.window_waits) == (5, 5, 1)
+
+
+async def test_a_reading_waiting_for_its_window_at_shutdown_is_journalled_and_billed(
+    tmp_path: Path,
+) -> None:
+    site = load_site(_site(tmp_path, 200))
+    gateway, feed = offline_gateway(site, lambda: T0 + timedelta(hours=1))
+    async with running(gateway):
+        await feed.put(_reading("m1", 0, 0))
+        # The next reading waits out the window (200 ms) when the daemon is told to stop.
+        late = asyncio.create_task(feed.put(_reading("m1", 60, 10)))
+        await eventually(lambda: gateway.pipeline.stats.received == 2, what="handed over")
+    # The stop ended the window: the reading was journalled (its put returned) and billed.
+    await late
+    stats = gateway.pipeline.stats
+    assert (stats.journalled, stats.billed, stats.held) == (2, 2, 0)
