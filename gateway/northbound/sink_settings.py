@@ -40,7 +40,9 @@ class InfluxSettings(BaseModel):
     # A file holding the API token (relative to the site file); none for a server without auth.
     token_file: Path | None = None
     # Rows of each kind per write request.
-    batch_size: Annotated[int, Field(ge=1, le=50_000)] = 1_000
+    # InfluxDB's guide to optimizing writes names 5,000 lines as the best batch; each request
+    # has a fixed cost (the connection, the cursor's commit), so fewer, larger ones cost less.
+    batch_size: Annotated[int, Field(ge=1, le=50_000)] = 5_000
     # How often the store is looked at for new rows once the sink has caught up.
     poll_interval_s: Annotated[float, Field(gt=0, le=3_600)] = 1.0
     # Per request; a server that does not answer in time is retried like one that is down.

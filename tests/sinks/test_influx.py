@@ -76,9 +76,10 @@ async def test_influx_sink_readings_and_balances_exact(
             ),
             what="the 20 readings at the server",
         )
-        balances = lambda: samples(  # noqa: E731
-            victoria_metrics, "prepay_ledger_balance_minor", account="A1"
-        )
+
+        def balances() -> list[tuple[int, float]]:
+            return samples(victoria_metrics, "prepay_ledger_balance_minor", account="A1")
+
         await eventually(lambda: len(balances()) >= 19, what="19 deductions at the server")
     # Each deduction takes 50 fen off: -50, -100, ..., -950; all made at the gateway's clock,
     # T0 + 1 h (3,600,000 ms).
@@ -149,7 +150,10 @@ async def test_influx_sink_exactly_once_through_server_restart_and_kill_9(
         # Exactly the journalled readings: each once, its value and instant exact
         # (reading i: register 100 x i at T0 + i minutes).
         expected = [(T0_MS + 60_000 * i, float(100 * i)) for i in range(BACKLOG)]
-        arrived = lambda: samples(server, "prepay_reading_register_milli", meter="m1")  # noqa: E731
+
+        def arrived() -> list[tuple[int, float]]:
+            return samples(server, "prepay_reading_register_milli", meter="m1")
+
         # The server makes what it took searchable within about a second.
         await eventually(lambda: len(arrived()) >= BACKLOG, what="the backlog searchable")
         assert arrived() == expected
