@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,7 +42,7 @@ from tests.console.support import (
 from tests.fixtures.mosquitto import Broker
 from tests.support.gateways import running
 from tests.support.waiting import DEFAULT_TIMEOUT_S, eventually
-from tests.tickets.box import PRODUCT, Box, batch_document, code, electronic, write_box
+from tests.tickets.box import PRODUCT, Box, code, electronic, import_b1, write_box
 from tests.vending.conftest import (
     ADDRESSES,
     CARD,
@@ -70,15 +69,7 @@ def kiosk_box(directory: Path) -> tuple[Site, Box]:
     """A ticket box (batch B1 imported) with dispenser kiosk-1 pouring tickets, and a console
     with users alice (operator) and victor (viewer)."""
     box = write_box(directory, settings={"paper_restock_level": 150})
-    doc = batch_document(
-        box,
-        "B1",
-        [(1, 100)],
-        valid_from=TODAY - timedelta(days=10),
-        valid_until=TODAY + timedelta(days=30),
-    )
-    with box.store() as store:
-        tickets.import_batch(box.site(), store, json.dumps(doc).encode())
+    import_b1(box, TODAY)
     site_doc: dict[str, Any] = yaml.safe_load(box.site_file.read_text())
     site_doc["devices"] = {"ble_dispensers": [dispenser_entry("kiosk-1", ticket_product=PRODUCT)]}
     site_doc["console"] = {

@@ -3,9 +3,10 @@ keys (two, for rotation), and a store created like the daemon creates it."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,17 @@ def batch_document(
         scope=scope or Scope(region=REGION),
         ranges=ranges,
     )
+
+
+def import_b1(box: Box, today: date) -> None:
+    """Import batch B1 (serials 1..100 of the box's plant), valid from ten days before
+    ``today`` to thirty days after it."""
+    doc = batch_document(
+        box,
+        "B1",
+        [(1, 100)],
+        valid_from=today - timedelta(days=10),
+        valid_until=today + timedelta(days=30),
+    )
+    with box.store() as store:
+        tickets.import_batch(box.site(), store, json.dumps(doc).encode())

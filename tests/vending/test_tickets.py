@@ -4,8 +4,7 @@ at one of them only."""
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,7 +21,7 @@ from gateway.ops import tickets
 from gateway.store.vending import SessionState
 from tests.support.gateways import running
 from tests.support.waiting import eventually
-from tests.tickets.box import PRODUCT, batch_document, code, write_box
+from tests.tickets.box import PRODUCT, code, import_b1, write_box
 from tests.vending.conftest import (
     ADDRESSES,
     dispenser_entry,
@@ -39,15 +38,7 @@ def ticket_site(directory: Path, device_ids: list[str]) -> Site:
     """A box with a tickets section, batch B1 (serials 1..100) imported, and dispensers that
     take tickets for 18.9 L buckets."""
     box = write_box(directory)
-    doc = batch_document(
-        box,
-        "B1",
-        [(1, 100)],
-        valid_from=TODAY - timedelta(days=10),
-        valid_until=TODAY + timedelta(days=30),
-    )
-    with box.store() as store:
-        tickets.import_batch(box.site(), store, json.dumps(doc).encode())
+    import_b1(box, TODAY)
     site_doc: dict[str, Any] = yaml.safe_load(box.site_file.read_text())
     site_doc["devices"] = {
         "ble_dispensers": [dispenser_entry(d, ticket_product=PRODUCT) for d in device_ids]
