@@ -130,8 +130,18 @@ class Actions:
         fields = {"device": device, "override": override, "reason": f"console:{user}: {reason}"}
         return await self._command(user, CommandKind.SUPPLY, fields, account)
 
-    async def reissue_receipt(self, user: str, account: str, topup_id: str) -> Outcome:
-        return await self._command(user, CommandKind.RECEIPT, {"topup_id": topup_id}, account)
+    async def reissue_receipt(self, user: str, account: str, receipt_seq: str) -> Outcome:
+        """Have the daemon issue receipt number ``receipt_seq`` (the form's text) again, of any
+        kind (a top-up's, a pour's), through the signed ``receipt`` command.
+
+        Raises:
+            ActionError: not a receipt number.
+        """
+        if not receipt_seq.isdigit() or not 0 < int(receipt_seq) < 2**63:
+            raise ActionError(f"receipt number: a positive integer, not {receipt_seq[:20]!r}")
+        return await self._command(
+            user, CommandKind.RECEIPT, {"receipt_seq": int(receipt_seq)}, account
+        )
 
     async def redeem_ticket(
         self, user: str, text: str, note: str, redemption_id: str

@@ -439,13 +439,14 @@ def build_app(state: ConsoleState, *, mounts: Sequence[BaseRoute] = ()) -> ASGIA
             return acted
         session, form = acted
         account_id = request.path_params["account"]
-        topup_id = form.get("topup_id", "")
+        # By number: a statement line's receipt is a top-up's or a pour's (the same sequence).
+        seq = form.get("receipt_seq", "")
         try:
-            outcome = await state.actions.reissue_receipt(session.user, account_id, topup_id)
+            outcome = await state.actions.reissue_receipt(session.user, account_id, seq)
         except ActionError as exc:
             session.flash = f"Receipt not reissued: {exc}"
         else:
-            session.flash = f"Receipt of {topup_id}: {outcome.text()}"
+            session.flash = f"Receipt no. {seq}: {outcome.text()}"
         return RedirectResponse(f"/accounts/{account_id}", status_code=303)
 
     async def redeem(request: Request) -> Response:

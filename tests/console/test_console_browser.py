@@ -212,7 +212,7 @@ async def test_console_operator_acknowledges_an_alarm_and_reissues_a_receipt(
         await expect(page.locator("#flash")).to_contain_text("Top-up 5.00 CNY: applied")
         topup_row = page.locator("#statement tr", has_text="topup")
         await topup_row.get_by_role("button", name="Reissue").click()
-        await expect(page.locator("#flash")).to_contain_text("Receipt of console-")
+        await expect(page.locator("#flash")).to_contain_text("Receipt no. 1: applied")
         await expect(page.locator("#flash")).to_contain_text(": applied")
 
         # A relay that ignores its command: the gateway raises an alarm, the console lists it.

@@ -166,6 +166,17 @@ async def test_console_tickets_and_vending_pages_show_a_poured_ticket(
         await page.screenshot(path=shots / "vending.png", full_page=True)
         await context.close()
 
+        # An operator reissues the card pour's receipt from A1's statement, by its number. The
+        # site's receipts so far: 1 the emergency ticket sold, 2 the ticket's pour, 3 the
+        # top-up, 4 the card's pour.
+        context, page = await logged_in(chromium, console.url, OPERATOR)
+        await page.goto("/accounts/A1")
+        pour = page.locator("#statement tr", has_text="kiosk-1:2")
+        await expect(pour).to_contain_text("no. 4")
+        await pour.get_by_role("button", name="Reissue").click()
+        await expect(page.locator("#flash")).to_contain_text("Receipt no. 4: applied")
+        await context.close()
+
 
 async def test_console_operator_redeems_at_the_counter_once_and_a_viewer_cannot(
     tmp_path: Path, air: SimulatedAir
