@@ -456,7 +456,14 @@ class VendingFlow:
                 ledger_seq=ledger_seq,
                 at=now,
             )
-            receipt = self._receipt(tx, found, report, bill.billed_ml, bill.charge_minor, account)
+            # The customer's receipt names who paid: the account, or the ticket. A session whose
+            # account left the site while it was open was charged to nobody: no receipt.
+            paid_by_ticket = opened.identity_kind == IdentityKind.TICKET.value
+            receipt = (
+                self._receipt(tx, found, report, bill.billed_ml, bill.charge_minor, account)
+                if account is not None or paid_by_ticket
+                else None
+            )
             alarm = OVER_REPORT_ALARM if bill.over_ml else None
             if account is not None:
                 if alarm is not None:
@@ -491,13 +498,28 @@ class VendingFlow:
                 authorised_ml=opened.authorised_ml,
                 poured_ml=report.session_ml,
                 billed_ml=bill.billed_ml,
-                charge_minor=bill.charge_minor if account is not None else None,
+                # An account that left the site while its session was open is charged
+                # nothing (no ledger entry): its message says 0, not the price of the pour.
+                charge_minor=(
+                    bill.charge_minor
+                    if account is not None
+                    else (0 if opened.account_id is not None else None)
+                ),
                 balance_minor=account.billing.balance_minor if account is not None else None,
                 currency=opened.currency,
                 alarm=alarm,
                 receipt=receipt,
             )
             self.counters.settled += 1
+            if account is None and opened.account_id is not None:
+                logger.warning(
+                    "dispenser %s: session %d of account %s, which left the site while it was"
+                    " open: %d mL poured, charged to nobody",
+                    report.dispenser_id,
+                    report.session_id,
+                    opened.account_id,
+                    report.session_ml,
+                )
             if alarm is not None:
                 logger.warning(
                     "dispenser %s: session %d reported %d mL, authorised %d: billed %d",
