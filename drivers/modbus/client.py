@@ -108,6 +108,21 @@ POLL_TIME_BUCKETS_S: tuple[float, ...] = (
 _PUTS_IN_FLIGHT = 16
 
 
+def _raise_lost_cancellation() -> None:
+    """Raise the cancellation pymodbus's ``connect`` lost, if it lost one.
+
+    On Python 3.11, ``asyncio.wait_for`` (which pymodbus's ``connect`` awaits) drops a
+    cancellation that arrives as the connection attempt fails, and pymodbus then answers
+    False (CPython gh-86296, fixed in 3.12). The task is still being cancelled: without this, a
+    retry loop around the bus (actuation, polling) went on after the gateway cancelled it, and
+    the shutdown waited for it. An expired `asyncio.timeout` around the call is such a
+    cancellation too, and comes back out of it as the `TimeoutError` it should have been.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class PymodbusLogFilter(logging.Filter):
     """Makes pymodbus's log fit a daemon's (install with `quiet_pymodbus`).
 
@@ -281,7 +296,9 @@ class _Link:
         self._rx = b""
         try:
             async with asyncio.timeout(self._timeout_s):
-                if not self.client.connected and not await self.client.connect():
+                connected = self.client.connected or await self.client.connect()
+                _raise_lost_cancellation()
+                if not connected:
                     raise DeviceTimeoutError(device_id, "cannot connect to the bus")
                 response = await request()
         except TimeoutError as exc:
