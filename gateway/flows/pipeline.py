@@ -177,8 +177,8 @@ class Pipeline:
         self._window_gathers = True  # the last wait for the window gathered more readings
         self._window_probe_at = -math.inf  # when to try the window again after a useless wait
         self._closing = asyncio.Event()  # set by `drain`: no more waiting for the window
-        self._taken = 0  # batches the journal loop took and has not handed to billing yet
-        self._handed_over = asyncio.Event()  # set while `_taken` is 0
+        # Clear while the journal loop holds a batch it has not handed to billing yet.
+        self._handed_over = asyncio.Event()
         self._handed_over.set()
         self._unknown_meters: set[str] = set()
         self._publish_only = PublishOnly(ctx.store, ctx.topics)
@@ -290,15 +290,12 @@ class Pipeline:
     async def _journal_loop(self) -> None:
         while True:
             first = await self._queue.get()
-            # Counted from the moment it is taken: `drain` waits for it to reach billing.
-            self._taken += 1
+            # Held from the moment it is taken: `drain` waits for it to reach billing.
             self._handed_over.clear()
             try:
                 await self._journal(await self._gather_batch(first))
             finally:
-                self._taken -= 1
-                if self._taken == 0:
-                    self._handed_over.set()
+                self._handed_over.set()
 
     async def _journal(self, batch: list[tuple[Reading, asyncio.Future[None]]]) -> None:
         readings = [r for r, _ in batch]
