@@ -373,8 +373,55 @@ _V10 = (
        WHERE json_type(state_json, '$."billing.last_ts"') IS NOT NULL""",
 )
 
+# Version 11: the journal's rows per state (and held rows per reason) are counted as rows
+# change, by triggers, so that reading them costs one small table. Counting the journal itself
+# (``GROUP BY state``) scanned every row: 0.55 s of CPU, holding the store, for 2 million rows
+# (100 meters polled every second for 5.5 hours), and the metrics read it every 2 s. Triggers,
+# not the Python writers, so that every path (billing, holds, the operator's accept, retention)
+# keeps the counts true; they cost about 9 us per reading journalled and billed. A row's key is
+# its state and, when held, its hold reason ('' otherwise, and for a held row without one).
+_V11 = (
+    """CREATE TABLE journal_counts (
+        state       TEXT    NOT NULL CHECK (state IN ('unbilled', 'billed', 'held')),
+        hold_reason TEXT    NOT NULL,
+        row_count   INTEGER NOT NULL CHECK (row_count >= 0),
+        PRIMARY KEY (state, hold_reason)
+    ) WITHOUT ROWID""",
+    """INSERT INTO journal_counts (state, hold_reason, row_count)
+       SELECT state, CASE state WHEN 'held' THEN coalesce(hold_reason, '') ELSE '' END, COUNT(*)
+       FROM readings GROUP BY 1, 2""",
+    """CREATE TRIGGER readings_counted_in AFTER INSERT ON readings BEGIN
+         INSERT INTO journal_counts (state, hold_reason, row_count)
+         VALUES (NEW.state,
+                 CASE NEW.state WHEN 'held' THEN coalesce(NEW.hold_reason, '') ELSE '' END, 1)
+         ON CONFLICT (state, hold_reason) DO UPDATE SET row_count = row_count + 1;
+       END""",
+    """CREATE TRIGGER readings_counted_move AFTER UPDATE OF state, hold_reason ON readings
+       WHEN OLD.state IS NOT NEW.state
+            OR (CASE OLD.state WHEN 'held' THEN coalesce(OLD.hold_reason, '') ELSE '' END)
+               IS NOT (CASE NEW.state WHEN 'held' THEN coalesce(NEW.hold_reason, '') ELSE '' END)
+       BEGIN
+         UPDATE journal_counts SET row_count = row_count - 1
+         WHERE state = OLD.state
+           AND hold_reason
+               = CASE OLD.state WHEN 'held' THEN coalesce(OLD.hold_reason, '') ELSE '' END;
+         INSERT INTO journal_counts (state, hold_reason, row_count)
+         VALUES (NEW.state,
+                 CASE NEW.state WHEN 'held' THEN coalesce(NEW.hold_reason, '') ELSE '' END, 1)
+         ON CONFLICT (state, hold_reason) DO UPDATE SET row_count = row_count + 1;
+       END""",
+    """CREATE TRIGGER readings_counted_out AFTER DELETE ON readings BEGIN
+         UPDATE journal_counts SET row_count = row_count - 1
+         WHERE state = OLD.state
+           AND hold_reason
+               = CASE OLD.state WHEN 'held' THEN coalesce(OLD.hold_reason, '') ELSE '' END;
+       END""",
+)
+
 #: Forward migrations, in order: ``MIGRATIONS[n - 1]`` brings the file to version ``n``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11,
+)  # fmt: skip
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -286,17 +286,20 @@ def prune_billed(
 
 
 def counts(conn: sqlite3.Connection) -> tuple[dict[JournalState, int], dict[str, int]]:
-    """How many rows are in each state, and how many held rows per hold reason."""
+    """How many rows are in each state, and how many held rows per hold reason.
+
+    Read from `journal_counts`, which triggers keep (store schema 11): counting the journal
+    itself scanned every row, and the metrics ask every few seconds.
+    """
     by_state = dict.fromkeys(JournalState, 0)
-    for state, count in conn.execute("SELECT state, COUNT(*) FROM readings GROUP BY state"):
-        by_state[JournalState(state)] = int(count)
-    held = {
-        str(reason): int(count)
-        for reason, count in conn.execute(
-            "SELECT hold_reason, COUNT(*) FROM readings WHERE state = 'held'"
-            " GROUP BY hold_reason ORDER BY hold_reason"
-        )
-    }
+    held: dict[str, int] = {}
+    for state, reason, count in conn.execute(
+        "SELECT state, hold_reason, row_count FROM journal_counts WHERE row_count > 0"
+        " ORDER BY state, hold_reason"
+    ):
+        by_state[JournalState(state)] += int(count)
+        if state == JournalState.HELD.value:
+            held[str(reason)] = int(count)
     return by_state, held
 
 

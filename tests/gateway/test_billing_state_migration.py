@@ -24,12 +24,17 @@ PREVIOUS_VERSION = store_db.MIGRATIONS.index(store_db._V10)  # the file before t
 
 def _as_previous_release(path: Path) -> None:
     """Turn the file back into what the release before millisecond billing wrote: the same
-    tables (schema 10 only rewrites account records) at the previous version, and the last
-    billed reading's instant as ``billing.last_ts`` in whole seconds."""
+    tables (schema 10 only rewrites account records) at the previous version, without what later
+    versions added, and the last billed reading's instant as ``billing.last_ts`` in whole
+    seconds."""
     conn = sqlite3.connect(path)
     try:
         with conn:
             conn.execute("DELETE FROM schema_version WHERE version > ?", (PREVIOUS_VERSION,))
+            # What schema 11 added (the journal's counts) goes: the next start adds it again.
+            for trigger in ("readings_counted_in", "readings_counted_move", "readings_counted_out"):
+                conn.execute(f"DROP TRIGGER {trigger}")
+            conn.execute("DROP TABLE journal_counts")
             (text,) = conn.execute(
                 "SELECT state_json FROM account_state WHERE account_id = 'A1'"
             ).fetchone()
