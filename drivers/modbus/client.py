@@ -1,4 +1,11 @@
-"""The Modbus adapter: one `ModbusBus` per TCP endpoint or RS485 line, over pymodbus.
+"""The Modbus adapter: one `ModbusBus` per TCP endpoint or RS485 line.
+
+Modbus TCP runs on our own transport (`drivers.modbus.tcp_link.TcpLink`, on `asyncio.Protocol`):
+the gateway polls every meter every second, and pymodbus's per-request machinery (its own
+``wait_for`` per request, framer and PDU classes, trace hooks) cost more CPU on that hot path
+than the protocol itself (measurements in that module). RTU (RS485) runs on pymodbus (`_Link`),
+whose RTU framer (CRC, inter-frame timing, resynchronisation) is worth keeping. Both offer the
+same `BusLink`.
 
 A bus is half-duplex (Modbus over Serial Line V1.02): one request at a time. Each bus has one
 poll task (``modbus[<bus>].poll``) and one `asyncio.Lock`; polls and relay/valve commands take
@@ -26,10 +33,11 @@ Failure handling, per device:
   first refusal is logged, the next ones only at debug until a reading is accepted again.
 
 Logging: one line per device state change (offline, online, implausible value raised and
-cleared, readings refused and accepted again), never one per poll. pymodbus's own log goes
-through `PymodbusLogFilter`: its debug and info lines (every frame sent and received) are
-dropped, the raw frames it appends to each error are cut (the offline line carries this bus's
-own), and a repeated message is logged once per `PYMODBUS_LOG_INTERVAL_S` with a count.
+cleared, readings refused and accepted again), never one per poll. pymodbus's own log (RTU
+buses) goes through `PymodbusLogFilter`: its debug and info lines (every frame sent and
+received) are dropped, the raw frames it appends to each error are cut (the offline line
+carries this bus's own), and a repeated message is logged once per `PYMODBUS_LOG_INTERVAL_S`
+with a count.
 
 Readings are integers in milli-units decoded by `drivers.modbus.registers`.
 """
@@ -39,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import functools
 import heapq
 import logging
 import re
@@ -47,12 +56,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Self, TypeVar
-
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
-from pymodbus.framer import FramerType
-from pymodbus.pdu import ModbusPDU
+from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
 from billing_engine.base.errors import PrepayError
 from drivers.modbus.config import (
@@ -70,6 +74,7 @@ from drivers.modbus.registers import (
     Table,
     decode_milli,
 )
+from drivers.modbus.tcp_link import FRAME_DUMP_SIZE, TcpLink
 from drivers.ports import (
     Clock,
     DeviceRejectedError,
@@ -86,10 +91,12 @@ from drivers.ports import (
     utc_now,
 )
 
+if TYPE_CHECKING:
+    from pymodbus.pdu import ModbusPDU
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-FRAME_DUMP_SIZE = 16
 
 #: The logger pymodbus writes everything to (``pymodbus.logging.Log``).
 PYMODBUS_LOGGER = "pymodbus.logging"
@@ -207,6 +214,54 @@ class DeviceStats:
         self.poll_time_sum_s += seconds
 
 
+class BusLink(Protocol):
+    """What `ModbusBus` needs of a bus's connection: `TcpLink` (Modbus TCP, our own transport)
+    or `_Link` (RTU, pymodbus). Every call is one transaction; the caller holds the bus lock."""
+
+    #: the last raw frames, oldest first: ``("tx" | "rx", bytes)``
+    frames: collections.deque[tuple[str, bytes]]
+
+    async def read(
+        self, device_id: str, unit: int, table: Table, address: int, count: int
+    ) -> list[int] | list[bool]:
+        """``count`` registers (ints) or bits (bools) of ``table`` from ``address``.
+
+        Raises:
+            DeviceTimeoutError: no reply (or no connection) within the timeout.
+            FrameError: bytes arrived but never formed a valid reply, or the reply does not
+                answer the request.
+            DeviceRejectedError: the device sent a Modbus exception reply.
+        """
+        ...
+
+    async def write(
+        self, device_id: str, unit: int, table: Table, address: int, value: int
+    ) -> None:
+        """Write one coil (on for a true ``value``) or holding register; raises as `read`."""
+        ...
+
+    def dump(self) -> str:
+        """The last raw frames, oldest first, as ``tx:0104...`` items."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection (the next call opens it again)."""
+        ...
+
+
+def _new_link(config: ModbusBusConfig) -> BusLink:
+    return TcpLink(config) if config.kind == "tcp" else _Link(config)
+
+
+_BlockRead = Callable[[BusLink], Awaitable[list[int] | list[bool]]]
+
+
+def _read_on(
+    device_id: str, unit: int, table: Table, address: int, count: int, link: BusLink
+) -> Awaitable[list[int] | list[bool]]:
+    return link.read(device_id, unit, table, address, count)
+
+
 @dataclass
 class _Device:
     config: ModbusDeviceConfig
@@ -215,18 +270,35 @@ class _Device:
     source: str
     specs: dict[str, RegisterSpec] = field(default_factory=dict)
     stats: DeviceStats = field(default_factory=DeviceStats)
+    #: each block of `plan` with its read (a link -> the read's awaitable), made once: a poll
+    #: then creates no function per block
+    reads: list[tuple[ReadBlock, _BlockRead]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.specs = profile_registers(self.profile)
+        cfg = self.config
+        self.reads = [
+            (
+                b,
+                functools.partial(
+                    _read_on, cfg.device_id, cfg.unit_id, b.table, b.address, b.count
+                ),
+            )
+            for b in self.plan
+        ]
 
 
 class _Link:
-    """The pymodbus client of one bus, with error mapping and a raw frame log.
+    """The pymodbus RTU client of one serial bus, with error mapping and a raw frame log.
 
     Every call is one transaction; the caller holds the bus lock.
     """
 
     def __init__(self, config: ModbusBusConfig) -> None:
+        # pymodbus loads with the first RTU bus: a site with TCP buses only never needs it
+        from pymodbus.client import AsyncModbusSerialClient  # noqa: PLC0415
+        from pymodbus.framer import FramerType  # noqa: PLC0415
+
         quiet_pymodbus()
         self._timeout_s = config.timeout_s
         # pymodbus' own timeout is kept well above ours so that asyncio.timeout() decides and
@@ -236,36 +308,21 @@ class _Link:
             maxlen=FRAME_DUMP_SIZE
         )
         self._rx = b""
-        self.client: AsyncModbusTcpClient | AsyncModbusSerialClient
-        if config.kind == "tcp":
-            assert config.host is not None  # noqa: S101 - guaranteed by the config validator
-            assert config.port is not None  # noqa: S101
-            self.client = AsyncModbusTcpClient(
-                config.host,
-                port=config.port,
-                framer=FramerType.SOCKET,
-                name=config.name,
-                reconnect_delay=0,
-                timeout=lib_timeout,
-                retries=0,
-                trace_packet=self._trace_packet,
-            )
-        else:
-            serial = config.serial
-            assert serial is not None  # noqa: S101 - guaranteed by the config validator
-            self.client = AsyncModbusSerialClient(
-                serial.port,
-                framer=FramerType.RTU,
-                baudrate=serial.baudrate,
-                bytesize=serial.bytesize,
-                parity=serial.parity,
-                stopbits=serial.stopbits,
-                name=config.name,
-                reconnect_delay=0,
-                timeout=lib_timeout,
-                retries=0,
-                trace_packet=self._trace_packet,
-            )
+        serial = config.serial
+        assert serial is not None  # noqa: S101 - guaranteed by the config validator
+        self.client = AsyncModbusSerialClient(
+            serial.port,
+            framer=FramerType.RTU,
+            baudrate=serial.baudrate,
+            bytesize=serial.bytesize,
+            parity=serial.parity,
+            stopbits=serial.stopbits,
+            name=config.name,
+            reconnect_delay=0,
+            timeout=lib_timeout,
+            retries=0,
+            trace_packet=self._trace_packet,
+        )
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
         if sending:
@@ -293,6 +350,8 @@ class _Link:
             FrameError: bytes arrived but never formed a valid reply (bad CRC, garbage).
             DeviceRejectedError: the device sent a Modbus exception reply.
         """
+        from pymodbus.exceptions import ConnectionException, ModbusException  # noqa: PLC0415
+
         self._rx = b""
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -388,7 +447,7 @@ class ModbusBus:
         self.poll_time_buckets_s = POLL_TIME_BUCKETS_S
         self._clock = clock
         self._lock = asyncio.Lock()
-        self._link: _Link | None = None
+        self._link: BusLink | None = None
         self._last_io = 0.0
         self._gap_s = config.serial.effective_inter_frame_gap_s() if config.serial else 0.0
         self._devices: dict[str, _Device] = {}
@@ -446,6 +505,10 @@ class ModbusBus:
         # At most `_PUTS_IN_FLIGHT` readings wait at once (back-pressure); a device's readings
         # reach the gateway in poll order (the deliveries start in order and queue in order).
         room = asyncio.Semaphore(_PUTS_IN_FLIGHT)
+
+        def release(_: object) -> None:
+            room.release()
+
         async with asyncio.TaskGroup() as deliveries:
             while True:
                 due, order, dev = heapq.heappop(queue)
@@ -456,7 +519,7 @@ class ModbusBus:
                 if reading is not None:
                     await room.acquire()
                     task = deliveries.create_task(self._deliver(dev, reading, sink))
-                    task.add_done_callback(lambda _: room.release())
+                    task.add_done_callback(release)
                 # keep the cadence; after an overrun, skip missed slots instead of bursting
                 next_due = max(due + dev.config.poll_interval_s, loop.time())
                 heapq.heappush(queue, (next_due, order, dev))
@@ -479,8 +542,15 @@ class ModbusBus:
         device_id = dev.config.device_id
         stats = dev.stats
         stats.polls += 1
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            values = await self._timed_read(dev)
+            # counted in the device's poll-time buckets however it ends (the bus lock, the
+            # retries and the timeouts included: the bus's time it took)
+            try:
+                values = await self._read_values(dev)
+            finally:
+                stats.observe_poll_time(loop.time() - started)
             read_at = self._clock()
             reading = Reading(
                 meter_id=dev.config.meter_id,
@@ -503,7 +573,9 @@ class ModbusBus:
             return None
         stats.values_milli = values
         stats.readings += 1
-        await self._answered(dev, read_at, sink)
+        stats.consecutive_failures = 0
+        if not stats.online:
+            await self._answered(dev, read_at, sink)
         if stats.value_alarm:
             stats.value_alarm = False
             logger.info(
@@ -606,32 +678,17 @@ class ModbusBus:
             )
         )
 
-    async def _timed_read(self, dev: _Device) -> dict[str, int]:
-        """`_read_values`, its time counted in the device's poll-time buckets however it ends
-        (the bus lock, the retries and the timeouts included: the bus's time it took)."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            return await self._read_values(dev)
-        finally:
-            dev.stats.observe_poll_time(loop.time() - started)
-
     async def _read_values(self, dev: _Device) -> dict[str, int]:
         specs = dev.specs
         values: dict[str, int] = {}
-        for block in dev.plan:
-
-            async def read_block(link: _Link, b: ReadBlock = block) -> list[int] | list[bool]:
-                return await link.read(
-                    dev.config.device_id, dev.config.unit_id, b.table, b.address, b.count
-                )
-
-            words = await self._with_retries(dev, read_block)
+        for block, read in dev.reads:
+            words = await self._with_retries(dev, read)
             for span in block.spans:
                 spec = specs[span.name]
                 try:
+                    # bits (bools) need no int(): decoding packs the words, True as 1
                     values[span.name] = decode_milli(
-                        [int(w) for w in block.words_of(span, words)],
+                        block.words_of(span, words),
                         spec.type,
                         spec.scale,
                         spec.word_order,
@@ -683,7 +740,7 @@ class ModbusBus:
                 )
             )
 
-    async def _with_retries(self, dev: _Device, op: Callable[[_Link], Awaitable[T]]) -> T:
+    async def _with_retries(self, dev: _Device, op: Callable[[BusLink], Awaitable[T]]) -> T:
         """Run one transaction under the bus lock, retrying transient failures with backoff."""
         stats = dev.stats
         attempts = 1 + (self.config.retries if stats.online else 0)
@@ -691,13 +748,16 @@ class ModbusBus:
         for attempt in range(attempts):
             try:
                 async with self._lock:
-                    if self._link is None:
-                        self._link = _Link(self.config)
+                    link = self._link
+                    if link is None:
+                        link = self._link = _new_link(self.config)
+                    if not self._gap_s:  # TCP (or no gap configured): no silence to keep
+                        return await op(link)
                     gap = self._last_io + self._gap_s - loop.time()
                     if gap > 0:
                         await asyncio.sleep(gap)  # RS485 inter-frame silence (3.5 chars)
                     try:
-                        return await op(self._link)
+                        return await op(link)
                     finally:
                         self._last_io = loop.time()
             except DeviceTimeoutError as exc:
