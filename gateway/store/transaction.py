@@ -411,6 +411,15 @@ class Store:
         #: it).
         self.incarnation = incarnation
         self._conn: sqlite3.Connection | None = conn
+        # The MQTT link's reads of the outbox go through a connection of their own: in WAL
+        # mode a reader sees every committed transaction and waits for no writer, so a billing
+        # transaction no longer holds back the next messages' way to the broker.
+        self._read_lock = threading.Lock()
+        try:
+            self._reader: sqlite3.Connection | None = db.connect_reader(self.path)
+        except BaseException:
+            conn.close()
+            raise
         logger.info("store %s open at schema version %d", self.path, self.schema_version)
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -420,6 +429,10 @@ class Store:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     def __enter__(self) -> Self:
         return self
@@ -582,9 +595,17 @@ class Store:
 
     # --- outbox (OutboxReader) -----------------------------------------------------------------
     def pending(self, limit: int) -> list[OutboxMessage]:
-        """Oldest-first messages not yet acknowledged by the broker, at most ``limit``."""
-        with self._locked() as conn:
-            return outbox.pending(conn, limit)
+        """Oldest-first messages not yet acknowledged by the broker, at most ``limit``.
+
+        Read on the reader connection: what was committed, without waiting for a writer.
+        """
+        with self._read_lock:
+            if self._reader is None:
+                raise StoreError(f"store {self.path} is closed")
+            try:
+                return outbox.pending(self._reader, limit)
+            except sqlite3.Error as exc:
+                raise StoreError(f"store {self.path}: {exc}") from exc
 
     def acknowledge(self, seqs: list[int]) -> None:
         """Remove messages the broker acknowledged; unknown seqs are ignored."""
