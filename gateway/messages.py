@@ -50,8 +50,9 @@ class OutboxMessage(Outgoing):
 class OutboxReader(Protocol):
     """What the northbound link needs from the outbox."""
 
-    def pending(self, limit: int) -> list[OutboxMessage]:
-        """Oldest-first messages not yet acknowledged by the broker, at most ``limit``."""
+    def pending(self, limit: int, after_seq: int = 0) -> list[OutboxMessage]:
+        """Oldest-first messages not yet acknowledged by the broker, at most ``limit``, with a
+        seq above ``after_seq`` (a reader that already holds the ones up to it)."""
 
     def acknowledge(self, seqs: list[int]) -> None:
         """Remove messages the broker acknowledged (PUBACK for QoS 1)."""

@@ -407,41 +407,34 @@ class MqttLink:
         timeout_s = self._settings.publish_timeout_s
         finished: list[int] = []  # PUBACKed, in order, not yet acknowledged to the outbox
         last_ack = -math.inf
-        acking: asyncio.Task[list[int]] | None = None  # the acknowledgement being committed
         unread = True  # the outbox may hold messages not read yet
+        read_upto = 0  # the highest seq read on this connection: later reads start above it
         while True:
             progress.clear()
             while inflight and inflight[0].done:
                 finished.extend(inflight.popleft().seqs)
-            if acking is not None and acking.done():
-                # Forgotten only here, between two reads of the outbox: a read that began
-                # before the commit may still return these messages, and `sent` filters them.
-                acked = acking.result()  # its failure ends the connection, as before
-                acking = None
-                sent.difference_update(acked)
-                self.counters.published += len(acked)
-            # At most one acknowledgement commit per window (the site's commit_window_ms), and
-            # one at a time: a message PUBACKed but not yet acknowledged stays in `sent`, so it
-            # is not sent again on this connection; after a crash it is sent again (consumers
-            # dedupe). The commit runs beside the drain, which goes on publishing: waiting for
-            # it (the store may be busy with a billing transaction) held new messages back.
-            if (
-                finished
-                and acking is None
-                and (self._stop.is_set() or loop.time() >= last_ack + self._ack_window_s)
-            ):
+            # At most one acknowledgement commit per window (the site's commit_window_ms): a
+            # message PUBACKed but not yet acknowledged stays in `sent`, so it is not sent
+            # again on this connection; after a crash it is sent again (consumers dedupe).
+            if finished and (self._stop.is_set() or loop.time() >= last_ack + self._ack_window_s):
+                # Off the event loop: the store may be busy with a billing transaction, and an
+                # acknowledgement commits; PUBACKs that arrive meanwhile are acknowledged next.
                 acked, finished = finished, []
                 last_ack = loop.time()
-                acking = tg.create_task(
-                    self._acknowledge(outbox, acked, progress), name="mqtt.acknowledge"
-                )
+                await asyncio.to_thread(outbox.acknowledge, acked)
+                sent.difference_update(acked)
+                self.counters.published += len(acked)
             # The outbox is read again only when something was added (wake) or the last read
             # was full: reading it on every PUBACK cost a thread hop per message.
             if not ready and (unread or wake.is_set()):
                 wake.clear()  # before reading, so a message added after the read sets it again
-                limit = len(sent) + chunk
-                pending = await asyncio.to_thread(outbox.pending, limit)
-                unread = len(pending) >= limit
+                # Only what this connection has not read yet: every message up to `read_upto`
+                # is ready, in flight or PUBACKed and waiting for its acknowledgement, and was
+                # read again (and filtered out) on every read before.
+                pending = await asyncio.to_thread(outbox.pending, chunk, read_upto)
+                unread = len(pending) >= chunk
+                if pending:
+                    read_upto = pending[-1].seq
                 fresh = [m for m in pending if m.seq not in sent]
                 ready.extend(self._units(fresh))
             while ready and len(inflight) < window:
@@ -450,13 +443,12 @@ class MqttLink:
                 sent.update(unit.seqs)
                 unit.sent_at = loop.time()
                 publish(unit)
-            idle = not inflight and not ready and not finished and acking is None
-            if self._stop.is_set() and idle:
+            if self._stop.is_set() and not inflight and not ready and not finished:
                 if wake.is_set():
                     continue  # added after the last read (e.g. the shutdown's state flush)
                 return
-            waiting_for = progress if inflight or acking is not None else wake
-            if finished and acking is None and not self._stop.is_set():
+            waiting_for = progress if inflight else wake
+            if finished and not self._stop.is_set():
                 # Acknowledgements wait for the end of their window, not for more traffic.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout_at(last_ack + self._ack_window_s):
@@ -479,16 +471,6 @@ class MqttLink:
                     await waiting_for.wait()
             else:
                 await waiting_for.wait()
-
-    @staticmethod
-    async def _acknowledge(
-        outbox: OutboxReader, acked: list[int], progress: asyncio.Event
-    ) -> list[int]:
-        """Commit ``acked`` as delivered (in a worker thread: it waits for the store and
-        commits); returns them, and wakes the drain to forget them."""
-        await asyncio.to_thread(outbox.acknowledge, acked)
-        progress.set()
-        return acked
 
     def _publisher(
         self, client: aiomqtt.Client, progress: asyncio.Event

@@ -160,12 +160,13 @@ def write_pending_deltas(conn: sqlite3.Connection, deltas: dict[str, int]) -> No
     deltas.clear()
 
 
-def pending(conn: sqlite3.Connection, limit: int) -> list[OutboxMessage]:
-    """Oldest-first messages not yet acknowledged, at most ``limit``."""
+def pending(conn: sqlite3.Connection, limit: int, after_seq: int = 0) -> list[OutboxMessage]:
+    """Oldest-first messages not yet acknowledged, at most ``limit``, with a seq above
+    ``after_seq``."""
     cursor = conn.execute(
         "SELECT seq, topic, payload, qos, retain, message_class, batch_key"
-        " FROM outbox ORDER BY seq LIMIT ?",
-        (limit,),
+        " FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+        (after_seq, limit),
     )
     return [
         OutboxMessage(

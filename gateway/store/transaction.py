@@ -594,16 +594,19 @@ class Store:
                 conn.execute("COMMIT")
 
     # --- outbox (OutboxReader) -----------------------------------------------------------------
-    def pending(self, limit: int) -> list[OutboxMessage]:
-        """Oldest-first messages not yet acknowledged by the broker, at most ``limit``.
+    def pending(self, limit: int, after_seq: int = 0) -> list[OutboxMessage]:
+        """Oldest-first messages not yet acknowledged by the broker, at most ``limit``, with a
+        seq above ``after_seq``.
 
         Read on the reader connection: what was committed, without waiting for a writer.
+        Messages are committed in seq order (one writer at a time), so a reader that has read
+        up to a seq finds every later message above it.
         """
         with self._read_lock:
             if self._reader is None:
                 raise StoreError(f"store {self.path} is closed")
             try:
-                return outbox.pending(self._reader, limit)
+                return outbox.pending(self._reader, limit, after_seq)
             except sqlite3.Error as exc:
                 raise StoreError(f"store {self.path}: {exc}") from exc
 

@@ -53,10 +53,11 @@ class MemoryOutbox:
             batch_key=message.batch_key,
         )
 
-    def pending(self, limit: int) -> list[OutboxMessage]:
+    def pending(self, limit: int, after_seq: int = 0) -> list[OutboxMessage]:
         if self.hold:
             return []
-        return list(itertools.islice(self._messages.values(), limit))
+        later = (m for seq, m in self._messages.items() if seq > after_seq)
+        return list(itertools.islice(later, limit))
 
     def acknowledge(self, seqs: list[int]) -> None:
         for seq in seqs:

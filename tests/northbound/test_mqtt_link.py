@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import aiomqtt
 import pytest
 
-from gateway.messages import OutboxMessage
 from gateway.northbound.mqtt import CommandHandler, MqttLink
 from gateway.northbound.payloads import ReadingPayload
 from gateway.northbound.settings import MqttSettings, TlsSettings
@@ -235,57 +233,6 @@ async def test_link_acknowledges_only_after_puback_and_drains_in_order(
     for account in ("a0", "a1", "a2"):
         assert streams[TOPICS.account_event(account)] == list(range(int(account[1]), 300, 3))
     assert link.counters.published == 300
-
-
-class _ReadDuringAck(MemoryOutbox):
-    """An outbox whose next acknowledgement commits while a read of the outbox is under way:
-    the read's snapshot is taken before the commit and returned after it (as the store's
-    reader connection can: it waits for no writer)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.armed = False
-        self.ack_waiting = threading.Event()
-        self._read_started = threading.Event()
-        self._acked = threading.Event()
-
-    def acknowledge(self, seqs: list[int]) -> None:
-        if not self.armed:
-            super().acknowledge(seqs)
-            return
-        self.armed = False
-        self.ack_waiting.set()
-        assert self._read_started.wait(WAIT_S), "no read of the outbox began"
-        super().acknowledge(seqs)
-        self._acked.set()
-
-    def pending(self, limit: int) -> list[OutboxMessage]:
-        snapshot = super().pending(limit)
-        if self.ack_waiting.is_set() and not self._read_started.is_set():
-            self._read_started.set()
-            assert self._acked.wait(WAIT_S), "the acknowledgement did not commit"
-        return snapshot
-
-
-async def test_link_never_resends_what_it_acknowledged_during_a_read_of_the_outbox(
-    mosquitto: Broker,
-) -> None:
-    # Messages 1-5 are published and PUBACKed; their acknowledgement commits while a read,
-    # begun before the commit, still returns them. They must not be sent again: only 6 is new.
-    outbox = _ReadDuringAck()
-    for n in range(5):
-        _ledger(outbox, "a1", n)
-    outbox.armed = True
-    recorder = Recorder(mosquitto.host, mosquitto.port, f"prepay/{SITE}/account/#")
-    link = MqttLink(_settings(mosquitto.port), SITE, "1")
-    async with running(link, outbox, recorder) as wake:
-        await eventually(outbox.ack_waiting.is_set, what="the acknowledgement of 1-5 waiting")
-        _ledger(outbox, "a1", 5)
-        wake.set()  # the read that the acknowledgement commits under
-        await asyncio.wait_for(outbox.emptied.wait(), WAIT_S)
-        await eventually(lambda: len(recorder.messages) >= 6, what="six messages delivered")
-    assert outbox.acknowledged == [1, 2, 3, 4, 5, 6]  # each once (a second one raises)
-    assert [m.json()["event_id"] for m in recorder.messages] == [f"a1:{n}" for n in range(6)]
 
 
 async def test_link_broker_restart_mid_stream_loses_nothing_and_keeps_order(
