@@ -448,23 +448,6 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def connect_reader(path: Path) -> sqlite3.Connection:
-    """A second, read-only connection to the store at ``path`` (opened by `connect` first):
-    in WAL mode it reads the last committed state without waiting for a writer.
-
-    Raises:
-        StoreError: the file cannot be opened.
-    """
-    try:
-        conn = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA query_only = ON")
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot open database: {exc}") from exc
-    return conn
-
-
 def schema_version(conn: sqlite3.Connection) -> int:
     """The version the file is at; 0 for a new, empty file."""
     exists = conn.execute(

@@ -411,15 +411,6 @@ class Store:
         #: it).
         self.incarnation = incarnation
         self._conn: sqlite3.Connection | None = conn
-        # The MQTT link's reads of the outbox go through a connection of their own: in WAL
-        # mode a reader sees every committed transaction and waits for no writer, so a billing
-        # transaction no longer holds back the next messages' way to the broker.
-        self._read_lock = threading.Lock()
-        try:
-            self._reader: sqlite3.Connection | None = db.connect_reader(self.path)
-        except BaseException:
-            conn.close()
-            raise
         logger.info("store %s open at schema version %d", self.path, self.schema_version)
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -429,10 +420,6 @@ class Store:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-        with self._read_lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
 
     def __enter__(self) -> Self:
         return self
@@ -598,17 +585,11 @@ class Store:
         """Oldest-first messages not yet acknowledged by the broker, at most ``limit``, with a
         seq above ``after_seq``.
 
-        Read on the reader connection: what was committed, without waiting for a writer.
         Messages are committed in seq order (one writer at a time), so a reader that has read
         up to a seq finds every later message above it.
         """
-        with self._read_lock:
-            if self._reader is None:
-                raise StoreError(f"store {self.path} is closed")
-            try:
-                return outbox.pending(self._reader, limit, after_seq)
-            except sqlite3.Error as exc:
-                raise StoreError(f"store {self.path}: {exc}") from exc
+        with self._locked() as conn:
+            return outbox.pending(conn, limit, after_seq)
 
     def acknowledge(self, seqs: list[int]) -> None:
         """Remove messages the broker acknowledged; unknown seqs are ignored."""
