@@ -4,31 +4,18 @@ journalled and billed."""
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from drivers.ports import Reading
 from gateway.config import load_site
 from tests.fixtures.mosquitto import free_port
 from tests.gateway.site import write_site
 from tests.support.gateways import offline_gateway, running, settled
+from tests.support.metrics import scrape
 from tests.support.waiting import eventually
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of ``/metrics``: (name, sorted labels) -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 async def test_metrics_counters_move_as_readings_are_billed(tmp_path: Path) -> None:

@@ -5,12 +5,10 @@ bus, scraped from ``/metrics`` of a running gateway that polls a real Modbus TCP
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from drivers.modbus.client import POLL_TIME_BUCKETS_S
 from drivers.modbus.profiles import load_profile
@@ -20,22 +18,12 @@ from gateway.daemon import Gateway
 from tests.fixtures.mosquitto import free_port
 from tests.gateway.site import PROFILES, write_site
 from tests.support.gateways import running
+from tests.support.metrics import Samples, scrape
 from tests.support.waiting import DEFAULT_TIMEOUT_S
 
 pytestmark = pytest.mark.integration
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 LIVE, DEAD = "modbus[bus0]", "modbus[dead]"
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def of_bus(samples: Samples, name: str, bus: str) -> dict[str, float]:
