@@ -458,6 +458,11 @@ class Gateway:
         try:
             if self.link is not None:  # before billing and before any command is answered
                 await self.check_rollback()
+            served_metrics = self.site.config.metrics is not None or self.console is not None
+            if served_metrics:
+                # The first snapshot before any server answers: a scrape in the first second
+                # would otherwise get the process figures and none of the gateway's.
+                await self.metrics.refresh()
             async with asyncio.TaskGroup() as group:
                 core = [
                     group.create_task(sup(name, factory), name=name)
@@ -487,9 +492,9 @@ class Gateway:
                     core.append(group.create_task(sup("home-assistant", announcer.run), name="ha"))
                     feeds[announcer.status_topic] = announcer.on_status
                 # --- sinks
-                # The snapshot counts the journal (under the store's lock) every refresh: only
-                # when something serves /metrics (its own server, or the console's).
-                if self.site.config.metrics is not None or self.console is not None:
+                # The snapshot reads the store (under its lock) every refresh: only when
+                # something serves /metrics (its own server, or the console's).
+                if served_metrics:
                     metrics = self.metrics.run
                     core.append(group.create_task(sup("metrics", metrics), name="metrics"))
                 if self.site.config.metrics is not None:

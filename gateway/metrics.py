@@ -321,10 +321,12 @@ class GatewayMetrics:
         return snap
 
     async def run(self) -> None:
-        """Refresh forever, every ``refresh_s``."""
-        while True:
+        """Refresh forever, every ``refresh_s`` (at once if no snapshot was taken yet)."""
+        if self.snapshot is None:
             await self.refresh()
+        while True:
             await asyncio.sleep(self.refresh_s)
+            await self.refresh()
 
     async def serve(self, bind: str, port: int) -> None:
         """The standalone ``/metrics`` server on ``bind:port`` until cancelled.

@@ -101,9 +101,10 @@ async def test_console_served_by_prepay_run_logs_in_and_stops_on_sigterm_with_a_
         head, metrics, writer = await _http(
             port, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
-        assert head.startswith("HTTP/1.1 200"), head
-        assert b"prepay_" in await metrics.read()
+        body = await metrics.read()
         writer.close()
+        assert head.startswith("HTTP/1.1 200"), head
+        assert b"prepay_journal_rows" in body  # the gateway's figures, not only the process's
         head, _, writer = await _http(port, "GET /accounts HTTP/1.1\r\nHost: x\r\n\r\n")
         writer.close()
         assert head.startswith("HTTP/1.1 303")
