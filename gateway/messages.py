@@ -7,6 +7,7 @@ the flows build an `Outgoing`, the store keeps it as an `OutboxMessage`, the lin
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,6 +48,10 @@ class OutboxMessage(Outgoing):
     seq: int
 
 
+#: Told of the messages one transaction committed to the outbox, in seq order.
+OutboxListener = Callable[[list[OutboxMessage]], None]
+
+
 class OutboxReader(Protocol):
     """What the northbound link needs from the outbox."""
 
@@ -56,3 +61,9 @@ class OutboxReader(Protocol):
 
     def acknowledge(self, seqs: list[int]) -> None:
         """Remove messages the broker acknowledged (PUBACK for QoS 1)."""
+
+    def follow(self, listener: OutboxListener) -> Callable[[], None]:
+        """Call ``listener`` with the messages of each transaction that commits some, in seq
+        order, from the committing thread, until the returned function is called. A reader
+        that follows from before a `pending` read and takes the later messages from the
+        listener misses none and need not read the outbox again."""

@@ -31,7 +31,7 @@ import dataclasses
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import Self
 
 from drivers.ports import Clock, Reading, utc_now
-from gateway.messages import OutboxMessage, Outgoing
+from gateway.messages import MessageClass, OutboxListener, OutboxMessage, Outgoing
 from gateway.store import (
     account_records,
     command_results,
@@ -82,6 +82,8 @@ class Transaction:
         self._outbox_deltas: dict[str, int] = {}  # pending-counter increments, written at commit
         self._ledger = ledger.ChainCursor()  # head and currencies appended in this tx
         self._billed: list[journal.BilledMark] = []  # journal marks not yet written
+        # Messages queued here, for the store's followers once committed (only when followed).
+        self._queued: list[OutboxMessage] | None = [] if store._followers else None
 
     def _before_commit(self) -> None:
         self._write_billed()
@@ -205,6 +207,18 @@ class Transaction:
         )
         self._outbox_total = result.pending_total
         self._store._note_outbox_bound(result.over_bound)
+        if self._queued is not None and result.seq != outbox.NOT_QUEUED:
+            self._queued.append(
+                OutboxMessage(
+                    message.topic,
+                    message.payload,
+                    message.qos,
+                    message.retain,
+                    MessageClass(message.message_class),
+                    message.batch_key,
+                    seq=result.seq,
+                )
+            )
         return result.seq
 
     # --- commands and receipts -----------------------------------------------------------------
@@ -353,7 +367,7 @@ class Transaction:
 class Store:
     """The gateway's local store: one SQLite file in WAL mode.
 
-    Satisfies `gateway.messages.OutboxReader` (`pending`, `acknowledge`).
+    Satisfies `gateway.messages.OutboxReader` (`pending`, `acknowledge`, `follow`).
 
     Args:
         path: the database file (its directory must exist).
@@ -389,6 +403,10 @@ class Store:
         self._lock = threading.Lock()
         self._owner: int | None = None
         self._outbox_over_bound = False
+        # Who is told of each commit's outbox messages (`follow`); the list is replaced, never
+        # changed in place, so a commit reads it without a lock of its own.
+        self._followers: tuple[OutboxListener, ...] = ()
+        self._followers_lock = threading.Lock()
         conn = db.connect(self.path)
         try:
             self.schema_version = db.migrate(conn, to_micros(clock()))
@@ -485,6 +503,39 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            if tx._queued:
+                # Still under the store's lock: followers hear of commits in seq order.
+                self._tell_followers(tx._queued)
+
+    def follow(self, listener: OutboxListener) -> Callable[[], None]:
+        """Call ``listener`` with the outbox messages of every transaction that commits some,
+        from then on, in seq order, from the committing thread (under the store's lock: it must
+        only hand them on). Returns the function that stops it; a commit already telling its
+        followers may still call ``listener`` once after that.
+
+        Every outbox message of this store is queued by a `Transaction` of this object (the
+        daemon holds the state directory alone), so a follower that has read the outbox once
+        and follows it from before that read misses none.
+        """
+        with self._followers_lock:
+            self._followers = (*self._followers, listener)
+
+        def stop() -> None:
+            # Not under the store's lock: the caller is an event loop, which must not wait for a
+            # billing transaction to end.
+            with self._followers_lock:
+                self._followers = tuple(f for f in self._followers if f is not listener)
+
+        return stop
+
+    def _tell_followers(self, messages: list[OutboxMessage]) -> None:
+        for listener in self._followers:
+            try:
+                listener(messages)
+            except Exception:
+                # The transaction is committed: a follower's failure must not look like the
+                # commit's. The messages stay in the outbox; the follower reads them from it.
+                logger.exception("outbox follower failed; it reads the outbox instead")
 
     # --- reading journal -----------------------------------------------------------------------
     def unbilled(self, limit: int) -> list[JournalRow]:

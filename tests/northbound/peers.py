@@ -13,19 +13,35 @@ from typing import Any
 
 import aiomqtt
 
-from gateway.messages import MessageClass, OutboxMessage, Outgoing
+from gateway.messages import MessageClass, OutboxListener, OutboxMessage, Outgoing
 from tests.support.waiting import DEFAULT_TIMEOUT_S
 
 
 class MemoryOutbox:
-    """An `OutboxReader` in a dict. ``hold`` hides everything from `pending` (a paused producer)."""
+    """An `OutboxReader` in a dict. ``hold`` hides everything from `pending` and from the
+    followers (a paused producer) until it is lifted."""
 
     def __init__(self) -> None:
         self._messages: dict[int, OutboxMessage] = {}
         self._seq = itertools.count(1)
         self.acknowledged: list[int] = []
-        self.hold = False
+        self._hold = False
         self.emptied = asyncio.Event()
+        self._followers: list[OutboxListener] = []
+
+    @property
+    def hold(self) -> bool:
+        return self._hold
+
+    @hold.setter
+    def hold(self, value: bool) -> None:
+        # What the hold hid is "committed" when it is lifted: told to the followers (those
+        # they have read already they drop by seq, as they do with the real store's).
+        hidden = self._hold and not value
+        self._hold = value
+        if hidden and self._messages:
+            for listener in self._followers:
+                listener(list(self._messages.values()))
 
     def add(
         self,
@@ -41,6 +57,9 @@ class MemoryOutbox:
             topic, payload, 1, retain, message_class, batch_key, seq=seq
         )
         self.emptied.clear()
+        if not self._hold:  # else told of when the hold is lifted
+            for listener in self._followers:
+                listener([self._messages[seq]])
         return seq
 
     def put(self, message: Outgoing) -> int:
@@ -58,6 +77,10 @@ class MemoryOutbox:
             return []
         later = (m for seq, m in self._messages.items() if seq > after_seq)
         return list(itertools.islice(later, limit))
+
+    def follow(self, listener: OutboxListener) -> Callable[[], None]:
+        self._followers.append(listener)
+        return lambda: self._followers.remove(listener)
 
     def acknowledge(self, seqs: list[int]) -> None:
         for seq in seqs:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import aiomqtt
 import pytest
 
+from gateway.messages import OutboxMessage
 from gateway.northbound.mqtt import CommandHandler, MqttLink
 from gateway.northbound.payloads import ReadingPayload
 from gateway.northbound.settings import MqttSettings, TlsSettings
@@ -384,3 +385,68 @@ async def test_link_tls_without_client_certificate_is_refused(mosquitto_tls: Tls
     async with running(link, MemoryOutbox()):
         await eventually(lambda: link.counters.last_error is not None, what="a refused connect")
     assert link.counters.connects == 0
+
+
+class _CountedOutbox(MemoryOutbox):
+    """A `MemoryOutbox` that counts the link's reads of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def pending(self, limit: int, after_seq: int = 0) -> list[OutboxMessage]:
+        self.reads += 1
+        return super().pending(limit, after_seq)
+
+
+async def test_link_takes_what_is_committed_while_up_from_the_outbox_follower(
+    mosquitto: Broker,
+) -> None:
+    # Once the link has read the outbox, what is committed later is told to it
+    # (`OutboxReader.follow`): it publishes that without reading the outbox again.
+    outbox = _CountedOutbox()
+    recorder = Recorder(mosquitto.host, mosquitto.port, f"prepay/{SITE}/account/#")
+    link = MqttLink(_settings(mosquitto.port, max_inflight=5, batch_telemetry=False), SITE, "1")
+    async with running(link, outbox, recorder) as wake:
+        await asyncio.wait_for(link.connected.wait(), WAIT_S)
+        await eventually(lambda: outbox.reads == 1, what="the link's first read")
+        for group in range(6):
+            for n in range(
+                10 * group, 10 * group + 10
+            ):  # 10: what the tail keeps (2 x max_inflight)
+                _ledger(outbox, "a0", n)
+            wake.set()
+            await eventually(
+                lambda g=group: len(outbox.acknowledged) == 10 * g + 10,  # type: ignore[misc]
+                what=f"group {group} acknowledged",
+            )
+        await recorder.next_matching(lambda m: m.json()["event_id"] == "a0:59")
+    assert outbox.reads == 1
+    assert outbox.acknowledged == list(range(1, 61))
+    assert _first_seen_per_stream(recorder.messages)[TOPICS.account_event("a0")] == list(range(60))
+
+
+async def test_link_reads_the_outbox_again_when_the_follower_falls_behind(
+    mosquitto: Broker,
+) -> None:
+    # 100 commits at once are more than the tail keeps (2 x max_inflight = 10): it is dropped
+    # and the outbox read instead, in order, each message once.
+    outbox = _CountedOutbox()
+    recorder = Recorder(
+        mosquitto.host,
+        mosquitto.port,
+        f"prepay/{SITE}/account/#",
+        until=lambda msgs: len(msgs) >= 100,
+    )
+    link = MqttLink(_settings(mosquitto.port, max_inflight=5, batch_telemetry=False), SITE, "1")
+    async with running(link, outbox, recorder) as wake:
+        await asyncio.wait_for(link.connected.wait(), WAIT_S)
+        await eventually(lambda: outbox.reads == 1, what="the link's first read")
+        for n in range(100):
+            _ledger(outbox, "a0", n)
+        wake.set()
+        await asyncio.wait_for(outbox.emptied.wait(), WAIT_S)
+        await asyncio.wait_for(recorder.done.wait(), WAIT_S)
+    assert outbox.reads >= 1 + 100 // 10  # read again, a chunk of 10 at a time
+    assert outbox.acknowledged == list(range(1, 101))
+    assert _first_seen_per_stream(recorder.messages)[TOPICS.account_event("a0")] == list(range(100))

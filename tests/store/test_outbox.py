@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 
-from gateway.messages import MessageClass, OutboxReader, Outgoing
+from gateway.messages import MessageClass, OutboxMessage, OutboxReader, Outgoing
 from gateway.store import NOT_QUEUED, Store
 from tests.store.conftest import KEY, abort_after
 
@@ -166,3 +167,72 @@ def test_lowered_bound_on_reopen_drops_down_to_it(db_path: Path) -> None:
 def test_enqueue_bad_qos_raises(store: Store, qos: int) -> None:
     with pytest.raises(ValueError, match="qos"), store.transaction() as tx:
         tx.enqueue(Outgoing("t", b"x", qos, False, LEDGER))
+
+
+def test_followers_are_told_each_commit_in_seq_order_as_the_outbox_reads_it(
+    store: Store,
+) -> None:
+    told: list[list[OutboxMessage]] = []
+    stop = store.follow(told.append)
+    with store.transaction() as tx:
+        tx.enqueue(Outgoing("site/a/ledger", b"one", 1, False, LEDGER))
+        tx.enqueue(Outgoing("site/a/state", b"two", 0, True, STATE, "k"))
+    put(store, b"three", TELEMETRY)
+    abort_after(store, lambda tx: tx.enqueue(Outgoing("t", b"rolled back", 1, False, LEDGER)))
+    with store.transaction() as tx:
+        tx.record_event(None, "nothing_queued", {}, store.clock())
+    # Exactly what a read finds, one list per committing transaction (none for the rollback
+    # and the transaction that queued nothing).
+    assert told == [store.pending(2), store.pending(10)[2:]]
+    assert [m.payload for batch in told for m in batch] == [b"one", b"two", b"three"]
+    assert told[0][1].batch_key == "k"
+    stop()
+    put(store, b"four", LEDGER)
+    assert len(told) == 2  # not told after stop
+
+
+def test_a_telemetry_message_the_bound_dropped_is_not_told(store: Store) -> None:
+    # bound is 5 (conftest): five ledger messages fill it; new telemetry is dropped itself.
+    for i in range(5):
+        put(store, b"led%d" % i, LEDGER)
+    told: list[list[OutboxMessage]] = []
+    store.follow(told.append)
+    assert put(store, b"dropped", TELEMETRY) == NOT_QUEUED
+    assert told == []
+
+
+def test_a_failing_follower_does_not_undo_the_commit(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(messages: list[OutboxMessage]) -> None:
+        raise RuntimeError("follower bug")
+
+    told: list[list[OutboxMessage]] = []
+    store.follow(broken)
+    store.follow(told.append)
+    seq = put(store, b"kept", LEDGER)
+    assert [m.seq for m in store.pending(10)] == [seq]
+    assert [[m.seq for m in batch] for batch in told] == [[seq]]  # the next follower still told
+    assert "outbox follower failed" in caplog.text
+
+
+def test_followers_hear_concurrent_commits_in_seq_order(store: Store) -> None:
+    # Commits from four threads: a follower must hear every message once, in seq order (it is
+    # told under the store's lock), or a link taking them from it would publish out of order.
+    store.max_outbox_messages = 10_000
+    told: list[int] = []
+    store.follow(lambda messages: told.extend(m.seq for m in messages))
+
+    def writer(n: int) -> None:
+        for i in range(50):
+            with store.transaction() as tx:
+                tx.enqueue(Outgoing(f"t/{n}", b"%d" % i, 1, False, LEDGER))
+                tx.enqueue(Outgoing(f"t/{n}", b"%d+" % i, 1, False, LEDGER))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert told == [m.seq for m in store.pending(1_000)]
+    assert len(told) == 400
