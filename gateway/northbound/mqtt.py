@@ -43,7 +43,7 @@ import math
 import random
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, Protocol
@@ -55,8 +55,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.messages import MessageClass, OutboxMessage, OutboxReader
-from gateway.northbound.payloads import StatusPayload, encode_payload, encode_reading_batch
+from gateway.messages import OutboxMessage, OutboxReader
+from gateway.northbound.payloads import StatusPayload, encode_payload
+from gateway.northbound.send_queue import SendQueue, Unit
 from gateway.northbound.settings import CommandLimits, MqttSettings, TlsSettings
 from gateway.northbound.topics import QOS, SiteTopics
 
@@ -94,20 +95,6 @@ class LinkCounters:
     commands: int = 0  # commands handed to on_command
     command_errors: int = 0  # on_command raised
     last_error: str | None = None
-
-
-@dataclass(slots=True)
-class _Unit:
-    """One PUBLISH in flight: a single outbox message, or a batch of readings."""
-
-    seqs: list[int]
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    batched: bool = False
-    done: bool = False
-    sent_at: float = 0.0  # loop time it was handed to the client (its PUBACK deadline's base)
 
 
 def _first_leaf(error: BaseException) -> BaseException:
@@ -399,13 +386,20 @@ class MqttLink:
     ) -> None:
         window = self._settings.max_inflight
         per_unit = self._settings.batch_max if self._settings.batch_telemetry else 1
-        # Read the outbox in big chunks and keep them as ready units: re-reading it on every
+        # Read the outbox in big chunks and keep what was read: re-reading it on every
         # PUBACK would re-read the whole window each time. Slots are refilled one by one, so
         # the link keeps writing; waiting for many free slots stalls on Nagle + delayed ACK
         # (40 ms) and measured 10x slower.
         chunk = 2 * window * per_unit
-        inflight: deque[_Unit] = deque()  # in send order
-        ready: deque[_Unit] = deque()  # read from the outbox, not yet sent
+        inflight: deque[Unit] = deque()  # in send order
+        settings = self._settings
+        # Read from the outbox, not yet sent; made into units (batches) as slots free up.
+        ready = SendQueue(
+            self._topics,
+            batch=settings.batch_telemetry,
+            batch_max=settings.batch_max,
+            clock=self._clock,
+        )
         sent: set[int] = set()  # seqs handed to this connection and not yet acknowledged
         progress = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -467,8 +461,9 @@ class MqttLink:
                     acking.add_done_callback(acked)
                 # The outbox is read when something was added (wake) and no tail is kept (the
                 # first read, a read that filled its chunk, a dropped tail); else the tail is
-                # what was added.
-                if not ready and (unread or wake.is_set()):
+                # what was added. Taken while fewer than a chunk wait: a link that falls behind
+                # batches what it holds (`SendQueue`).
+                if len(ready) < chunk and (unread or wake.is_set()):
                     wake.clear()  # before reading, so a message added after the read sets it
                     if unread or tail_lost:
                         # Everything committed before the read is in it; everything after it
@@ -486,9 +481,8 @@ class MqttLink:
                     fresh = [m for m in pending if m.seq > read_upto and m.seq not in sent]
                     if fresh:
                         read_upto = fresh[-1].seq
-                    ready.extend(self._units(fresh))
-                while ready and len(inflight) < window:
-                    unit = ready.popleft()
+                    ready.extend(fresh)
+                while len(inflight) < window and (unit := ready.next_unit()) is not None:
                     inflight.append(unit)
                     sent.update(unit.seqs)
                     unit.sent_at = loop.time()
@@ -538,9 +532,7 @@ class MqttLink:
         sent.difference_update(seqs)
         self.counters.published += len(seqs)
 
-    def _publisher(
-        self, client: aiomqtt.Client, progress: asyncio.Event
-    ) -> Callable[[_Unit], None]:
+    def _publisher(self, client: aiomqtt.Client, progress: asyncio.Event) -> Callable[[Unit], None]:
         """What hands one unit to the connection, and marks it done at its PUBACK.
 
         paho's own ``publish``, not aiomqtt's: aiomqtt's waits for the PUBACK in a task of its
@@ -552,13 +544,13 @@ class MqttLink:
         ``_client``; pyproject.toml pins aiomqtt below 3.
         """
         paho = client._client  # see the docstring
-        by_mid: dict[int, _Unit] = {}
+        by_mid: dict[int, Unit] = {}
         theirs = paho.on_publish
         if theirs is None:  # aiomqtt sets it when it makes the client
             raise RuntimeError("aiomqtt left paho's on_publish unset")
         counters = self.counters
 
-        def done(unit: _Unit) -> None:
+        def done(unit: Unit) -> None:
             unit.done = True
             counters.publishes += 1
             counters.batches += unit.batched
@@ -574,7 +566,7 @@ class MqttLink:
 
         paho.on_publish = on_publish
 
-        def publish(unit: _Unit) -> None:
+        def publish(unit: Unit) -> None:
             info = paho.publish(unit.topic, unit.payload, qos=unit.qos, retain=unit.retain)
             if info.rc != MQTT_ERR_SUCCESS:
                 raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
@@ -584,58 +576,6 @@ class MqttLink:
                 by_mid[info.mid] = unit
 
         return publish
-
-    def _units(self, messages: Sequence[OutboxMessage]) -> list[_Unit]:
-        """Messages as PUBLISH units in outbox order; readings of one meter batched if allowed."""
-        if not self._settings.batch_telemetry:
-            return [_single(m) for m in messages]
-        readings: dict[str, list[OutboxMessage]] = {}
-        order: list[tuple[int, str | OutboxMessage]] = []
-        for message in messages:
-            meter = self._batchable_meter(message)
-            if meter is None:
-                order.append((message.seq, message))
-                continue
-            if meter not in readings:
-                readings[meter] = []
-                order.append((message.seq, meter))
-            readings[meter].append(message)
-        units: list[_Unit] = []
-        now = self._clock()
-        batch_max = self._settings.batch_max
-        for _, item in order:
-            if isinstance(item, OutboxMessage):
-                units.append(_single(item))
-                continue
-            group = readings[item]
-            if len(group) == 1:
-                units.append(_single(group[0]))
-                continue
-            for start in range(0, len(group), batch_max):
-                chunk = group[start : start + batch_max]
-                units.append(
-                    _Unit(
-                        seqs=[m.seq for m in chunk],
-                        topic=self._topics.meter_readings(item),
-                        payload=encode_reading_batch(item, [m.payload for m in chunk], now),
-                        qos=QOS,
-                        retain=False,
-                        batched=True,
-                    )
-                )
-        return units
-
-    @staticmethod
-    def _batchable_meter(message: OutboxMessage) -> str | None:
-        # The batch key is stored with the message (a reading's meter); retained or
-        # non-telemetry messages always go alone.
-        if message.message_class is not MessageClass.TELEMETRY or message.retain:
-            return None
-        return message.batch_key
-
-
-def _single(message: OutboxMessage) -> _Unit:
-    return _Unit([message.seq], message.topic, message.payload, message.qos, message.retain)
 
 
 def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
