@@ -290,8 +290,9 @@ class VendingFlow:
                 balance_minor=account.billing.balance_minor,
                 currency=account.currency,
             )
-            self.counters.granted += 1
-            return _Granted(session_id, decision.max_ml)
+            granted = _Granted(session_id, decision.max_ml)
+        self.counters.granted += 1  # once committed
+        return granted
 
     def _decide_ticket(
         self, request: IdentityPresented, session_id: int, now: datetime
@@ -351,8 +352,9 @@ class VendingFlow:
                 identity_kind=request.kind,
                 authorised_ml=max_ml,
             )
-            self.counters.granted += 1
-            return _Granted(session_id, max_ml)
+            granted = _Granted(session_id, max_ml)
+        self.counters.granted += 1  # once committed
+        return granted
 
     def price_of(self, dispenser_id: str) -> vending.Price:
         """The dispenser's price as the policy takes it (the config holds exactly one)."""
@@ -510,33 +512,35 @@ class VendingFlow:
                 alarm=alarm,
                 receipt=receipt,
             )
-            self.counters.settled += 1
-            if account is None and opened.account_id is not None:
-                logger.warning(
-                    "dispenser %s: session %d of account %s, which left the site while it was"
-                    " open: %d mL poured, charged to nobody",
-                    report.dispenser_id,
-                    report.session_id,
-                    opened.account_id,
-                    report.session_ml,
-                )
-            if alarm is not None:
-                logger.warning(
-                    "dispenser %s: session %d reported %d mL, authorised %d: billed %d",
-                    report.dispenser_id,
-                    report.session_id,
-                    report.session_ml,
-                    opened.authorised_ml,
-                    bill.billed_ml,
-                )
-            logger.info(
-                "dispenser %s: session %d settled: %d mL, %d %s",
+        # Counted and logged once committed: a commit that fails settled nothing (and tests
+        # that wait on the counter then read what the store holds).
+        self.counters.settled += 1
+        if account is None and opened.account_id is not None:
+            logger.warning(
+                "dispenser %s: session %d of account %s, which left the site while it was"
+                " open: %d mL poured, charged to nobody",
                 report.dispenser_id,
                 report.session_id,
-                bill.billed_ml,
-                bill.charge_minor,
-                opened.currency or "",
+                opened.account_id,
+                report.session_ml,
             )
+        if alarm is not None:
+            logger.warning(
+                "dispenser %s: session %d reported %d mL, authorised %d: billed %d",
+                report.dispenser_id,
+                report.session_id,
+                report.session_ml,
+                opened.authorised_ml,
+                bill.billed_ml,
+            )
+        logger.info(
+            "dispenser %s: session %d settled: %d mL, %d %s",
+            report.dispenser_id,
+            report.session_id,
+            bill.billed_ml,
+            bill.charge_minor,
+            opened.currency or "",
+        )
 
     def _receipt(
         self,
