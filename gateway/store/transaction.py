@@ -534,8 +534,12 @@ class Store:
                 listener(messages)
             except Exception:
                 # The transaction is committed: a follower's failure must not look like the
-                # commit's. The messages stay in the outbox; the follower reads them from it.
-                logger.exception("outbox follower failed; it reads the outbox instead")
+                # commit's. The messages stay in the outbox, for the follower's next read.
+                logger.exception(
+                    "outbox follower failed on seqs %d-%d (committed; they stay in the outbox)",
+                    messages[0].seq,
+                    messages[-1].seq,
+                )
 
     # --- reading journal -----------------------------------------------------------------------
     def unbilled(self, limit: int) -> list[JournalRow]:

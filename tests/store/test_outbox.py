@@ -213,7 +213,7 @@ def test_a_failing_follower_does_not_undo_the_commit(
     seq = put(store, b"kept", LEDGER)
     assert [m.seq for m in store.pending(10)] == [seq]
     assert [[m.seq for m in batch] for batch in told] == [[seq]]  # the next follower still told
-    assert "outbox follower failed" in caplog.text
+    assert f"outbox follower failed on seqs {seq}-{seq}" in caplog.text
 
 
 def test_followers_hear_concurrent_commits_in_seq_order(store: Store) -> None:
