@@ -400,7 +400,7 @@ class MqttLink:
             batch_max=settings.batch_max,
             clock=self._clock,
         )
-        sent: set[int] = set()  # seqs handed to this connection and not yet acknowledged
+        unacked = 0  # messages handed to this connection, not yet acknowledged to the outbox
         progress = asyncio.Event()
         loop = asyncio.get_running_loop()
         publish = self._publisher(client, progress)
@@ -436,6 +436,12 @@ class MqttLink:
         def acked(_: asyncio.Task[None]) -> None:
             progress.set()
 
+        async def acknowledge(seqs: list[int]) -> None:  # a commit, off the event loop
+            nonlocal unacked
+            await asyncio.to_thread(outbox.acknowledge, seqs)
+            unacked -= len(seqs)
+            self.counters.published += len(seqs)
+
         stop_following = outbox.follow(told)
         try:
             while True:
@@ -446,10 +452,11 @@ class MqttLink:
                     acking.result()  # the store's error ends the session, as it did inline
                     acking = None
                 # At most one acknowledgement commit per window (the site's commit_window_ms),
-                # and one at a time: a message PUBACKed but not yet acknowledged stays in
-                # `sent`, so it is not sent again on this connection; after a crash it is sent
-                # again (consumers dedupe). The commit runs beside the drain, which goes on
-                # publishing: awaited here, it held every later message for the store's lock.
+                # and one at a time, in PUBACK order. A message PUBACKed but not yet
+                # acknowledged is not sent again on this connection (it is at or below
+                # `read_upto`); after a crash it is sent again (consumers dedupe). The commit
+                # runs beside the drain, which goes on publishing: awaited here, it held every
+                # later message for the store's lock.
                 if (
                     finished
                     and acking is None
@@ -457,7 +464,7 @@ class MqttLink:
                 ):
                     batch, finished = finished, []
                     last_ack = loop.time()
-                    acking = tg.create_task(self._acknowledge(outbox, batch, sent))
+                    acking = tg.create_task(acknowledge(batch))
                     acking.add_done_callback(acked)
                 # The outbox is read when something was added (wake) and no tail is kept (the
                 # first read, a read that filled its chunk, a dropped tail); else the tail is
@@ -478,13 +485,13 @@ class MqttLink:
                     # Only what this connection has not read yet: every message up to
                     # `read_upto` is ready, in flight or PUBACKed and waiting for its
                     # acknowledgement.
-                    fresh = [m for m in pending if m.seq > read_upto and m.seq not in sent]
+                    fresh = [m for m in pending if m.seq > read_upto]
                     if fresh:
                         read_upto = fresh[-1].seq
                     ready.extend(fresh)
                 while len(inflight) < window and (unit := ready.next_unit()) is not None:
                     inflight.append(unit)
-                    sent.update(unit.seqs)
+                    unacked += len(unit.seqs)
                     unit.sent_at = loop.time()
                     publish(unit)
                 if (
@@ -512,7 +519,7 @@ class MqttLink:
                         logger.warning(
                             "stopping with %d messages not yet acknowledged; they stay in the"
                             " outbox",
-                            len(sent),
+                            unacked,
                         )
                         return
                 elif inflight:
@@ -525,12 +532,6 @@ class MqttLink:
                     await waiting_for.wait()
         finally:
             stop_following()
-
-    async def _acknowledge(self, outbox: OutboxReader, seqs: list[int], sent: set[int]) -> None:
-        """Remove PUBACKed messages from the outbox, off the event loop (a commit)."""
-        await asyncio.to_thread(outbox.acknowledge, seqs)
-        sent.difference_update(seqs)
-        self.counters.published += len(seqs)
 
     def _publisher(self, client: aiomqtt.Client, progress: asyncio.Event) -> Callable[[Unit], None]:
         """What hands one unit to the connection, and marks it done at its PUBACK.

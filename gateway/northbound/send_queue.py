@@ -71,17 +71,15 @@ class SendQueue:
         # Batchable messages per meter, oldest first: the ones a batch takes ahead of the head.
         self._by_key: dict[str, deque[OutboxMessage]] = {}
         self._taken: set[int] = set()  # seqs sent in a batch before they reached the head
-        self._waiting = 0
 
     def __len__(self) -> int:
         """Messages waiting (not yet in a unit)."""
-        return self._waiting
+        return len(self._messages) - len(self._taken)  # the taken ones wait for the head only
 
     def extend(self, messages: Iterable[OutboxMessage]) -> None:
         """Add messages in outbox order (after every message added before)."""
         for message in messages:
             self._messages.append(message)
-            self._waiting += 1
             if self._batch and (key := batch_key(message)) is not None:
                 group = self._by_key.get(key)
                 if group is None:
@@ -96,7 +94,6 @@ class SendQueue:
             if message.seq in self._taken:
                 self._taken.discard(message.seq)
                 continue
-            self._waiting -= 1
             key = batch_key(message) if self._batch else None
             if key is None:
                 return single(message)
@@ -112,7 +109,6 @@ class SendQueue:
                 self._taken.add(later.seq)
             if not group:
                 del self._by_key[key]
-            self._waiting -= len(chunk) - 1
             return Unit(
                 seqs=[m.seq for m in chunk],
                 topic=self._topics.meter_readings(key),
