@@ -5,16 +5,20 @@ from __future__ import annotations
 import math
 import struct
 from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.modbus.registers import (
+    MILLI_MAX,
+    MILLI_MIN,
     TYPE_TABLE,
     ByteOrder,
     DataType,
     DecodeError,
+    ImplausibleRegisterError,
     ReadBlock,
     RegisterSpan,
     Table,
@@ -223,3 +227,42 @@ def test_plan_reads_every_span_is_covered_once(
             assert s.table is b.table
             assert b.address <= s.address
             assert s.address + s.count <= b.address + b.count
+
+
+# The scales the sample profiles use, and awkward ones: a third of a unit, a tenth, a negative
+# power of ten, a huge factor.
+_SCALES = [Decimal(s) for s in ("1000", "10", "1", "0.1", "0.5", "0.001", "1.5", "2.5", "1E+12")]
+
+
+@given(
+    st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False, width=32),
+        st.floats(allow_nan=False, allow_infinity=False, min_value=-1e15, max_value=1e15),
+        st.integers(-(2**40), 2**40),
+    ),
+    st.sampled_from(_SCALES),
+)
+def test_to_milli_is_the_exact_product_rounded_half_even(value: float, scale: Decimal) -> None:
+    # The oracle: Fraction holds the float and the scale exactly; Python's round() of a
+    # Fraction rounds half to even.
+    exact = round(Fraction(value) * Fraction(scale))
+    if MILLI_MIN <= exact <= MILLI_MAX:
+        assert to_milli(value, scale) == exact
+    else:
+        with pytest.raises(ImplausibleRegisterError):
+            to_milli(value, scale)
+
+
+@pytest.mark.parametrize(
+    ("value", "scale", "milli"),
+    [
+        (0.0025, Decimal(1000), 3),  # float 0.0025 is 0.00250000000000000005...: above 2.5
+        (2.5, Decimal(1), 2),  # exact half, even below
+        (3.5, Decimal(1), 4),  # exact half, even above
+        (-2.5, Decimal(1), -2),  # negative half, even
+        (-0.0015, Decimal(1000), -2),  # float -0.0015 is -0.00150000000000000003...: below -1.5
+        (7, Decimal("0.5"), 4),  # 3.5 -> 4
+    ],
+)
+def test_to_milli_halves_by_hand(value: float, scale: Decimal, milli: int) -> None:
+    assert to_milli(value, scale) == milli
