@@ -469,43 +469,60 @@ class Store:
                 self._owner = None
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self, *, durable: bool = True) -> Iterator[Transaction]:
         """One atomic write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``).
 
         Any exception inside the block rolls everything back and propagates (SQLite errors as
         `StoreError`). Returning from the block commits; with ``synchronous=FULL`` the commit
         is on disk when the block exits.
 
+        ``durable=False`` commits without the fsync (``synchronous=NORMAL`` for this one
+        transaction): atomic, and kept through a crash of the process, but a power cut may undo
+        it, never a commit before it (WAL: the next durable commit's fsync takes it along).
+        Only for a change that may be lost and redone: the acknowledgement of published
+        messages (a lost one means the message is published again, which QoS 1 allows and
+        every message's id lets the backend recognise).
+
         Raises:
             StoreError: the transaction could not begin or commit.
         """
         with self._locked() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            tx = Transaction(self, conn)
+            if durable:
+                yield from self._transaction(conn)
+                return
+            conn.execute("PRAGMA synchronous = NORMAL")
             try:
-                yield tx
-            except BaseException:
-                tx._active = False
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            try:
-                tx._before_commit()
-            except BaseException:
-                tx._active = False
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                yield from self._transaction(conn)
+            finally:
+                conn.execute("PRAGMA synchronous = FULL")
+
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[Transaction]:
+        conn.execute("BEGIN IMMEDIATE")
+        tx = Transaction(self, conn)
+        try:
+            yield tx
+        except BaseException:
             tx._active = False
-            try:
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            if tx._queued:
-                # Still under the store's lock: followers hear of commits in seq order.
-                self._tell_followers(tx._queued)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        try:
+            tx._before_commit()
+        except BaseException:
+            tx._active = False
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        tx._active = False
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if tx._queued:
+            # Still under the store's lock: followers hear of commits in seq order.
+            self._tell_followers(tx._queued)
 
     def follow(self, listener: OutboxListener) -> Callable[[], None]:
         """Call ``listener`` with the outbox messages of every transaction that commits some,
@@ -648,7 +665,8 @@ class Store:
 
     def acknowledge(self, seqs: list[int]) -> None:
         """Remove messages the broker acknowledged; unknown seqs are ignored."""
-        with self.transaction() as tx:
+        # Not fsync'd: an acknowledgement a power cut undoes only publishes those messages again.
+        with self.transaction(durable=False) as tx:
             outbox.acknowledge(tx._c(), seqs)
             total = outbox.stats(tx._c()).total_pending
         if self._outbox_over_bound and total < self.max_outbox_messages:
