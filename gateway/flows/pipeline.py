@@ -72,7 +72,11 @@ _HELD = {
     ReadingStatus.OUTSIDE_WINDOW: "outside_window",
 }
 _STATUS_NAME = {status: status.name.lower() for status in ReadingStatus}
-# After a group-commit wait that gathered no other reading, commits go at once for this long.
+# After this many group-commit waits in a row that gathered no other reading, commits go at
+# once for `_WINDOW_PROBE_S`. One is not enough: the last reading of a bus's burst of polls
+# may wait alone, and pausing on it left the bus's next burst, a second later, without the
+# window: a commit for every reading or two, where the window makes three or four.
+_EMPTY_WAITS_BEFORE_PAUSE = 2
 _WINDOW_PROBE_S = 1.0
 _NOT_BILLED = frozenset(
     {ReadingStatus.DUPLICATE, ReadingStatus.OUT_OF_ORDER, ReadingStatus.CONFLICT}
@@ -174,7 +178,7 @@ class Pipeline:
         self._batch_max = batch_max
         self._window_s = commit_window_s
         self._last_commit = -math.inf  # event-loop time the last journal commit started
-        self._window_gathers = True  # the last wait for the window gathered more readings
+        self._empty_waits = 0  # group-commit waits in a row that gathered no other reading
         self._window_probe_at = -math.inf  # when to try the window again after a useless wait
         self._closing = asyncio.Event()  # set by `drain`: no more waiting for the window
         # Clear while the journal loop holds a batch it has not handed to billing yet.
@@ -252,10 +256,12 @@ class Pipeline:
         # Group commit: at most one journal commit per window. Readings that arrive one by one
         # (a bus polled meter after meter) would otherwise each be a commit, an fsync and a
         # billing transaction of their own; waiting out the rest of the window lets one commit
-        # carry them all. After a quiet window the reading is committed at once. A wait that
-        # gathered nothing (one producer that waits for each commit, such as a network
-        # server's uplinks) is not repeated for a second, so such a producer is not slowed to
-        # one reading per window (PostgreSQL's commit_delay with commit_siblings, adaptively).
+        # carry them all. After a quiet window the reading is committed at once. After two
+        # waits in a row that gathered nothing (one producer that waits for each commit, such
+        # as a network server's uplinks), there is no wait for a second, then one wait to
+        # probe, so such a producer is not slowed to one reading per window (PostgreSQL's
+        # commit_delay with commit_siblings, adaptively). One empty wait is no such sign: it is
+        # the end of a burst (a bus's last meter), and the next burst needs the window again.
         loop = asyncio.get_running_loop()
         now = loop.time()
         wait = self._last_commit + self._window_s - now
@@ -263,7 +269,7 @@ class Pipeline:
         if (
             wait > 0
             and self._queue.qsize() + 1 < self._batch_max
-            and (self._window_gathers or now >= self._window_probe_at)
+            and (self._empty_waits < _EMPTY_WAITS_BEFORE_PAUSE or now >= self._window_probe_at)
         ):
             try:
                 # The group-commit window (not a settle wait); `drain` ends it at once.
@@ -282,8 +288,8 @@ class Pipeline:
         while len(batch) < self._batch_max and not self._queue.empty():
             batch.append(self._queue.get_nowait())
         if waited:
-            self._window_gathers = len(batch) > 1
-            if not self._window_gathers:
+            self._empty_waits = 0 if len(batch) > 1 else self._empty_waits + 1
+            if self._empty_waits >= _EMPTY_WAITS_BEFORE_PAUSE:
                 self._window_probe_at = self._last_commit + _WINDOW_PROBE_S
         return batch
 

@@ -57,12 +57,37 @@ async def test_a_producer_waiting_for_each_commit_is_not_held_a_window_each_time
     site = load_site(_site(tmp_path, 200))
     gateway, feed = offline_gateway(site, lambda: T0 + timedelta(hours=1))
     async with running(gateway):
-        # One reading at a time, each put awaited (a network server's uplinks): the second
-        # waits out the window, gathers nothing, and the next ones are committed at once.
+        # One reading at a time, each put awaited (a network server's uplinks): the first is
+        # committed at once, the second and third wait out the window and gather nothing, and
+        # after two such waits the next ones are committed at once.
         for seconds in range(0, 5 * 60, 60):
             await feed.put(_reading("m1", seconds, seconds // 6))
         stats = gateway.pipeline.stats
-        assert (stats.journalled, stats.batches, stats.window_waits) == (5, 5, 1)
+        assert (stats.journalled, stats.batches, stats.window_waits) == (5, 5, 2)
+
+
+async def test_one_wait_that_gathered_nothing_does_not_leave_the_next_burst_unwindowed(
+    tmp_path: Path,
+) -> None:
+    site = load_site(_site(tmp_path, 200))
+    gateway, feed = offline_gateway(site, lambda: T0 + timedelta(hours=1))
+    async with running(gateway):
+        stats = gateway.pipeline.stats
+        await feed.put(_reading("m1", 0, 0))  # after a quiet time: committed at once
+        # The last meter of a bus's burst: it waits out the window alone.
+        await feed.put(_reading("m1", 60, 10))
+        assert (stats.batches, stats.window_waits) == (2, 1)
+
+        # The next burst, within the second: seven meters one by one. The window still holds,
+        # so they share one commit (paused after that one empty wait, the gateway used to
+        # commit them as they came: a commit every reading or two).
+        async def arrive(i: int, meter: str) -> None:
+            await asyncio.sleep(0.002 * i)
+            await feed.put(_reading(meter, 60, 10))
+
+        await asyncio.gather(*(arrive(i, m) for i, m in enumerate(METERS[1:])))
+        assert (stats.journalled, stats.batches, stats.window_waits) == (9, 3, 2)
+        await eventually(lambda: settled(gateway), what="all readings billed")
 
 
 async def test_a_reading_waiting_for_its_window_at_shutdown_is_journalled_and_billed(
