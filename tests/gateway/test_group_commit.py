@@ -10,22 +10,36 @@ from pathlib import Path
 
 from drivers.ports import Reading
 from gateway.config import load_site
+from gateway.daemon import Gateway
 from tests.fixtures.mosquitto import free_port
 from tests.gateway.site import water_account, write_site
-from tests.support.gateways import offline_gateway, running, settled
+from tests.support.gateways import FeedSource, offline_gateway, running, settled
 from tests.support.waiting import eventually
 
 T0 = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)
 METERS = [f"m{i}" for i in range(1, 9)]
 
 
-def _site(tmp_path: Path, window_ms: int) -> Path:
-    return write_site(
+def _offline(tmp_path: Path) -> tuple[Gateway, FeedSource]:
+    """A gateway fed by the test, with the longest window (200 ms): arrivals fall inside it."""
+    site = write_site(
         tmp_path,
         mqtt_port=free_port(),  # nothing listens: every message stays in the outbox
         accounts=[water_account(f"A{i}", meter) for i, meter in enumerate(METERS, 1)],
-        extra={"commit_window_ms": window_ms},
+        extra={"commit_window_ms": 200},
     )
+    return offline_gateway(load_site(site), lambda: T0 + timedelta(hours=1))
+
+
+async def _burst(feed: FeedSource, meters: list[str]) -> None:
+    """One reading of each meter, one by one (2 ms apart), as a bus polls meter after meter;
+    returns when every put did (each reading journalled)."""
+
+    async def arrive(i: int, meter: str) -> None:
+        await asyncio.sleep(0.002 * i)
+        await feed.put(_reading(meter, 60, 10))
+
+    await asyncio.gather(*(arrive(i, m) for i, m in enumerate(meters)))
 
 
 def _reading(meter: str, seconds: int, litres: int) -> Reading:
@@ -34,18 +48,13 @@ def _reading(meter: str, seconds: int, litres: int) -> Reading:
 
 
 async def test_readings_arriving_one_by_one_share_one_commit(tmp_path: Path) -> None:
-    site = load_site(_site(tmp_path, 200))  # the longest window, so arrivals fall inside it
-    gateway, feed = offline_gateway(site, lambda: T0 + timedelta(hours=1))
+    gateway, feed = _offline(tmp_path)
     async with running(gateway):
         await feed.put(_reading("m1", 0, 0))  # after a quiet time: committed at once
         stats = gateway.pipeline.stats
         assert (stats.batches, stats.window_waits) == (1, 0)
 
-        async def arrive(i: int, meter: str) -> None:
-            await asyncio.sleep(0.002 * i)  # one by one, as a bus polls meter after meter
-            await feed.put(_reading(meter, 60, 10))
-
-        await asyncio.gather(*(arrive(i, m) for i, m in enumerate(METERS)))
+        await _burst(feed, METERS)
         # Every put returned: each reading is in the journal, the eight in one more commit.
         assert (stats.journalled, stats.batches, stats.window_waits) == (9, 2, 1)
         await eventually(lambda: settled(gateway), what="all readings billed")
@@ -54,8 +63,7 @@ async def test_readings_arriving_one_by_one_share_one_commit(tmp_path: Path) -> 
 async def test_a_producer_waiting_for_each_commit_is_not_held_a_window_each_time(
     tmp_path: Path,
 ) -> None:
-    site = load_site(_site(tmp_path, 200))
-    gateway, feed = offline_gateway(site, lambda: T0 + timedelta(hours=1))
+    gateway, feed = _offline(tmp_path)
     async with running(gateway):
         # One reading at a time, each put awaited (a network server's uplinks): the first is
         # committed at once, the second and third wait out the window and gather nothing, and
@@ -69,8 +77,7 @@ async def test_a_producer_waiting_for_each_commit_is_not_held_a_window_each_time
 async def test_one_wait_that_gathered_nothing_does_not_leave_the_next_burst_unwindowed(
     tmp_path: Path,
 ) -> None:
-    site = load_site(_site(tmp_path, 200))
-    gateway, feed = offline_gateway(site, lambda: T0 + timedelta(hours=1))
+    gateway, feed = _offline(tmp_path)
     async with running(gateway):
         stats = gateway.pipeline.stats
         await feed.put(_reading("m1", 0, 0))  # after a quiet time: committed at once
@@ -81,11 +88,7 @@ async def test_one_wait_that_gathered_nothing_does_not_leave_the_next_burst_unwi
         # The next burst, within the second: seven meters one by one. The window still holds,
         # so they share one commit (paused after that one empty wait, the gateway used to
         # commit them as they came: a commit every reading or two).
-        async def arrive(i: int, meter: str) -> None:
-            await asyncio.sleep(0.002 * i)
-            await feed.put(_reading(meter, 60, 10))
-
-        await asyncio.gather(*(arrive(i, m) for i, m in enumerate(METERS[1:])))
+        await _burst(feed, METERS[1:])
         assert (stats.journalled, stats.batches, stats.window_waits) == (9, 3, 2)
         await eventually(lambda: settled(gateway), what="all readings billed")
 
@@ -93,8 +96,7 @@ async def test_one_wait_that_gathered_nothing_does_not_leave_the_next_burst_unwi
 async def test_a_reading_waiting_for_its_window_at_shutdown_is_journalled_and_billed(
     tmp_path: Path,
 ) -> None:
-    site = load_site(_site(tmp_path, 200))
-    gateway, feed = offline_gateway(site, lambda: T0 + timedelta(hours=1))
+    gateway, feed = _offline(tmp_path)
     async with running(gateway):
         await feed.put(_reading("m1", 0, 0))
         # The next reading waits out the window (200 ms) when the daemon is told to stop.
