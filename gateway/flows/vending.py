@@ -157,6 +157,15 @@ class VendingFlow:
         )
         if outcome is None:
             return
+        if not isinstance(outcome, _Granted):
+            self.counters.refused += 1  # once committed
+            logger.info(
+                "dispenser %s: request %d (%s) refused: %s",
+                request.dispenser_id,
+                request.request_id,
+                request.kind.value,
+                outcome.value,
+            )
         try:
             if isinstance(outcome, _Granted):
                 await port.grant(
@@ -400,15 +409,7 @@ class VendingFlow:
             account=account_id,
             reason=reason,
         )
-        self.counters.refused += 1
-        logger.info(
-            "dispenser %s: request %d (%s) refused: %s",
-            request.dispenser_id,
-            request.request_id,
-            request.kind.value,
-            reason.value,
-        )
-        return reason
+        return reason  # counted and logged once committed (`presented`)
 
     def _settle(self, report: PourReport) -> None:
         ctx = self._ctx

@@ -15,7 +15,7 @@ import yaml
 
 from drivers.ble.config import BleDispenserConfig
 from drivers.ble.dispenser import DispenserClient
-from drivers.ble.gatt import REQUEST_UUID, IdentityKind
+from drivers.ble.gatt import REQUEST_UUID, IdentityKind, RefuseReason
 from firmware_sim.ble_backend import SimulatedAir
 from firmware_sim.dispenser import SimulatedDispenser
 from gateway.config import Site, load_site
@@ -108,6 +108,19 @@ async def present(device: SimulatedDispenser, kind: IdentityKind, identity: str)
     """The customer presents ``identity`` once the gateway listens to the request path."""
     await eventually(lambda: device.listening(REQUEST_UUID), what="gateway subscribed")
     return device.present(kind, identity)
+
+
+async def refusal(device: SimulatedDispenser) -> RefuseReason | None:
+    """The refusal ``device`` shows once the gateway's answer has reached it. `present` clears
+    the display, and the gateway counts its decision when it commits it, before the answer is
+    on the air: a test that waited for a counter waits here for the device too."""
+    await eventually(lambda: device.display is not None, what="a refusal on the display")
+    return device.display
+
+
+def answered(devices: list[SimulatedDispenser]) -> bool:
+    """Every device shows the gateway's answer: an authorisation or a refusal."""
+    return all(d.max_ml > 0 or d.display is not None for d in devices)
 
 
 def session_messages(gateway: Gateway) -> list[dict[str, Any]]:

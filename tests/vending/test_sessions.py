@@ -31,9 +31,11 @@ from tests.vending.conftest import (
     MAX_ML,
     PHONE,
     STRANGER,
+    answered,
     dispenser_entry,
     gateway_for,
     present,
+    refusal,
     session_messages,
     sessions,
     topup,
@@ -116,7 +118,7 @@ async def test_customer_without_credit_is_refused_on_the_device_and_nothing_move
         assert kiosk.pour(1_000) == 0  # and nothing flows
         await present(kiosk, IdentityKind.ACCOUNT_CARD, STRANGER)
         await eventually(lambda: gateway.vending.counters.refused == 2)
-        assert shown(kiosk) is RefuseReason.UNKNOWN_ACCOUNT
+        assert await refusal(kiosk) is RefuseReason.UNKNOWN_ACCOUNT
         assert vend_entries(gateway) == []
         assert gateway.probe.balance_minor("A1") == 0
         assert sessions(gateway) == []
@@ -227,6 +229,7 @@ async def test_same_card_at_two_dispensers_at_once_spends_its_credit_once(
         await eventually(
             lambda: gateway.vending.counters.granted + gateway.vending.counters.refused == 2
         )
+        await eventually(lambda: answered(kiosks), what="both kiosks answered")
         # 100 fen covers one pour of 2 871 mL (held while it is open); the other is refused.
         granted = [k for k in kiosks if k.max_ml > 0]
         refused = [k for k in kiosks if k.display is not None]
@@ -280,7 +283,7 @@ async def test_ticket_where_the_site_takes_none_is_refused_and_nothing_moves(
         await topup(gateway, 1_000)
         await present(kiosk, IdentityKind.TICKET, "3301011234567890")
         await eventually(lambda: gateway.vending.counters.refused == 1)
-        assert shown(kiosk) is RefuseReason.WRONG_SCOPE
+        assert await refusal(kiosk) is RefuseReason.WRONG_SCOPE
         assert kiosk.last_session_id == 0
         assert sessions(gateway) == []
         assert gateway.probe.balance_minor("A1") == 1_000
@@ -295,7 +298,7 @@ async def test_dispenser_refusing_the_grant_voids_the_session_and_bills_nothing(
         await topup(gateway, 1_000)
         await present(kiosk, IdentityKind.ACCOUNT_CARD, CARD)
         await eventually(lambda: gateway.vending.counters.voided == 1)
-        assert shown(kiosk) is RefuseReason.OTHER
+        assert await refusal(kiosk) is RefuseReason.OTHER
         [journalled] = sessions(gateway)
         assert journalled.state is SessionState.VOIDED
         assert vend_entries(gateway) == []
