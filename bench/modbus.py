@@ -66,8 +66,10 @@ class _NullSink:
         pass
 
 
-def _bench_profile() -> DeviceProfile:
-    """The SDM120 profile without the voltage register: one 6-register request per poll."""
+def energy_profile() -> DeviceProfile:
+    """The SDM120 profile without the voltage register: one 6-register request per poll
+    (frequency, import and export energy, 0x0046-0x004B), where the full profile sends a second
+    request for the voltage at 0x0000."""
     full = load_profile(PROFILES_DIR / f"{PROFILE}.yaml")
     extra = {k: v for k, v in full.registers.items() if k != "voltage"}
     return full.model_copy(update={"registers": extra})
@@ -288,7 +290,7 @@ async def _answering(client: AsyncModbusSerialClient) -> None:
 
 
 async def _run(seconds: float, fleet_seconds: float, buses: int, per_bus: int) -> dict[str, Any]:
-    profile = _bench_profile()
+    profile = energy_profile()
     results: dict[str, Any] = {}
 
     async with _Simulator(["--tcp", "127.0.0.1:0"], range(1, 2)) as sim:

@@ -1,14 +1,18 @@
 """``prepay bench site``: poll like a site, through the real daemon, and count what arrives.
 
-For each fleet size N: N simulated Modbus TCP meters (Eastron SDM120 profiles, served by
+For each fleet size N: N simulated Modbus TCP meters (Eastron SDM120s, served by
 ``python -m firmware_sim.modbus_meter`` processes, ``--per-bus`` meters each) polled every
-``--interval`` seconds by ``prepay run`` as its own process, each meter billing an account on
-the Zhejiang residential tariff (opened in credit), a real mosquitto, and a subscriber that
-records every ``meter/+/reading`` (and backlog ``readings``) message. After a warm-up it
-measures for ``--seconds``:
+``--interval`` seconds by ``prepay run`` as its own process (``--registers energy``, the
+default: frequency, import and export energy in one request a poll, as the side-by-side runs
+against ThingsBoard's gateway read one; ``all``: the shipped profile, whose voltage register
+takes a second request), each meter billing an account on the Zhejiang residential tariff
+(opened in credit), a real mosquitto, and a subscriber that records every ``meter/+/reading``
+(and backlog ``readings``) message. After a warm-up it measures for ``--seconds``:
 
-- offered (N x seconds / interval) and delivered polls (distinct readings read in the window
-  that reached the subscriber), and readings that arrived twice (must be 0);
+- offered (N x the window's length / interval) and delivered polls (distinct readings read in
+  the window that reached the subscriber; a meter polled just inside both ends of the window
+  counts once more, so a ratio a little above 1 is the window's edge, not a reading twice), and
+  readings that arrived twice (must be 0);
 - CPU seconds of the daemon process (``/proc/PID/stat``, user + system) per 1,000 polls, and
   per poll in ms: the cost of the whole job (poll, journal, bill, ledger, publish), robust to
   other load on the machine;
@@ -18,6 +22,10 @@ measures for ``--seconds``:
 - readings per journal commit (from the daemon's ``/metrics``, on as a monitored site has it);
 - journal rows missing at the subscriber after the daemon stopped (every journalled reading
   of the window must have been published: 0).
+
+Then the baseline, measured in the same run on the same simulators and broker: the same polls
+and one QoS 1 message each with raw pymodbus and raw paho-mqtt only (`bench.site_floor`, its own
+process), and the daemon's CPU per poll as a ratio to it (``--no-floor`` skips it).
 
 The last line is one JSON object. Example: ``prepay bench site --meters 100,500 --seconds 30``.
 """
@@ -43,8 +51,9 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import yaml
 
-from bench.modbus import PROFILE, PROFILES_DIR, _Simulator
+from bench.modbus import PROFILE, PROFILES_DIR, _Simulator, energy_profile
 from bench.mosquitto import Broker, free_port, write_config
 from bench.sites import TARIFFS, account, write_site
 
@@ -85,8 +94,18 @@ def _write_site(
     interval: float,
     commit_window_ms: int | None = None,
     metrics_port: int | None = None,
+    registers: str = "all",
 ) -> Path:
-    """Accounts ``A{i}`` on meters ``m{i}``; ``buses``: (TCP port, meter count) per simulator."""
+    """Accounts ``A{i}`` on meters ``m{i}``; ``buses``: (TCP port, meter count) per simulator.
+    ``registers``: ``all`` polls the shipped SDM120 profile (two requests a poll), ``energy``
+    the same profile without its voltage register (one request a poll)."""
+    profiles_dir, profile = PROFILES_DIR, PROFILE
+    if registers == "energy":
+        profiles_dir, profile = directory / "devices", f"{PROFILE}_energy"
+        profiles_dir.mkdir(exist_ok=True)
+        reduced = energy_profile().model_copy(update={"name": profile})
+        text = yaml.safe_dump(reduced.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        (profiles_dir / f"{profile}.yaml").write_text(text)
     accounts, modbus = [], []
     i = 0
     for b, (port, count) in enumerate(buses):
@@ -98,7 +117,7 @@ def _write_site(
                 {
                     "device_id": f"d{i}",
                     "unit_id": unit,
-                    "profile": PROFILE,
+                    "profile": profile,
                     "meter_id": meter,
                     "poll_interval_s": interval,
                 }
@@ -117,7 +136,7 @@ def _write_site(
             }
         )
     extra: dict[str, Any] = {
-        "devices": {"profiles_dir": str(PROFILES_DIR), "modbus_buses": modbus},
+        "devices": {"profiles_dir": str(profiles_dir), "modbus_buses": modbus},
         # The simulators count fast: far above the SDM120's rating.
         "meters": [{"id": f"m{k}", "max_rate_per_h": 100_000} for k in range(1, i + 1)],
     }
@@ -227,6 +246,8 @@ async def _one(
     warmup: float,
     seconds: float,
     commit_window_ms: int | None = None,
+    registers: str = "energy",
+    floor: bool = True,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="prepay-bench-site-") as tmp:
         directory = Path(tmp)
@@ -248,6 +269,7 @@ async def _one(
                     interval,
                     commit_window_ms,
                     metrics_port := free_port(),
+                    registers,
                 )
                 init = [sys.executable, "-m", "gateway.cli", "init", "-c", str(site), "--new-store"]
                 await asyncio.to_thread(subprocess.run, init, check=True, capture_output=True)
@@ -275,15 +297,35 @@ async def _one(
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                     await listener
+                baseline = None
+                if floor:
+                    _say(f"  {n} meters: the raw-library floor, {seconds:.0f} s")
+                    baseline = await _floor(
+                        port,
+                        [(s.port, c) for s, c in zip(sims, counts, strict=True)],
+                        interval,
+                        registers,
+                        seconds,
+                    )
                 journal, held = _journalled(directory / "state" / "prepay.sqlite", start, end)
         finally:
             broker.stop()
     window = {rid: v for rid, v in subscriber.seen.items() if start <= v[0] < end}
     latencies = [(received - read_at) * 1000 for read_at, received in window.values()]
-    offered = round(n * seconds / interval)
+    offered = round(n * (end - start) / interval)
     cpu = cpu1 - cpu0
+    cpu_ms_per_poll = 1000 * cpu / max(len(window), 1)
+    floor_figures: dict[str, Any] = {}
+    if baseline is not None:
+        floor_ms = 1000 * baseline["cpu_s"] / max(baseline["polls"], 1)
+        floor_figures = {
+            "floor_polls_per_s": round(baseline["polls"] / baseline["seconds"], 1),
+            "floor_cpu_ms_per_poll": round(floor_ms, 3),
+            "ratio_to_floor": round(cpu_ms_per_poll / floor_ms, 2) if floor_ms else math.nan,
+        }
     return {
         "meters": n,
+        "registers": registers,
         "interval_s": interval,
         "offered": offered,
         "delivered": len(window),
@@ -293,8 +335,8 @@ async def _one(
         # so a reading just after `start` can fall before it there.
         "journalled_not_published": len(journal - subscriber.seen.keys()),
         "held": held,
-        "cpu_s_per_1000_polls": round(1000 * cpu / max(len(window), 1), 3),
-        "cpu_ms_per_poll": round(1000 * cpu / max(len(window), 1), 3),  # the same number
+        "cpu_s_per_1000_polls": round(cpu_ms_per_poll, 3),
+        "cpu_ms_per_poll": round(cpu_ms_per_poll, 3),  # the same number
         "cpu_share_of_one_core": round(cpu / seconds, 3),
         "latency_p50_ms": round(_percentile(latencies, 0.5), 1),
         "latency_p99_ms": round(_percentile(latencies, 0.99), 1),
@@ -303,7 +345,31 @@ async def _one(
         "readings_per_journal_commit": round(
             (commits1[1] - commits0[1]) / max(commits1[0] - commits0[0], 1), 2
         ),
+        **floor_figures,
     }
+
+
+async def _floor(
+    broker_port: int, buses: list[tuple[int, int]], interval: float, registers: str, seconds: float
+) -> dict[str, float]:
+    """`bench.site_floor` on the same simulators and broker, in its own process."""
+    command = [
+        sys.executable,
+        "-m",
+        "bench.site_floor",
+        "--broker-port",
+        str(broker_port),
+        "--interval",
+        str(interval),
+        "--registers",
+        registers,
+        "--seconds",
+        str(seconds),
+        *(arg for port, count in buses for arg in ("--bus", f"{port}:{count}")),
+    ]
+    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, check=True)
+    result: dict[str, float] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return result
 
 
 def _commit_counters(port: int) -> tuple[float, float]:
@@ -334,18 +400,41 @@ def main(argv: list[str]) -> int:
         default=None,
         help="the site's commit_window_ms (default: the site default)",
     )
+    parser.add_argument(
+        "--registers",
+        choices=("energy", "all"),
+        default="energy",
+        help="energy: frequency, import and export energy, one request a poll (as the"
+        " side-by-side runs against ThingsBoard read); all: the shipped SDM120 profile, which"
+        " adds the voltage in a second request",
+    )
+    parser.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the baseline: the same polls and messages with raw pymodbus and paho only",
+    )
     args = parser.parse_args(argv)
     sizes = [100] if args.quick else [int(x) for x in args.meters.split(",")]
     seconds, warmup = (10.0, 5.0) if args.quick else (args.seconds, args.warmup)
     load = os.getloadavg()[0]
     _say(
-        f"bench site: sizes {sizes}, poll every {args.interval} s, {seconds} s each"
+        f"bench site: sizes {sizes}, poll every {args.interval} s, {seconds} s each,"
+        f" registers {args.registers}"
         f" (load {load:.2f})"
     )
     runs = []
     for n in sizes:
         result = asyncio.run(
-            _one(n, args.per_bus, args.interval, warmup, seconds, args.commit_window_ms)
+            _one(
+                n,
+                args.per_bus,
+                args.interval,
+                warmup,
+                seconds,
+                args.commit_window_ms,
+                args.registers,
+                floor=not args.no_floor,
+            )
         )
         runs.append(result)
         _say(
@@ -357,6 +446,12 @@ def main(argv: list[str]) -> int:
             f" unpublished {result['journalled_not_published']},"
             f" twice {result['duplicates_at_subscriber']}"
         )
+        if "floor_cpu_ms_per_poll" in result:
+            _say(
+                f"  {n:>5} meters: raw pymodbus + paho floor {result['floor_cpu_ms_per_poll']} ms"
+                f" CPU/poll ({result['floor_polls_per_s']} polls/s): the gateway's full job"
+                f" costs {result['ratio_to_floor']}x the floor"
+            )
     print(json.dumps({"bench": "site", "loadavg_start": round(load, 2), "runs": runs}))
     return 0
 

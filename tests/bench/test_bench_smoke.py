@@ -131,3 +131,20 @@ def test_bench_console_runs_with_and_without_the_console() -> None:
     assert result["held"] == 0
     assert result["supervised_failures"] == 0
     assert "target_met" in result
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+def test_bench_site_runs_loses_nothing_and_measures_its_floor() -> None:
+    result = _bench("site", "--meters", "20", "--seconds", "4", "--warmup", "3")
+    (run,) = result["runs"]
+    assert run["meters"] == 20
+    assert run["registers"] == "energy"
+    assert run["delivered"] > 0
+    # Correctness, not speed: every journalled reading of the window published, none twice.
+    assert run["journalled_not_published"] == 0
+    assert run["duplicates_at_subscriber"] == 0
+    assert run["held"] == 0
+    assert run["cpu_ms_per_poll"] > 0
+    assert run["floor_polls_per_s"] > 0
+    assert run["floor_cpu_ms_per_poll"] > 0
+    assert run["ratio_to_floor"] > 0
