@@ -25,7 +25,8 @@ takes a second request), each meter billing an account on the Zhejiang residenti
 
 Then the baseline, measured in the same run on the same simulators and broker: the same polls
 and one QoS 1 message each with raw pymodbus and raw paho-mqtt only (`bench.site_floor`, its own
-process), and the daemon's CPU per poll as a ratio to it (``--no-floor`` skips it).
+process), its CPU per poll and its poll -> broker latency at the same subscriber, and the
+daemon's CPU per poll as a ratio to it (``--no-floor`` skips it).
 
 The last line is one JSON object. Example: ``prepay bench site --meters 100,500 --seconds 30``.
 """
@@ -58,6 +59,7 @@ from bench.mosquitto import Broker, free_port, write_config
 from bench.sites import TARIFFS, account, write_site
 
 SITE = "bench-site"
+FLOOR_TOPICS = "floor/meter/+/reading"  # what `bench.site_floor` publishes
 TARIFF = "zhejiang_residential_electricity"
 READY_TIMEOUT_S = 180.0
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -155,10 +157,12 @@ def _write_site(
 
 
 class _Subscriber:
-    """Every reading message: reading id -> (read_at, received) and how often it came."""
+    """Every reading message: reading id -> (read_at, received) and how often it came; the
+    floor's messages (`bench.site_floor`) apart, for the same latency measured without us."""
 
     def __init__(self) -> None:
         self.seen: dict[str, tuple[float, float]] = {}
+        self.floor_seen: dict[str, tuple[float, float]] = {}
         self.twice = 0
         self.online = asyncio.Event()
 
@@ -175,6 +179,7 @@ class _Subscriber:
             await client.subscribe(f"prepay/{SITE}/meter/+/reading", qos=1)
             await client.subscribe(f"prepay/{SITE}/meter/+/readings", qos=1)
             await client.subscribe(f"prepay/{SITE}/status", qos=1)
+            await client.subscribe(FLOOR_TOPICS, qos=1)
             async for message in client.messages:
                 received = time.time()
                 payload = message.payload
@@ -187,6 +192,9 @@ class _Subscriber:
                 elif topic.endswith("/readings"):
                     for reading in doc["readings"]:
                         self._take(reading, received)
+                elif topic.startswith("floor/"):
+                    read_at = datetime.fromisoformat(doc["read_at"]).timestamp()
+                    self.floor_seen[doc["reading_id"]] = (read_at, received)
                 else:
                     self._take(doc, received)
 
@@ -294,9 +302,6 @@ async def _one(
                     await asyncio.sleep(0.5)
                     if len(subscriber.seen) == before:
                         break
-                listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                    await listener
                 baseline = None
                 if floor:
                     _say(f"  {n} meters: the raw-library floor, {seconds:.0f} s")
@@ -307,6 +312,10 @@ async def _one(
                         registers,
                         seconds,
                     )
+                    await asyncio.sleep(min(5.0, 2 * interval))  # its last messages
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await listener
                 journal, held = _journalled(directory / "state" / "prepay.sqlite", start, end)
         finally:
             broker.stop()
@@ -318,10 +327,20 @@ async def _one(
     floor_figures: dict[str, Any] = {}
     if baseline is not None:
         floor_ms = 1000 * baseline["cpu_s"] / max(baseline["polls"], 1)
+        floor_latencies = [
+            (received - read_at) * 1000
+            for read_at, received in subscriber.floor_seen.values()
+            if baseline["start"] <= read_at < baseline["end"]
+        ]
         floor_figures = {
-            "floor_polls_per_s": round(baseline["polls"] / baseline["seconds"], 1),
+            "floor_polls_per_s": round(
+                baseline["polls"] / (baseline["end"] - baseline["start"]), 1
+            ),
             "floor_cpu_ms_per_poll": round(floor_ms, 3),
             "ratio_to_floor": round(cpu_ms_per_poll / floor_ms, 2) if floor_ms else math.nan,
+            "floor_delivered": len(floor_latencies),
+            "floor_latency_p50_ms": round(_percentile(floor_latencies, 0.5), 1),
+            "floor_latency_p99_ms": round(_percentile(floor_latencies, 0.99), 1),
         }
     return {
         "meters": n,
@@ -449,8 +468,9 @@ def main(argv: list[str]) -> int:
         if "floor_cpu_ms_per_poll" in result:
             _say(
                 f"  {n:>5} meters: raw pymodbus + paho floor {result['floor_cpu_ms_per_poll']} ms"
-                f" CPU/poll ({result['floor_polls_per_s']} polls/s): the gateway's full job"
-                f" costs {result['ratio_to_floor']}x the floor"
+                f" CPU/poll ({result['floor_polls_per_s']} polls/s), latency p50"
+                f" {result['floor_latency_p50_ms']} / p99 {result['floor_latency_p99_ms']} ms:"
+                f" the gateway's full job costs {result['ratio_to_floor']}x the floor's CPU"
             )
     print(json.dumps({"bench": "site", "loadavg_start": round(load, 2), "runs": runs}))
     return 0

@@ -10,7 +10,9 @@ its own process so that ``bench site`` can print the daemon's CPU per poll again
 
 Run by ``bench site`` after the daemon's run, against the same simulators and broker:
 ``python -m bench.site_floor --broker-port P --bus PORT:COUNT ... --seconds S``. Prints one JSON
-object: polls and CPU seconds (user + system, every thread of this process) in the window.
+object: polls and CPU seconds (user + system, every thread of this process) in the window, and
+the window's wall-clock ends (``bench site`` takes the poll -> broker latency of the messages
+read in it).
 """
 
 from __future__ import annotations
@@ -96,15 +98,16 @@ async def _run(args: argparse.Namespace) -> dict[str, float]:
             for port, count in buses
         ]
         await asyncio.sleep(args.warmup)  # the schedule: connections made, rounds under way
-        polls0, cpu0, start = counter.polls, _cpu_s(), time.monotonic()
+        polls0, cpu0, start = counter.polls, _cpu_s(), time.time()
         await asyncio.sleep(args.seconds)
-        polls1, cpu1, end = counter.polls, _cpu_s(), time.monotonic()
+        polls1, cpu1, end = counter.polls, _cpu_s(), time.time()
         stop.set()
         await asyncio.gather(*tasks)
     finally:
         mqtt.loop_stop()
         mqtt.disconnect()
-    return {"polls": polls1 - polls0, "cpu_s": round(cpu1 - cpu0, 3), "seconds": end - start}
+    # The window in wall-clock time, the clock of the messages' read_at.
+    return {"polls": polls1 - polls0, "cpu_s": round(cpu1 - cpu0, 3), "start": start, "end": end}
 
 
 def main(argv: list[str]) -> int:

@@ -148,3 +148,5 @@ def test_bench_site_runs_loses_nothing_and_measures_its_floor() -> None:
     assert run["floor_polls_per_s"] > 0
     assert run["floor_cpu_ms_per_poll"] > 0
     assert run["ratio_to_floor"] > 0
+    assert run["floor_delivered"] > 0  # the floor's messages reached the same subscriber
+    assert run["floor_latency_p99_ms"] >= run["floor_latency_p50_ms"] > 0
