@@ -2,34 +2,40 @@
 
 Readings arrive through `Pipeline.put` (the drivers' `ReadingSink`) into a bounded queue: a
 full queue makes the driver wait, which is the back-pressure. The pipeline takes them in
-batches and, for each batch:
+batches (at most one per ``commit_window``, so that under load one fsync carries many readings)
+and, for each batch, in **one transaction** under the state lock:
 
-1. **journals** them in one transaction and commits; only then does `put` return (a reading is
-   on disk before it is billed or acknowledged; at most one such commit per ``commit_window``,
-   so that under load one fsync carries many readings; a re-delivered reading is recognised by its
-   identity and goes no further). A batch the journal refuses because of one reading's values
-   (`JournalRowError`) is written again reading by reading: the others commit, only the bad
-   reading's `put` raises, and the pipeline goes on; any other failure (the disk) fails the
-   task as before;
+1. **journals** them (a re-delivered reading is recognised by its identity and goes no further);
 2. **bills** the new ones with the engine of each account's tariff, after the data-quality
    check (`gateway.policy.quality`: rollover, replaced meter, implausible jump); a reading of a
    meter no account bills is held as ``unknown_meter``, unless the site lists the meter as
    publish-only (`gateway.flows.publish_only`: published, never billed);
-3. in **one transaction**: the ledger deductions (idempotency key ``deduct:<reading id>``), the
-   journal rows marked billed or held, the policy's decisions and events, the accounts' new
-   billing and policy state, and the outgoing messages. A held reading raises its alarm only
-   when its condition starts for the meter, and the meter's next billed reading clears it
+3. writes the ledger deductions (idempotency key ``deduct:<reading id>``), the journal rows
+   marked billed or held, the policy's decisions and events, the accounts' new billing and
+   policy state, and the outgoing messages. A held reading raises its alarm only when its
+   condition starts for the meter, and the meter's next billed reading clears it
    (`quality.on_hold`, `quality.on_billed`; the state is saved with the account);
-4. hands supply changes to actuation and wakes the MQTT link.
 
-A crash between 1 and 3 leaves journalled, unbilled rows: `start` bills them again from the
-state saved with the last committed batch, which gives the same result, so nothing is lost or
-charged twice. If step 3 fails, the in-memory state is reloaded from the store before the next
-batch (the daemon restarts the task).
+commits, and only then answers the batch's `put` calls (a reading is on disk before its
+billing is, since both are in the commit, and before it is acknowledged), hands supply changes
+to actuation and wakes the MQTT link. One transaction, not a journal commit followed by a
+billing one: the next batch's journal commit waited for the billing transaction's hold of the
+store, on every reading's way to the broker.
 
-Why one module of this size: the journal stage and the billing stage share the queues, the
-statistics and the one transaction per batch; the policy, quality check and message writing
-they call live in their own modules.
+A batch the journal refuses because of one reading's values (`JournalRowError`) is journalled
+again reading by reading, the others billed after: only the bad reading's `put` raises, and the
+pipeline goes on. A billing that raises (a bug: the disk fails the journal as well) rolls the
+transaction back; the batch is then journalled on its own, its puts answered, and the task
+fails: the daemon restarts it, which reloads the in-memory accounts from the store and bills
+the journalled rows from there. A crash never leaves half a batch: a restart finds it whole
+or not at all (a reading not journalled was never acknowledged, and its driver sends it again);
+rows left unbilled by a failed billing are billed at `run` from the state saved with the last
+committed batch, which gives the same result, so nothing is lost or charged twice. Any other
+failure (the disk) fails the task as before.
+
+Why one module of this size: journalling and billing share the queue, the statistics and the
+one transaction per batch; the policy, quality check and message writing they call live in
+their own modules.
 """
 
 from __future__ import annotations
@@ -91,6 +97,10 @@ def _advances(previous: tuple[int, datetime], register_milli: int, read_at: date
 
 def _row_id(step: _Hold | _Outcome) -> int:
     return step.row_id
+
+
+class _BillingFailedError(Exception):
+    """The billing part of a journal-and-bill transaction raised (its error is the cause)."""
 
 
 class _Journalled(NamedTuple):
@@ -173,7 +183,6 @@ class Pipeline:
         self._queue: asyncio.Queue[tuple[Reading, asyncio.Future[None]]] = asyncio.Queue(
             maxsize=queue_size
         )
-        self._journalled: asyncio.Queue[list[_Journalled]] = asyncio.Queue()
         self._events: asyncio.Queue[DriverEvent] = asyncio.Queue(maxsize=1_000)
         self._batch_max = batch_max
         self._window_s = commit_window_s
@@ -181,11 +190,11 @@ class Pipeline:
         self._empty_waits = 0  # group-commit waits in a row that gathered no other reading
         self._window_probe_at = -math.inf  # when to try the window again after a useless wait
         self._closing = asyncio.Event()  # set by `drain`: no more waiting for the window
-        # Clear while the journal loop holds a batch it has not handed to billing yet.
+        # Clear while the journal loop holds a batch it has not committed yet.
         self._handed_over = asyncio.Event()
         self._handed_over.set()
         self._unknown_meters: set[str] = set()
-        self._publish_only = PublishOnly(ctx.store, ctx.topics)
+        self._publish_only = PublishOnly(ctx.topics)
         self._stale: set[str] = set()
         self._state_every_s = state_every_s
         self._runs = 0
@@ -194,7 +203,8 @@ class Pipeline:
     # ReadingSink
 
     async def put(self, reading: Reading) -> None:
-        """Hand over one reading; returns once it is committed to the journal.
+        """Hand over one reading; returns once it is committed to the journal, with its
+        billing (unless the billing failed: then the journal alone, see the module).
 
         Raises:
             StoreError: the journal could not be written (the driver should retry).
@@ -225,11 +235,10 @@ class Pipeline:
     async def run(self) -> None:
         """Bill what was journalled but not billed, then journal and bill until cancelled.
 
-        Journalling and billing are two stages: a reading is committed to the journal (and its
-        `put` returns) without waiting for the billing of the batch before it. After a failure
-        (the supervisor restarts this), the in-memory accounts may be ahead of the store, so
-        they are reloaded from it first, and journalled rows waiting in memory are dropped:
-        they are unbilled in the store and billed from there.
+        Each batch is journalled and billed in one transaction, under the state lock: its
+        readings' `put` return once both are on disk. After a failure (the supervisor restarts
+        this), the in-memory accounts may be ahead of the store, so they are reloaded from it
+        first; readings a failed billing left journalled are billed from the store.
         """
         ctx = self._ctx
         self._runs += 1
@@ -237,17 +246,10 @@ class Pipeline:
             ctx.wishes.discard()
             async with ctx.lock:
                 await asyncio.to_thread(ctx.reload)
-        while not self._journalled.empty():
-            self._journalled.get_nowait()
         await self._drain_unbilled()
         async with asyncio.TaskGroup() as group:
             group.create_task(self._events_loop(), name="pipeline.events")
             group.create_task(self._journal_loop(), name="pipeline.journal")
-            while True:
-                rows = await self._journalled.get()
-                while len(rows) < self._batch_max and not self._journalled.empty():
-                    rows += self._journalled.get_nowait()
-                await self._bill_batch(rows)
 
     async def _gather_batch(
         self, first: tuple[Reading, asyncio.Future[None]]
@@ -304,21 +306,38 @@ class Pipeline:
                 self._handed_over.set()
 
     async def _journal(self, batch: list[tuple[Reading, asyncio.Future[None]]]) -> None:
+        """Journal and bill ``batch`` in one transaction (one fsync), then resolve its puts.
+
+        A batch the journal refuses for one reading's values is journalled reading by reading
+        and what was new is billed after. A billing that fails (a bug, not the disk: the disk
+        fails the journal too) leaves the batch journalled on its own, its puts answered, and
+        then fails the task: the restart reloads the accounts and bills the rows from the
+        store, as a billing that failed after its journal commit always did.
+        """
         readings = [r for r, _ in batch]
         refused: dict[int, JournalRowError] = {}
+        billing_failed: BaseException | None = None
         try:
-            try:
-                fresh = await asyncio.to_thread(self._write_journal, readings)
-            except JournalRowError as exc:
-                # One reading's values, not the database: nothing of the batch was committed.
-                # Write it again reading by reading, so the others are journalled and only the
-                # bad one's put fails; no restart, no backoff for every meter.
-                logger.warning(
-                    "journal refused a batch of %d readings (%s); writing them one by one",
-                    len(readings),
-                    exc,
-                )
-                fresh, refused = await asyncio.to_thread(self._write_journal_each, readings)
+            async with self._ctx.lock:
+                try:
+                    await asyncio.to_thread(self._journal_and_bill, readings)
+                except JournalRowError as exc:
+                    # One reading's values, not the database: nothing of the batch was
+                    # committed. Write it again reading by reading, so the others are
+                    # journalled and only the bad one's put fails; no restart, no backoff for
+                    # every meter.
+                    logger.warning(
+                        "journal refused a batch of %d readings (%s); writing them one by one",
+                        len(readings),
+                        exc,
+                    )
+                    fresh, refused = await asyncio.to_thread(self._write_journal_each, readings)
+                    if fresh:
+                        billing_failed = await self._bill_after_journal(fresh)
+                except _BillingFailedError as exc:
+                    billing_failed = exc.__cause__
+                    logger.exception("billing failed; journalling the batch without it")
+                    await asyncio.to_thread(self._write_journal, readings)
         except BaseException as exc:
             # Also on cancellation (the pipeline restarting): a driver must not wait forever.
             # The batch may have been committed anyway; a re-sent reading is then a duplicate.
@@ -334,14 +353,20 @@ class Pipeline:
                 future.set_exception(refused[i])
             else:
                 future.set_result(None)
-        if fresh:
-            self._journalled.put_nowait(fresh)
-
-    async def _bill_batch(self, rows: list[_Journalled]) -> None:
-        async with self._ctx.lock:
-            await asyncio.to_thread(self._bill_rows, rows)
+        if billing_failed is not None:
+            raise billing_failed
         self.stats.billed_batches += 1
         self._ctx.wishes.flush()
+
+    async def _bill_after_journal(self, rows: list[_Journalled]) -> BaseException | None:
+        """Bill rows already journalled (under the state lock); the error if billing failed."""
+        try:
+            await asyncio.to_thread(self._bill_rows, rows)
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - raised by the caller once the puts are answered
+            return exc
+        return None
 
     async def _events_loop(self) -> None:
         while True:
@@ -351,17 +376,14 @@ class Pipeline:
         """Journal and bill what is already queued (shutdown); gives up after ``timeout_s``."""
         self._closing.set()  # a batch waiting for its commit window is committed now
         async with asyncio.timeout(timeout_s):
+            # The batch the journal loop took before the drain began goes first.
+            await self._handed_over.wait()
             while not self._queue.empty():
                 batch = [
                     self._queue.get_nowait()
                     for _ in range(min(self._batch_max, self._queue.qsize()))
                 ]
                 await self._journal(batch)
-            # The batch the journal loop took before the drain began, journalled then handed
-            # to billing: billed below, not left unbilled for the next start.
-            await self._handed_over.wait()
-            while not self._journalled.empty():
-                await self._bill_batch(self._journalled.get_nowait())
 
     async def _drain_unbilled(self) -> None:
         ctx = self._ctx
@@ -413,15 +435,41 @@ class Pipeline:
 
     # Batch processing (runs in a worker thread, under the state lock)
 
-    def _write_journal(self, batch: Sequence[Reading]) -> list[_Journalled]:
-        """Commit a batch to the journal; returns the new rows (duplicates go no further)."""
+    def _journal_and_bill(self, batch: Sequence[Reading]) -> None:
+        """Journal a batch and bill its new readings in one transaction (one commit, one
+        fsync, one hold of the store's lock: two transactions made the next journal commit
+        wait for the billing one). Duplicates go no further.
+
+        Raises:
+            JournalRowError: a reading's values (nothing committed).
+            _BillingFailedError: the billing raised (nothing committed); its error is the cause.
+        """
         with self._ctx.store.transaction() as tx:
             row_ids = tx.journal_readings(batch, self._ctx.clock())
-        self.stats.batches += 1
+            fresh = [
+                _Journalled(i, r) for i, r in zip(row_ids, batch, strict=True) if i is not None
+            ]
+            try:
+                self._bill_in(tx, fresh)
+            except StoreError:
+                raise  # the database: the journal would fail as well
+            except Exception as exc:
+                raise _BillingFailedError("billing failed") from exc
+        self._count_journalled(len(batch), len(fresh))
+        self.stats.publish_only += self._publish_only.committed()
+
+    def _write_journal(self, batch: Sequence[Reading]) -> list[_Journalled]:
+        """Commit a batch to the journal alone; returns the new rows."""
+        with self._ctx.store.transaction() as tx:
+            row_ids = tx.journal_readings(batch, self._ctx.clock())
         fresh = [_Journalled(i, r) for i, r in zip(row_ids, batch, strict=True) if i is not None]
-        self.stats.journalled += len(fresh)
-        self.stats.duplicates += len(batch) - len(fresh)
+        self._count_journalled(len(batch), len(fresh))
         return fresh
+
+    def _count_journalled(self, batch: int, fresh: int) -> None:
+        self.stats.batches += 1
+        self.stats.journalled += fresh
+        self.stats.duplicates += batch - fresh
 
     def _write_journal_each(
         self, batch: Sequence[Reading]
@@ -442,6 +490,13 @@ class Pipeline:
         return fresh, refused
 
     def _bill_rows(self, rows: Sequence[_Journalled]) -> None:
+        """Bill journalled rows in a transaction of their own."""
+        with self._ctx.store.transaction() as tx:
+            self._bill_in(tx, rows)
+        self.stats.publish_only += self._publish_only.committed()
+
+    def _bill_in(self, tx: Transaction, rows: Sequence[_Journalled]) -> None:
+        """Bill journalled rows inside ``tx``; `PublishOnly.committed` once it commits."""
         ctx = self._ctx
         now = ctx.clock()
         book = ctx.book
@@ -460,7 +515,7 @@ class Pipeline:
                 # account is looked up first.
                 unit = publish_units.get(reading.meter_id)
                 if unit is not None:
-                    publish_only.add(row_id, reading, unit)
+                    publish_only.add(tx, row_id, reading, unit)
                     continue
                 holds.append(_Hold(row_id, reading, None, "unknown_meter", reading.register_milli))
                 continue
@@ -522,31 +577,29 @@ class Pipeline:
         outcomes += self._bill(pending)
         outcomes.sort(key=lambda o: o.row_id)
 
-        with ctx.store.transaction() as tx:
-            touched: dict[str, Account] = {}
-            watched: dict[str, Account] = {}  # a held reading moved only the account's watch
-            for note in notes:
-                enqueue_alarm(tx, ctx.topics, note.account, note.alarm, note.detail, now)
-                touched[note.account.id] = note.account
-            # In journal order: a meter's hold alarms are raised and cleared reading by reading.
-            steps: Sequence[_Hold | _Outcome] = outcomes
-            if holds:
-                steps = sorted([*holds, *outcomes], key=_row_id)
-            for step in steps:
-                if isinstance(step, _Hold):
-                    self._hold(tx, now, step)
-                    if step.account is not None:
-                        watched[step.account.id] = step.account
-                    continue
-                self.stats.by_status[_STATUS_NAME[step.status]] += 1
-                self._record_outcome(tx, now, step)
-                touched[step.account.id] = step.account
-            saved = watched | touched
-            tx.save_account_states((a.id, a.to_record()) for a in saved.values())
-            for account in touched.values():
-                publish_state_if_due(tx, ctx.topics, account, now, self._state_every_s)
-            publish_only.record(tx, now)
-        self.stats.publish_only += publish_only.committed()
+        touched: dict[str, Account] = {}
+        watched: dict[str, Account] = {}  # a held reading moved only the account's watch
+        for note in notes:
+            enqueue_alarm(tx, ctx.topics, note.account, note.alarm, note.detail, now)
+            touched[note.account.id] = note.account
+        # In journal order: a meter's hold alarms are raised and cleared reading by reading.
+        steps: Sequence[_Hold | _Outcome] = outcomes
+        if holds:
+            steps = sorted([*holds, *outcomes], key=_row_id)
+        for step in steps:
+            if isinstance(step, _Hold):
+                self._hold(tx, now, step)
+                if step.account is not None:
+                    watched[step.account.id] = step.account
+                continue
+            self.stats.by_status[_STATUS_NAME[step.status]] += 1
+            self._record_outcome(tx, now, step)
+            touched[step.account.id] = step.account
+        saved = watched | touched
+        tx.save_account_states((a.id, a.to_record()) for a in saved.values())
+        for account in touched.values():
+            publish_state_if_due(tx, ctx.topics, account, now, self._state_every_s)
+        publish_only.record(tx, now)
 
     def _hold(self, tx: Transaction, now: datetime, hold: _Hold) -> None:
         """Mark a reading held; raise its condition's alarm if the condition is new for the

@@ -34,7 +34,7 @@ from billing_engine.tariff import RegisterUnit
 from drivers.ports import Reading
 from gateway.northbound.payloads import ReadingBilling, ReadingPayload
 from gateway.northbound.topics import SiteTopics
-from gateway.store import Store, Transaction
+from gateway.store import Transaction
 from gateway.store.account_records import AccountRecord
 from gateway.store.timestamps import to_micros
 
@@ -82,7 +82,7 @@ class MeterBase:
 
 
 def stored_bases(records: Mapping[str, Mapping[str, int | str | None]]) -> dict[str, MeterBase]:
-    """The bases among the account-state records (`Store.load_account_states`), by meter."""
+    """The bases among the account-state records (`Transaction.load_account_states`), by meter."""
     return {
         key.removeprefix(RECORD_PREFIX): MeterBase.from_record(record)
         for key, record in records.items()
@@ -118,8 +118,7 @@ class PublishOnly:
     """The publish-only meters' part of a billing batch; runs under the state lock, in the
     pipeline's worker thread, like the rest of the batch."""
 
-    def __init__(self, store: Store, topics: SiteTopics) -> None:
-        self._store = store
+    def __init__(self, topics: SiteTopics) -> None:
         self._topics = topics
         self._bases: dict[str, MeterBase] | None = None  # as committed; loaded on first use
         self._pending: dict[str, MeterBase] = {}
@@ -131,14 +130,15 @@ class PublishOnly:
         self._pending = {}
         self._steps = []
 
-    def add(self, row_id: int, reading: Reading, unit: RegisterUnit) -> None:
-        """Take a journalled reading of a publish-only meter into the batch (journal order).
+    def add(self, tx: Transaction, row_id: int, reading: Reading, unit: RegisterUnit) -> None:
+        """Take a journalled reading of a publish-only meter into the batch (journal order),
+        inside the batch's transaction ``tx`` (which also journalled it).
 
         Raises:
             StoreError: the stored bases cannot be read (first use only).
         """
         if self._bases is None:
-            self._bases = stored_bases(self._store.load_account_states())
+            self._bases = stored_bases(tx.load_account_states())
         meter = reading.meter_id
         base = self._pending.get(meter) or self._bases.get(meter)
         delta, self._pending[meter] = next_base(

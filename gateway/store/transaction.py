@@ -353,6 +353,10 @@ class Transaction:
             self._c(), account_id, state, to_micros(self._store.clock())
         )
 
+    def load_account_states(self) -> dict[str, AccountRecord]:
+        """Every persisted account runtime state, by account id, as this transaction sees it."""
+        return account_records.load_account_states(self._c())
+
     def save_account_states(
         self, states: Iterable[tuple[str, Mapping[str, int | str | None]]]
     ) -> None:

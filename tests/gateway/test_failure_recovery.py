@@ -40,7 +40,8 @@ async def test_pipeline_failure_mid_transaction_bills_once(
     async with running(gateway):
         await feed.put(Reading("m1", T0, 0))
         await eventually(lambda: calls["n"] >= 1, what="the baseline billed")
-        # +2 m3 at 5.00 yuan = 10.00 yuan; the first attempt fails after the engine ran.
+        # +2 m3 at 5.00 yuan = 10.00 yuan; the first attempt fails after the engine ran. The
+        # put still returns: the batch is journalled on its own when its billing fails.
         await feed.put(Reading("m1", T0 + timedelta(minutes=5), 2_000))
         await eventually(
             lambda: calls["n"] >= 3 and not gateway.store.unbilled(10),

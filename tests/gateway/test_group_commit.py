@@ -106,3 +106,35 @@ async def test_a_reading_waiting_for_its_window_at_shutdown_is_journalled_and_bi
     await late
     stats = gateway.pipeline.stats
     assert (stats.journalled, stats.billed, stats.held) == (2, 2, 0)
+
+
+async def test_a_batch_is_journalled_and_billed_in_one_transaction(tmp_path: Path) -> None:
+    # One commit (one fsync, one hold of the store's lock) for the journal rows of a batch and
+    # their billing: when they were two, the next journal commit waited behind the billing.
+    gateway, feed = _offline(tmp_path)
+    async with running(gateway):
+        await feed.put(_reading("m1", 0, 0))  # m1's baseline
+        seen: list[str] = []
+        with gateway.store._locked() as conn:
+            conn.set_trace_callback(seen.append)
+        await _burst(feed, METERS)
+        # Each put returned with its reading billed, not only journalled: nothing is left.
+        assert not gateway.store.unbilled(10)
+        with gateway.store._locked() as conn:
+            conn.set_trace_callback(None)
+    transactions: list[list[str]] = []  # the statements of each, from BEGIN to its end
+    current: list[str] | None = None
+    for statement in seen:
+        if statement.startswith("BEGIN"):
+            current = []
+            transactions.append(current)
+        elif current is not None:
+            current.append(statement)
+            if statement in ("COMMIT", "ROLLBACK"):
+                current = None
+    journalling = [t for t in transactions if any("INSERT INTO readings" in s for s in t)]
+    assert len(journalling) == 1  # the burst of eight shares one window (200 ms)
+    (batch,) = journalling
+    assert any(s.startswith("UPDATE readings SET state = 'billed'") for s in batch)
+    assert any("INSERT INTO outbox" in s for s in batch)  # the reading messages
+    assert batch[-1] == "COMMIT"
