@@ -24,14 +24,13 @@ store, on every reading's way to the broker.
 
 A batch the journal refuses because of one reading's values (`JournalRowError`) is journalled
 again reading by reading, the others billed after: only the bad reading's `put` raises, and the
-pipeline goes on. A billing that raises (a bug: the disk fails the journal as well) rolls the
-transaction back; the batch is then journalled on its own, its puts answered, and the task
-fails: the daemon restarts it, which reloads the in-memory accounts from the store and bills
-the journalled rows from there. A crash never leaves half a batch: a restart finds it whole
-or not at all (a reading not journalled was never acknowledged, and its driver sends it again);
-rows left unbilled by a failed billing are billed at `run` from the state saved with the last
-committed batch, which gives the same result, so nothing is lost or charged twice. Any other
-failure (the disk) fails the task as before.
+pipeline goes on. A billing that raises rolls the transaction back; the batch is then
+journalled on its own (a failing disk fails that too, and the puts get its error), its puts
+answered, and the task fails: the daemon restarts it, which reloads the in-memory accounts from
+the store and bills the journalled rows from there, from the state saved with the last
+committed batch: the same result, nothing lost or charged twice. A crash never leaves half a
+batch: a restart finds it whole or not at all (a reading not committed was never acknowledged,
+and its driver sends it again).
 
 Why one module of this size: journalling and billing share the queue, the statistics and the
 one transaction per batch; the policy, quality check and message writing they call live in
@@ -309,10 +308,10 @@ class Pipeline:
         """Journal and bill ``batch`` in one transaction (one fsync), then resolve its puts.
 
         A batch the journal refuses for one reading's values is journalled reading by reading
-        and what was new is billed after. A billing that fails (a bug, not the disk: the disk
-        fails the journal too) leaves the batch journalled on its own, its puts answered, and
-        then fails the task: the restart reloads the accounts and bills the rows from the
-        store, as a billing that failed after its journal commit always did.
+        and what was new is billed after. A billing that fails leaves the batch journalled on
+        its own (a disk that fails fails that too, and the puts get its error), its puts
+        answered, and then fails the task: the restart reloads the accounts and bills the rows
+        from the store, as a billing that failed after its journal commit always did.
         """
         readings = [r for r, _ in batch]
         refused: dict[int, JournalRowError] = {}
@@ -362,8 +361,6 @@ class Pipeline:
         """Bill rows already journalled (under the state lock); the error if billing failed."""
         try:
             await asyncio.to_thread(self._bill_rows, rows)
-        except StoreError:
-            raise
         except Exception as exc:  # noqa: BLE001 - raised by the caller once the puts are answered
             return exc
         return None
@@ -451,9 +448,9 @@ class Pipeline:
             ]
             try:
                 self._bill_in(tx, fresh)
-            except StoreError:
-                raise  # the database: the journal would fail as well
             except Exception as exc:
+                # Even a StoreError: the journal-only write after it tells a failing disk (it
+                # fails too) from a billing fault (the readings are kept).
                 raise _BillingFailedError("billing failed") from exc
         self._count_journalled(len(batch), len(fresh))
         self.stats.publish_only += self._publish_only.committed()
