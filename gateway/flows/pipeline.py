@@ -190,8 +190,8 @@ class Pipeline:
         self._window_probe_at = -math.inf  # when to try the window again after a useless wait
         self._closing = asyncio.Event()  # set by `drain`: no more waiting for the window
         # Clear while the journal loop holds a batch it has not committed yet.
-        self._handed_over = asyncio.Event()
-        self._handed_over.set()
+        self._held_batch_done = asyncio.Event()
+        self._held_batch_done.set()
         self._unknown_meters: set[str] = set()
         self._publish_only = PublishOnly(ctx.topics)
         self._stale: set[str] = set()
@@ -297,12 +297,12 @@ class Pipeline:
     async def _journal_loop(self) -> None:
         while True:
             first = await self._queue.get()
-            # Held from the moment it is taken: `drain` waits for it to reach billing.
-            self._handed_over.clear()
+            # Held from the moment it is taken: `drain` waits for it to be committed.
+            self._held_batch_done.clear()
             try:
                 await self._journal(await self._gather_batch(first))
             finally:
-                self._handed_over.set()
+                self._held_batch_done.set()
 
     async def _journal(self, batch: list[tuple[Reading, asyncio.Future[None]]]) -> None:
         """Journal and bill ``batch`` in one transaction (one fsync), then resolve its puts.
@@ -316,10 +316,11 @@ class Pipeline:
         readings = [r for r, _ in batch]
         refused: dict[int, JournalRowError] = {}
         billing_failed: BaseException | None = None
+        billed = 0  # new readings billed in the batch's transaction
         try:
             async with self._ctx.lock:
                 try:
-                    await asyncio.to_thread(self._journal_and_bill, readings)
+                    billed = await asyncio.to_thread(self._journal_and_bill, readings)
                 except JournalRowError as exc:
                     # One reading's values, not the database: nothing of the batch was
                     # committed. Write it again reading by reading, so the others are
@@ -333,6 +334,7 @@ class Pipeline:
                     fresh, refused = await asyncio.to_thread(self._write_journal_each, readings)
                     if fresh:
                         billing_failed = await self._bill_after_journal(fresh)
+                        billed = len(fresh)
                 except _BillingFailedError as exc:
                     billing_failed = exc.__cause__
                     logger.exception("billing failed; journalling the batch without it")
@@ -354,7 +356,8 @@ class Pipeline:
                 future.set_result(None)
         if billing_failed is not None:
             raise billing_failed
-        self.stats.billed_batches += 1
+        if billed:
+            self.stats.billed_batches += 1
         self._ctx.wishes.flush()
 
     async def _bill_after_journal(self, rows: list[_Journalled]) -> BaseException | None:
@@ -374,7 +377,7 @@ class Pipeline:
         self._closing.set()  # a batch waiting for its commit window is committed now
         async with asyncio.timeout(timeout_s):
             # The batch the journal loop took before the drain began goes first.
-            await self._handed_over.wait()
+            await self._held_batch_done.wait()
             while not self._queue.empty():
                 batch = [
                     self._queue.get_nowait()
@@ -432,10 +435,10 @@ class Pipeline:
 
     # Batch processing (runs in a worker thread, under the state lock)
 
-    def _journal_and_bill(self, batch: Sequence[Reading]) -> None:
+    def _journal_and_bill(self, batch: Sequence[Reading]) -> int:
         """Journal a batch and bill its new readings in one transaction (one commit, one
         fsync, one hold of the store's lock: two transactions made the next journal commit
-        wait for the billing one). Duplicates go no further.
+        wait for the billing one). Duplicates go no further. Returns how many readings were new.
 
         Raises:
             JournalRowError: a reading's values (nothing committed).
@@ -454,6 +457,7 @@ class Pipeline:
                 raise _BillingFailedError("billing failed") from exc
         self._count_journalled(len(batch), len(fresh))
         self.stats.publish_only += self._publish_only.committed()
+        return len(fresh)
 
     def _write_journal(self, batch: Sequence[Reading]) -> list[_Journalled]:
         """Commit a batch to the journal alone; returns the new rows."""
