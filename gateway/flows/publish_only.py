@@ -3,7 +3,7 @@
 A meter the site lists under ``publish_only:`` (telemetry for a utility that bills elsewhere, a
 meter not assigned to an account yet) is billed by no account. The pipeline journals its
 readings like any other (durable before anything) and hands them here instead of holding them
-as ``unknown_meter``. In the billing stage's one transaction, each is:
+as ``unknown_meter``. In the batch's one transaction, each is:
 
 - marked settled in the journal with the status `PUBLISH_ONLY` and no deduction (state
   ``billed``: not waiting for anything, so a restart does not bill it again, journal retention
@@ -132,7 +132,7 @@ class PublishOnly:
 
     def add(self, tx: Transaction, row_id: int, reading: Reading, unit: RegisterUnit) -> None:
         """Take a journalled reading of a publish-only meter into the batch (journal order),
-        inside the batch's transaction ``tx`` (which also journalled it).
+        inside the transaction ``tx`` that bills the batch.
 
         Raises:
             StoreError: the stored bases cannot be read (first use only).
