@@ -425,9 +425,14 @@ class MqttLink:
                 if len(tail) > chunk:
                     tail.clear()
                     tail_lost = True
-            # Only the wake: with messages in flight, their PUBACKs wake the drain soon enough,
-            # and a wake per commit besides cost CPU for nothing.
             wake.set()
+            # The drain may be waiting for `progress` (a PUBACK, or the acknowledgement commit,
+            # which waits for the store's lock behind the next batch's transaction): a commit
+            # with a free slot in the window wakes it too. Waiting for the acknowledgement held
+            # a batch's messages for the next batch's transaction (told -> PUBLISH p99 55 ms
+            # at 1,000 meters).
+            if len(inflight) < window:
+                progress.set()
 
         def told(messages: list[OutboxMessage]) -> None:  # in the committing thread
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell

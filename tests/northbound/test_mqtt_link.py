@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -450,3 +451,42 @@ async def test_link_reads_the_outbox_again_when_the_follower_falls_behind(
     assert outbox.reads >= 1 + 100 // 10  # read again, a chunk of 10 at a time
     assert outbox.acknowledged == list(range(1, 101))
     assert _first_seen_per_stream(recorder.messages)[TOPICS.account_event("a0")] == list(range(100))
+
+
+class _StalledAckOutbox(MemoryOutbox):
+    """A `MemoryOutbox` whose acknowledgements wait for ``release``: the real store's
+    acknowledgement commit waits for its lock behind the next batch's transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.waiting = 0  # acknowledgements that have begun waiting
+
+    def acknowledge(self, seqs: list[int]) -> None:  # in a worker thread, as the store's
+        self.waiting += 1
+        # Bounded, past the recorder's wait below: a failing test ends instead of hanging.
+        self.release.wait(3 * WAIT_S)
+        super().acknowledge(seqs)
+
+
+async def test_link_publishes_a_commit_while_an_acknowledgement_waits_for_the_store(
+    mosquitto: Broker,
+) -> None:
+    # A message committed while the acknowledgement of the last one waits for the store goes
+    # out at once: the drain, waiting for that acknowledgement with nothing in flight, is woken
+    # by the commit too. It waited for the acknowledgement, which at 1,000 meters held each
+    # batch's readings for the next batch's transaction.
+    outbox = _StalledAckOutbox()
+    recorder = Recorder(mosquitto.host, mosquitto.port, f"prepay/{SITE}/account/#")
+    link = MqttLink(_settings(mosquitto.port, batch_telemetry=False), SITE, "1")
+    async with running(link, outbox, recorder):
+        await asyncio.wait_for(link.connected.wait(), WAIT_S)
+        _ledger(outbox, "a0", 0)
+        await eventually(lambda: outbox.waiting == 1, what="the first acknowledgement waiting")
+        _ledger(outbox, "a0", 1)
+        try:
+            await recorder.next_matching(lambda m: m.json()["event_id"] == "a0:1")
+            assert outbox.acknowledged == []  # published while the acknowledgement still waits
+        finally:
+            outbox.release.set()
+        await eventually(lambda: outbox.acknowledged == [1, 2], what="both acknowledged")
