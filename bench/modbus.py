@@ -79,7 +79,7 @@ class _Simulator:
     """A simulator process (``python -m firmware_sim.modbus_meter``): started on entering,
     stopped on leaving; `ready` waits for its "serving" log line (and learns its TCP port)."""
 
-    def __init__(self, where: list[str], units: range) -> None:
+    def __init__(self, where: list[str], units: range, *, nice: int = 0) -> None:
         meters = [arg for u in units for arg in ("--meter", f"{u}:{PROFILE}:{1000 + u}:3600")]
         self._args = [*where, "--profiles-dir", str(PROFILES_DIR), *meters]
         self._where = " ".join(where)
@@ -88,9 +88,14 @@ class _Simulator:
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self.port = 0  # a TCP simulator's port, once ready
+        self._nice = nice  # added to the process's niceness once started (0: as it is)
 
     async def __aenter__(self) -> _Simulator:
+        # coreutils' nice, so that every thread of the simulator runs at the lower priority
+        # (`bench site --sim-nice`); lowering one's own child's priority needs no privilege.
+        nice = ["nice", "-n", str(self._nice)] if self._nice else []
         self._proc = await asyncio.create_subprocess_exec(
+            *nice,
             sys.executable,
             "-m",
             "firmware_sim.modbus_meter",
