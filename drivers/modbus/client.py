@@ -115,7 +115,7 @@ POLL_TIME_BUCKETS_S: tuple[float, ...] = (
 # `PUTS_IN_FLIGHT_PER_BUS`; the buses of a site (`build_buses`) share one budget of that many
 # per bus and never fewer than `PUTS_IN_FLIGHT_SITE`. Shared, so that a site with few buses
 # batches as one with many: 16 a bus capped every commit of a one-bus, 100-meter site at 16
-# readings (12.5 on average; 25-33 shared, and 10% less CPU per poll). From 8 buses on
+# readings (12.5 on average; 21-33 shared, and 11% less CPU per poll). From 8 buses on
 # (1,000 meters) the budget is what it was; 256 there made bigger batches and a longer wait for
 # each (poll -> broker p99 82 -> 121 ms).
 PUTS_IN_FLIGHT_PER_BUS = 16
