@@ -517,7 +517,9 @@ class ModbusBus:
         # At most the budget's readings wait at once (back-pressure; shared with the site's
         # other buses, whose waits queue in turn); a device's readings reach the gateway in poll
         # order (the deliveries start in order and queue in order).
-        room = self._in_flight or asyncio.Semaphore(PUTS_IN_FLIGHT_PER_BUS)
+        room = self._in_flight
+        if room is None:
+            room = asyncio.Semaphore(PUTS_IN_FLIGHT_PER_BUS)
 
         def release(_: object) -> None:
             room.release()
