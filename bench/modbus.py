@@ -88,7 +88,7 @@ class _Simulator:
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self.port = 0  # a TCP simulator's port, once ready
-        self._nice = nice  # added to the process's niceness once started (0: as it is)
+        self._nice = nice  # niceness added at start (`nice -n`); 0: the bench's own
 
     async def __aenter__(self) -> _Simulator:
         # coreutils' nice, so that every thread of the simulator runs at the lower priority
