@@ -118,3 +118,23 @@ async def test_a_bus_alone_keeps_its_own_budget(
         sink.gate.set()
         await sink.wait_readings(f"meter-a-{METERS}", 1)
     assert held == PUTS_IN_FLIGHT_PER_BUS
+
+
+async def test_a_bus_cancelled_with_readings_in_flight_gives_their_room_back(
+    sim: MeterSimulator, modbus_profiles: dict[str, DeviceProfile]
+) -> None:
+    # The budget outlives a bus's poll loop (the daemon restarts a failed bus with the same
+    # one): cancelled with its 10 readings waiting, the bus gives all 10 slots back, and started
+    # again it polls and delivers as before.
+    budget = asyncio.Semaphore(10)
+    bus = ModbusBus(_bus_config(sim, "a", range(1, 21)), modbus_profiles, in_flight=budget)
+    held = _HeldSink()
+    async with running(bus, sink=held):
+        await held.wait_waiting(10)
+    assert held.waiting == 0  # every put cancelled
+    assert not budget.locked()
+    again = _HeldSink()
+    again.gate.set()
+    async with running(bus, sink=again):
+        await again.wait_readings("meter-a-20", 2)
+    assert again.most <= 10
