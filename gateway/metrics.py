@@ -12,7 +12,9 @@ Labels are bounded: message classes, journal states, hold reasons, billing statu
 states, command results, buses; never an account, a meter or a reading. The poll-time histogram
 (``prepay_bus_poll_seconds``) is one per configured bus, summed over its devices from the
 buckets each device counts in the driver (`drivers.modbus.client.DeviceStats`): 12 bounds,
-+Inf, a sum and a count, 15 series per bus, however many devices the bus has.
++Inf, a sum and a count, 15 series per bus, however many devices the bus has. The commit-time
+histogram (``prepay_journal_commit_seconds``, `gateway.flows.pipeline.PipelineStats`) is one for
+the site, 15 series.
 
 ``metrics_app(metrics)`` is the ASGI app to mount on another server (the operator console);
 `GatewayMetrics.serve` is the small standalone ``/metrics`` server of the ``metrics`` section
@@ -170,6 +172,14 @@ class _SnapshotCollector(Collector):
             ("prepay_actuation_alarms", c.supply_alarms, "Supply changes given up (alarm)."),
         ):
             yield CounterMetricFamily(name, text, value=value)
+        commit_time = HistogramMetricFamily(
+            "prepay_journal_commit_seconds",
+            "Time from the end of a batch's commit window to its commit (journal and billing).",
+        )
+        commit_time.add_metric(
+            [], [(_le(bound), n) for bound, n in c.commit_time_buckets], c.commit_time_sum_s
+        )
+        yield commit_time
         status = CounterMetricFamily(
             "prepay_readings_billing_status",
             "Readings by the billing engine's status.",

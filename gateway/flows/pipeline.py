@@ -40,6 +40,7 @@ their own modules.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import math
@@ -77,6 +78,12 @@ _HELD = {
     ReadingStatus.OUTSIDE_WINDOW: "outside_window",
 }
 _STATUS_NAME = {status: status.name.lower() for status in ReadingStatus}
+#: Upper bounds (seconds, inclusive) of the commit-time buckets (`PipelineStats`): a batch
+#: commits in milliseconds on an SSD; an SD card's fsync, a batch of hundreds of readings or a
+#: wait for the state lock behind an operator's transaction take tens or hundreds of them.
+COMMIT_TIME_BUCKETS_S: tuple[float, ...] = (
+    0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
 # After this many group-commit waits in a row that gathered no other reading, commits go at
 # once for `_WINDOW_PROBE_S`. One is not enough: the last reading of a bus's burst of polls
 # may wait alone, and pausing on it left the bus's next burst, a second later, without the
@@ -164,6 +171,18 @@ class PipelineStats:
     billed_batches: int = 0
     deducted_minor: int = 0
     by_status: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # How long each batch took from the end of its window to its commit (the state lock, the
+    # worker thread and the one transaction): a count per `COMMIT_TIME_BUCKETS_S` bound, +Inf
+    # last, and their sum.
+    commit_time_counts: list[int] = field(
+        default_factory=lambda: [0] * (len(COMMIT_TIME_BUCKETS_S) + 1)
+    )
+    commit_time_sum_s: float = 0.0
+
+    def observe_commit_time(self, seconds: float) -> None:
+        """Count one batch that took ``seconds`` (a bound is inclusive, as Prometheus' ``le``)."""
+        self.commit_time_counts[bisect.bisect_left(COMMIT_TIME_BUCKETS_S, seconds)] += 1
+        self.commit_time_sum_s += seconds
 
 
 class Pipeline:
@@ -317,6 +336,8 @@ class Pipeline:
         refused: dict[int, JournalRowError] = {}
         billing_failed: BaseException | None = None
         billed = 0  # new readings billed in the batch's transaction
+        loop = asyncio.get_running_loop()
+        taken = loop.time()
         try:
             async with self._ctx.lock:
                 try:
@@ -347,6 +368,7 @@ class Pipeline:
                 if not future.done():
                     future.set_exception(error)
             raise
+        self.stats.observe_commit_time(loop.time() - taken)
         for i, (_, future) in enumerate(batch):
             if future.done():
                 continue

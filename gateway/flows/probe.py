@@ -8,13 +8,15 @@ rewriting the tests. Everything here reads memory the event loop owns: call it f
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 
 from billing_engine.tariff import Tariff
 from gateway.flows.actuation import ActuationManager
 from gateway.flows.command_handler import CommandHandler
 from gateway.flows.context import FlowContext
-from gateway.flows.pipeline import Pipeline
+from gateway.flows.pipeline import COMMIT_TIME_BUCKETS_S, Pipeline
 from gateway.policy.config import PolicyConfig
 from gateway.policy.state import PolicyMode
 
@@ -31,6 +33,10 @@ class Counters:
     held: int  # readings held (unknown meter, implausible, before the tariff, ...)
     journal_commits: int
     billing_batches: int
+    # Batches by the time from the end of their window to their commit: (bound, batches at or
+    # under it) per `COMMIT_TIME_BUCKETS_S` bound and +Inf, cumulative; and their sum.
+    commit_time_buckets: tuple[tuple[float, int], ...]
+    commit_time_sum_s: float
     deducted_minor: int
     commands_applied: int
     commands_rejected: int
@@ -66,6 +72,14 @@ class GatewayProbe:
             held=stats.held,
             journal_commits=stats.batches,
             billing_batches=stats.billed_batches,
+            commit_time_buckets=tuple(
+                zip(
+                    (*COMMIT_TIME_BUCKETS_S, math.inf),
+                    itertools.accumulate(stats.commit_time_counts),
+                    strict=True,
+                )
+            ),
+            commit_time_sum_s=stats.commit_time_sum_s,
             deducted_minor=stats.deducted_minor,
             commands_applied=self._commands.applied,
             commands_rejected=self._commands.rejected,

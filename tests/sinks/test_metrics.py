@@ -64,6 +64,17 @@ async def test_metrics_counters_move_as_readings_are_billed(tmp_path: Path) -> N
         assert seen[("prepay_readings_journalled_total", ())] == 12
         # Each reading was handed over alone, after the one before was committed: 13 commits.
         await wait_for("prepay_journal_commits_total", 13)
+        # Each of them timed, from the end of its window to its commit.
+        await wait_for("prepay_journal_commit_seconds_count", 13)
+        assert seen[("prepay_journal_commit_seconds_bucket", (("le", "+Inf"),))] == 13
+        assert seen[("prepay_journal_commit_seconds_sum", ())] > 0
+        buckets = sorted(
+            (float(labels[0][1]), n)
+            for (name, labels), n in seen.items()
+            if name == "prepay_journal_commit_seconds_bucket"
+        )
+        assert len(buckets) == 13  # 12 bounds and +Inf
+        assert [n for _, n in buckets] == sorted(n for _, n in buckets)  # cumulative
         # A broker-less gateway has no link figures; the process figures are there.
         assert not any(name.startswith("prepay_mqtt_") for name, _ in seen)
         assert seen[("process_resident_memory_bytes", ())] > 0
