@@ -22,7 +22,9 @@ takes a second request), each meter billing an account on the Zhejiang residenti
   priority they took CPU from its threads on a 2-core machine (the broker and the subscriber
   keep theirs);
 - RSS of the daemon at the end;
-- readings per journal commit (from the daemon's ``/metrics``, on as a monitored site has it);
+- readings per journal commit, and a batch's mean time from the end of its commit window to its
+  commit (``journal_commit_mean_ms``), from the daemon's ``/metrics`` (on as a monitored site
+  has it);
 - journal rows missing at the subscriber after the daemon stopped (every journalled reading
   of the window must have been published: 0).
 
@@ -52,7 +54,7 @@ import urllib.request
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiomqtt
 import yaml
@@ -372,7 +374,16 @@ async def _one(
         "rss_mb": round(rss, 1),
         # From the daemon's /metrics (refreshed every 2 s, so both ends are as old).
         "readings_per_journal_commit": round(
-            (commits1[1] - commits0[1]) / max(commits1[0] - commits0[0], 1), 2
+            (commits1.journalled - commits0.journalled)
+            / max(commits1.commits - commits0.commits, 1),
+            2,
+        ),
+        # The daemon's own figure: a batch's time from the end of its window to its commit.
+        "journal_commit_mean_ms": round(
+            1000
+            * (commits1.commit_time_sum_s - commits0.commit_time_sum_s)
+            / max(commits1.commit_time_count - commits0.commit_time_count, 1),
+            2,
         ),
         **floor_figures,
     }
@@ -401,16 +412,32 @@ async def _floor(
     return result
 
 
-def _commit_counters(port: int) -> tuple[float, float]:
-    """(journal commits, readings journalled) as the daemon's /metrics says now."""
+class _CommitFigures(NamedTuple):
+    """What the daemon's /metrics says of its journal commits, now."""
+
+    commits: float
+    journalled: float  # readings
+    commit_time_sum_s: float  # `prepay_journal_commit_seconds_sum`
+    commit_time_count: float  # `prepay_journal_commit_seconds_count`
+
+
+_COMMIT_FIGURES = {
+    "prepay_journal_commits_total": "commits",
+    "prepay_readings_journalled_total": "journalled",
+    "prepay_journal_commit_seconds_sum": "commit_time_sum_s",
+    "prepay_journal_commit_seconds_count": "commit_time_count",
+}
+
+
+def _commit_counters(port: int) -> _CommitFigures:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         text = answer.read().decode()
     figures = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if name in ("prepay_journal_commits_total", "prepay_readings_journalled_total"):
-            figures[name] = float(value)
-    return figures["prepay_journal_commits_total"], figures["prepay_readings_journalled_total"]
+        if name in _COMMIT_FIGURES:
+            figures[_COMMIT_FIGURES[name]] = float(value)
+    return _CommitFigures(**figures)
 
 
 def main(argv: list[str]) -> int:
@@ -478,7 +505,8 @@ def main(argv: list[str]) -> int:
             f" ({100 * result['delivered_ratio']:.1f}%), {result['cpu_ms_per_poll']} ms CPU/poll,"
             f" {100 * result['cpu_share_of_one_core']:.0f}% of a core, latency p50"
             f" {result['latency_p50_ms']} / p99 {result['latency_p99_ms']} ms,"
-            f" RSS {result['rss_mb']} MB, {result['readings_per_journal_commit']} readings/commit,"
+            f" RSS {result['rss_mb']} MB, {result['readings_per_journal_commit']} readings/commit"
+            f" in {result['journal_commit_mean_ms']} ms,"
             f" unpublished {result['journalled_not_published']},"
             f" twice {result['duplicates_at_subscriber']}"
         )
