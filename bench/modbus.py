@@ -79,9 +79,11 @@ class _Simulator:
     """A simulator process (``python -m firmware_sim.modbus_meter``): started on entering,
     stopped on leaving; `ready` waits for its "serving" log line (and learns its TCP port)."""
 
-    def __init__(self, where: list[str], units: range, *, nice: int = 0) -> None:
+    def __init__(
+        self, where: list[str], units: range, *, nice: int = 0, server: str = "pymodbus"
+    ) -> None:
         meters = [arg for u in units for arg in ("--meter", f"{u}:{PROFILE}:{1000 + u}:3600")]
-        self._args = [*where, "--profiles-dir", str(PROFILES_DIR), *meters]
+        self._args = [*where, "--server", server, "--profiles-dir", str(PROFILES_DIR), *meters]
         self._where = " ".join(where)
         self._serving = asyncio.Event()
         self._log: deque[str] = deque(maxlen=20)  # the last lines, for an error message
@@ -117,6 +119,12 @@ class _Simulator:
             if not self._serving.is_set() and (match := _SERVING.search(line)):
                 self.port = int(match.group(1)) if match.group(1).isdigit() else 0
                 self._serving.set()
+
+    @property
+    def pid(self) -> int:
+        """The simulator's process id (``nice`` execs it, so it is the same process)."""
+        assert self._proc is not None  # noqa: S101 - entered
+        return self._proc.pid
 
     async def ready(self) -> None:
         """Return once the simulator serves.

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
@@ -49,6 +49,9 @@ from drivers.modbus.registers import (
     from_milli,
     register_count,
 )
+
+if TYPE_CHECKING:
+    from firmware_sim.modbus_tcp_server import OwnTcpSimulator
 
 logger = logging.getLogger(__name__)
 
@@ -160,17 +163,41 @@ class SimMeter:
             return spec.on_mask if self.supply_on else spec.off_mask
         return spec.on_value if self.supply_on else spec.off_value
 
-    # -------------------------------------------------------------- pymodbus hook
-
-    def sim_device(self) -> SimDevice:
-        """A pymodbus `SimDevice` (4 separate tables) serving this meter."""
-        tables: dict[Table, int] = dict.fromkeys(Table, 0)  # highest address used + 1
+    def table_sizes(self) -> dict[Table, int]:
+        """Per table, the highest address the profile uses + 1 (0: the table is unused)."""
+        tables: dict[Table, int] = dict.fromkeys(Table, 0)
         for spec in profile_registers(self.profile).values():
             end = spec.address + register_count(spec.type)
             tables[spec.table] = max(tables[spec.table], end)
         if (supply := self.profile.supply) is not None:
             tables[supply.write_table] = max(tables[supply.write_table], supply.write_address + 1)
             tables[supply.read_table] = max(tables[supply.read_table], supply.read_address + 1)
+        return tables
+
+    def apply_write(self, table: Table, address: int, value: int) -> bool:
+        """A write the master sent (a coil as 1 or 0): moves the supply when it is to the
+        profile's supply register or coil.
+
+        Returns:
+            False when the meter acknowledges the write but keeps its state (`ignore_writes`),
+            so the value written must not be stored either.
+        """
+        spec = self.profile.supply
+        if spec is None or table is not spec.write_table or address != spec.write_address:
+            return True
+        requested_on = value == spec.on_value
+        self.supply_writes.append(requested_on)
+        if self.ignore_writes:
+            return False
+        self.supply_on = requested_on
+        logger.info("sim unit %d: supply %s", self.unit_id, "on" if requested_on else "off")
+        return True
+
+    # -------------------------------------------------------------- pymodbus hook
+
+    def sim_device(self) -> SimDevice:
+        """A pymodbus `SimDevice` (4 separate tables) serving this meter."""
+        tables = self.table_sizes()
 
         def block(table: Table) -> list[SimData]:
             size = max(tables[table], 1)
@@ -189,8 +216,9 @@ class SimMeter:
             action=self._action,
         )
 
-    def _sync(self, table: Table, start: int, registers: list[int]) -> None:
-        """Write the model into pymodbus' register block of ``table``."""
+    def sync_registers(self, table: Table, start: int, registers: list[int]) -> None:
+        """Write the model into a register image of ``table`` that begins at address ``start``
+        (bit tables: 16 bits a word, LSB first, as pymodbus keeps them)."""
         if table in (Table.HOLDING, Table.INPUT):
             for name, spec in profile_registers(self.profile).items():
                 if spec.table is table:
@@ -223,24 +251,15 @@ class SimMeter:
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
         self.advance()
-        self._sync(table, start_address, registers)
-        spec = self.profile.supply
-        if set_values is None or spec is None:
+        self.sync_registers(table, start_address, registers)
+        if set_values is None or self.apply_write(table, address, int(set_values[0])):
             return None
-        if table is not spec.write_table or address != spec.write_address:
-            return None
-        requested_on = int(set_values[0]) == spec.on_value
-        self.supply_writes.append(requested_on)
-        if self.ignore_writes:
-            # acknowledge, but keep the current state: put it back into the values to store
-            if table is Table.COIL:
-                bits = SimUtils.registersToBits([registers[address // 16 - start_address]])
-                set_values[0] = bits[address % 16]
-            else:
-                set_values[0] = registers[address - start_address]  # type: ignore[call-overload]
-            return None
-        self.supply_on = requested_on
-        logger.info("sim unit %d: supply %s", self.unit_id, "on" if requested_on else "off")
+        # acknowledged, but the state is kept: put it back into the values to store
+        if table is Table.COIL:
+            bits = SimUtils.registersToBits([registers[address // 16 - start_address]])
+            set_values[0] = bits[address % 16]
+        else:
+            set_values[0] = registers[address - start_address]  # type: ignore[call-overload]
         return None
 
 
@@ -366,7 +385,7 @@ def _parse_meter(text: str, profiles_dir: Path) -> SimMeter:
     )
 
 
-async def _serve(sim: MeterSimulator) -> None:
+async def _serve(sim: MeterSimulator | OwnTcpSimulator) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -385,6 +404,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baudrate", type=int, default=9600)
     parser.add_argument("--parity", choices=["N", "E", "O"], default="N")
     parser.add_argument("--stopbits", type=int, choices=[1, 2], default=1)
+    parser.add_argument(
+        "--server",
+        choices=["pymodbus", "own"],
+        default="pymodbus",
+        help="TCP only: pymodbus's server, or the light one of firmware_sim.modbus_tcp_server",
+    )
     parser.add_argument("--profiles-dir", type=Path, default=Path("configs/devices"))
     parser.add_argument(
         "--meter",
@@ -394,11 +419,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a meter to serve (repeat for several units on one bus)",
     )
     args = parser.parse_args(argv)
+    # Here, not at the top: that module builds on this one's SimMeter.
+    from firmware_sim.modbus_tcp_server import OwnTcpSimulator  # noqa: PLC0415
+
+    if args.server == "own" and not args.tcp:
+        parser.error("--server own serves Modbus TCP only")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     meters = [_parse_meter(m, args.profiles_dir) for m in args.meter]
+    sim: MeterSimulator | OwnTcpSimulator
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
-        sim = MeterSimulator.tcp(meters, host or "127.0.0.1", int(port))
+        if args.server == "own":
+            sim = OwnTcpSimulator(meters, host or "127.0.0.1", int(port))
+        else:
+            sim = MeterSimulator.tcp(meters, host or "127.0.0.1", int(port))
     else:
         sim = MeterSimulator.serial(
             meters,

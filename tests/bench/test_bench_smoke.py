@@ -139,6 +139,8 @@ def test_bench_site_runs_loses_nothing_and_measures_its_floor() -> None:
     (run,) = result["runs"]
     assert run["meters"] == 20
     assert run["registers"] == "energy"
+    assert run["sim_server"] == "own"  # the meters are firmware_sim's own light server
+    assert "sim_cpu_share_of_one_core" in run
     assert run["delivered"] > 0
     # Correctness, not speed: every journalled reading of the window published, none twice.
     assert run["journalled_not_published"] == 0
