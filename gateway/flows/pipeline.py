@@ -467,7 +467,8 @@ class Pipeline:
             _BillingFailedError: the billing raised (nothing committed); its error is the cause.
         """
         with self._ctx.store.transaction() as tx:
-            row_ids = tx.journal_readings(batch, self._ctx.clock())
+            # Staged: each row is written once, as its billing leaves it, at the commit.
+            row_ids = tx.stage_readings(batch, self._ctx.clock())
             fresh = [
                 _Journalled(i, r) for i, r in zip(row_ids, batch, strict=True) if i is not None
             ]

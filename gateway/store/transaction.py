@@ -82,11 +82,12 @@ class Transaction:
         self._outbox_deltas: dict[str, int] = {}  # pending-counter increments, written at commit
         self._ledger = ledger.ChainCursor()  # head and currencies appended in this tx
         self._billed: list[journal.BilledMark] = []  # journal marks not yet written
+        self._staged: dict[int, journal.StagedRow] = {}  # rows journalled, not yet inserted
         # Messages queued here, for the store's followers once committed (only when followed).
         self._queued: list[OutboxMessage] | None = [] if store._followers else None
 
     def _before_commit(self) -> None:
-        self._write_billed()
+        self._write_journal()
         outbox.write_pending_deltas(self._conn, self._outbox_deltas)
         if self._ledger.head is not None:  # one checkpoint per transaction, not per entry
             ledger.write_chain_head(self._conn, self._store._ledger_key, *self._ledger.head)
@@ -101,8 +102,28 @@ class Transaction:
         self, readings: Sequence[Reading], received_at: datetime
     ) -> list[int | None]:
         """Journal readings; see `journal.journal_readings` (None marks a duplicate)."""
-        self._write_billed()
+        self._write_journal()
         return journal.journal_readings(self._c(), readings, received_at)
+
+    def stage_readings(
+        self, readings: Sequence[Reading], received_at: datetime
+    ) -> list[int | None]:
+        """`journal_readings` for readings this transaction goes on to bill or hold.
+
+        The same row ids, duplicates and errors, but each new row is inserted once, in the
+        state its `mark_billed` or `mark_held` left it, when the transaction writes its journal
+        (before any other journal read or write of it, at the latest at its commit), instead
+        of inserted ``unbilled`` and then updated. See `journal.stage_readings`.
+
+        Raises:
+            JournalRowError: a reading's values (as from `journal_readings`).
+        """
+        self._write_journal()
+        staged = journal.stage_readings(self._c(), readings, received_at)
+        if staged is None:  # a value only SQLite can judge: written and refused as always
+            return journal.journal_readings(self._c(), readings, received_at)
+        row_ids, self._staged = staged
+        return row_ids
 
     def mark_billed(
         self, row_id: int, status: str, deduction_minor: int, detail: JsonObject | None = None
@@ -116,10 +137,16 @@ class Transaction:
         Raises:
             TypeError: ``deduction_minor`` is not an int or ``detail`` is not storable JSON.
             JournalStateError: the row is missing or already billed; raised by the call that
-                writes the marks, at the latest by the commit, which then rolls back.
+                writes the marks, at the latest by the commit, which then rolls back (for a
+                row of `stage_readings`, by this call).
         """
         self._c()  # refuses once the transaction has ended
-        self._billed.append(journal.billed_mark(row_id, status, deduction_minor, detail))
+        mark = journal.billed_mark(row_id, status, deduction_minor, detail)
+        staged = self._staged.get(row_id)
+        if staged is not None:
+            staged.bill(row_id, mark)
+            return
+        self._billed.append(mark)
 
     def mark_held(self, row_id: int, reason: str) -> None:
         """Quarantine an unbilled reading.
@@ -128,10 +155,20 @@ class Transaction:
             JournalStateError: the row is missing or not unbilled (or a pending billing mark
                 of this transaction could not be written; see `mark_billed`).
         """
-        self._write_billed()
+        staged = self._staged.get(row_id)
+        if staged is not None:
+            self._c()  # refuses once the transaction has ended
+            staged.hold(row_id, reason)
+            return
+        self._write_journal()
         journal.mark_held(self._c(), row_id, reason)
 
-    def _write_billed(self) -> None:
+    def _write_journal(self) -> None:
+        """Insert the staged rows and write the pending marks: before any other journal read
+        or write of this transaction, and before it commits."""
+        if self._staged:
+            staged, self._staged = self._staged, {}
+            journal.insert_staged(self._c(), staged)
         if self._billed:
             marks, self._billed = self._billed, []
             journal.mark_billed_many(self._c(), marks)

@@ -147,7 +147,7 @@ async def test_a_journal_failure_that_is_not_one_row_still_fails_the_pipeline(
 ) -> None:
     feed = BatchFeed()
     gateway = two_meter_gateway(tmp_path, feed)
-    real = Transaction.journal_readings
+    real = Transaction.stage_readings  # what a batch is journalled with
     calls = {"n": 0}
 
     # The disk, not a row: injected at the store's boundary as test_failure_recovery does (a
@@ -158,7 +158,7 @@ async def test_a_journal_failure_that_is_not_one_row_still_fails_the_pipeline(
             raise StoreError("store: disk I/O error")
         return real(self, readings, received_at)
 
-    monkeypatch.setattr(Transaction, "journal_readings", failing_once)
+    monkeypatch.setattr(Transaction, "stage_readings", failing_once)
     async with running(gateway):
         results = await feed.put_together(Reading("m1", T0, 0), Reading("m2", T0, 0))
         assert all(isinstance(r, StoreError) for r in results)
