@@ -1,7 +1,8 @@
 """``prepay bench site``: poll like a site, through the real daemon, and count what arrives.
 
 For each fleet size N: N simulated Modbus TCP meters (Eastron SDM120s, served by
-``python -m firmware_sim.modbus_meter`` processes, ``--per-bus`` meters each) polled every
+``python -m firmware_sim.modbus_meter`` processes, ``--per-bus`` meters each, on the light server
+of ``firmware_sim/modbus_tcp_server.py``; ``--sim-server pymodbus`` for pymodbus's) polled every
 ``--interval`` seconds by ``prepay run`` as its own process (``--registers energy``, the
 default: frequency, import and export energy in one request a poll, as the side-by-side runs
 against ThingsBoard's gateway read one; ``all``: the shipped profile, whose voltage register
@@ -21,7 +22,8 @@ takes a second request), each meter billing an account on the Zhejiang residenti
   ``--sim-nice`` (10): on a site the meters are other hardware, and at the daemon's own
   priority they took CPU from its threads on a 2-core machine (the broker and the subscriber
   keep theirs);
-- RSS of the daemon at the end;
+- RSS of the daemon at the end, and the simulators' CPU as a share of one core (what the
+  stand-in meters took of the same machine);
 - readings per journal commit, and a batch's mean time from the end of its commit window to its
   commit (``journal_commit_mean_ms``), from the daemon's ``/metrics`` (on as a monitored site
   has it);

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing_engine.engine import AccountState, BillingEngine, ReadingStatus
+from billing_engine.instants import to_ms
 from billing_engine.kernels import Kernel
 from billing_engine.reference import RefAccount, ReferenceBiller
 from billing_engine.tariff import Tariff
@@ -72,6 +73,12 @@ def test_grain_invariance_merging_readings_in_one_span(tariff: Tariff, data: st.
     # merged with its neighbour without changing the total: the deductions of a cycle depend only
     # on the cumulative quantity per span.
     run = data.draw(reading_runs(tariff.starts_at, messy=False, max_len=30))
+    # The engine's instant is the UTC millisecond: a later reading in the same millisecond is a
+    # conflict whose consumption the next reading bills, so a run that ends on one has not
+    # billed its last register yet (0, 0 at 1 s, 2 at 1 s + 1 us: 0 billed, 1 once the middle
+    # reading is dropped). The invariant is about the instants the engine bills: the first
+    # reading of each millisecond (the runs only move forward).
+    run = [r for i, r in enumerate(run) if i == 0 or to_ms(r[0]) > to_ms(run[i - 1][0])]
     engine = BillingEngine(tariff)
     fine_account = AccountState(0, tariff.class_names[0])
     fine = engine.bill([fine_account], [(0, at, reg) for at, reg in run])
