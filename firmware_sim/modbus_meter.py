@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
@@ -49,9 +49,6 @@ from drivers.modbus.registers import (
     from_milli,
     register_count,
 )
-
-if TYPE_CHECKING:
-    from firmware_sim.modbus_tcp_server import OwnTcpSimulator
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +260,32 @@ class SimMeter:
         return None
 
 
-class MeterSimulator:
+class ServedMeters:
+    """`SimMeter`s behind a server: started on entering, stopped on leaving (both servers)."""
+
+    meters: dict[int, SimMeter]
+    port: int  # a TCP server's port once started; 0 on a serial line
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+class MeterSimulator(ServedMeters):
     """A Modbus server (TCP or serial) with one or more `SimMeter`s on it.
 
     Use as an async context manager after `tcp` or `serial`::
@@ -356,18 +378,6 @@ class MeterSimulator:
             await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
 
 # ------------------------------------------------------------------ program
 
@@ -385,7 +395,7 @@ def _parse_meter(text: str, profiles_dir: Path) -> SimMeter:
     )
 
 
-async def _serve(sim: MeterSimulator | OwnTcpSimulator) -> None:
+async def _serve(sim: ServedMeters) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -426,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--server own serves Modbus TCP only")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     meters = [_parse_meter(m, args.profiles_dir) for m in args.meter]
-    sim: MeterSimulator | OwnTcpSimulator
+    sim: ServedMeters
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         if args.server == "own":

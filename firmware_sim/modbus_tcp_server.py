@@ -34,11 +34,10 @@ import asyncio
 import logging
 import struct
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 from drivers.modbus.registers import Table
-from firmware_sim.modbus_meter import Fault, SimMeter
+from firmware_sim.modbus_meter import Fault, ServedMeters, SimMeter
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +224,7 @@ class _Connection(asyncio.Protocol):
         self._transport.write(frame)
 
 
-class OwnTcpSimulator:
+class OwnTcpSimulator(ServedMeters):
     """`SimMeter`s behind one Modbus TCP port of this module's server.
 
     The same face as `firmware_sim.modbus_meter.MeterSimulator` for TCP::
@@ -265,15 +264,3 @@ class OwnTcpSimulator:
                 transport.close()
             await self._server.wait_closed()
             self._server = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

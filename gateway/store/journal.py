@@ -348,8 +348,10 @@ def stage_readings(
     `insert_staged` before anything else reads or writes the journal.
 
     Returns:
-        As `journal_readings`, each reading's row id or None for a duplicate, and the rows to
-        insert by row id; None when a reading's values are not plainly storable (nothing done).
+        As `journal_readings`, each reading's row id or None for a duplicate (the ids of the new
+        readings consecutive: an insert that meets a duplicate spends an id, this does not),
+        and the rows to insert by row id; None when a reading's values are not plainly
+        storable (nothing done).
     """
     received_at_us = to_micros(received_at)
     values = [_plain_values(r, received_at_us) for r in readings]

@@ -110,7 +110,8 @@ class Transaction:
     ) -> list[int | None]:
         """`journal_readings` for readings this transaction goes on to bill or hold.
 
-        The same row ids, duplicates and errors, but each new row is inserted once, in the
+        The same duplicates and errors, and row ids in the same journal order (without the
+        gap an insert that met a duplicate leaves), but each new row is inserted once, in the
         state its `mark_billed` or `mark_held` left it, when the transaction writes its journal
         (before any other journal read or write of it, at the latest at its commit), instead
         of inserted ``unbilled`` and then updated. See `journal.stage_readings`.
