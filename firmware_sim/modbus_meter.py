@@ -5,8 +5,9 @@ Run as a program::
     python -m firmware_sim.modbus_meter --tcp 127.0.0.1:5020 --meter 1:eastron_sdm120
     python -m firmware_sim.modbus_meter --serial /dev/pts/7 --meter 3:water_xintai_valve:12345:600
 
-or import `SimMeter` / `MeterSimulator` in tests. Each `SimMeter` answers at one unit id with
-the register map of a `DeviceProfile`:
+(``--server own`` serves the same meters over TCP from `firmware_sim.modbus_tcp_server`, a
+lighter server of our own), or import `SimMeter` / `MeterSimulator` in tests. Each `SimMeter`
+answers at one unit id with the register map of a `DeviceProfile`:
 
 * its billed register advances with a consumption curve (milli-units per hour as a function of
   seconds since start) while the supply is on, in exact integer arithmetic;
