@@ -534,7 +534,9 @@ def main(argv: list[str]) -> int:
             f" RSS {result['rss_mb']} MB, {result['readings_per_journal_commit']} readings/commit"
             f" in {result['journal_commit_mean_ms']} ms,"
             f" unpublished {result['journalled_not_published']},"
-            f" twice {result['duplicates_at_subscriber']}"
+            f" twice {result['duplicates_at_subscriber']};"
+            f" simulators ({result['sim_server']}) {100 * result['sim_cpu_share_of_one_core']:.0f}%"
+            " of a core"
         )
         if "floor_cpu_ms_per_poll" in result:
             _say(
