@@ -20,16 +20,13 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from drivers.modbus.config import DeviceProfile
 from drivers.modbus.registers import Table
-from drivers.modbus.tcp_link import TcpLink
 from drivers.ports import DeviceRejectedError, DeviceTimeoutError, FrameError
 from firmware_sim.modbus_meter import Fault, MeterSimulator, SimMeter
 from firmware_sim.modbus_tcp_server import OwnTcpSimulator
 from tests.fixtures.modbus import (
     PROFILES_DIR,
     REPLY_TIMEOUT_S,
-    bus_config,
-    modbus_device,
-    tcp_endpoint,
+    tcp_link,
 )
 from tests.support.waiting import DEFAULT_TIMEOUT_S
 
@@ -43,18 +40,6 @@ def _frozen(meter: SimMeter) -> SimMeter:
     meter.clock_ns = lambda: 0  # the register moves only when a test moves it
     meter.__post_init__()
     return meter
-
-
-@contextlib.asynccontextmanager
-async def _link(port: int, timeout_s: float = REPLY_TIMEOUT_S) -> AsyncIterator[TcpLink]:
-    config = bus_config(
-        "own", tcp_endpoint(port), [modbus_device("d1", 1, "eastron_sdm120")], timeout_s=timeout_s
-    )
-    link = TcpLink(config)
-    try:
-        yield link
-    finally:
-        link.close()
 
 
 @contextlib.asynccontextmanager
@@ -73,7 +58,7 @@ async def test_own_server_answers_the_gateway_link_word_for_word(
     sdm = SimMeter(1, modbus_profiles["eastron_sdm120"], energy_milli=1_234_500)
     relay = SimMeter(3, modbus_profiles["acrel_ddsy1352"], energy_milli=98_760)
     relay.extras["voltage"] = 2301
-    async with OwnTcpSimulator([sdm, relay]) as sim, _link(sim.port) as link:
+    async with OwnTcpSimulator([sdm, relay]) as sim, tcp_link(sim.port) as link:
         # input 0x46..0x4B: frequency 0.0, energy 1234.5, export 0.0 as float32 ABCD;
         # 1234.5 = 1.00110100101b x 2^10: exponent 127 + 10 = 0x89 -> 0x449A5000
         assert await link.read("sdm", 1, Table.INPUT, 0x46, 6) == [0, 0, 0x449A, 0x5000, 0, 0]
@@ -211,11 +196,11 @@ async def test_own_server_plays_the_meter_faults(
 ) -> None:
     sdm = _frozen(SimMeter(1, modbus_profiles["eastron_sdm120"], energy_milli=1_234_500))
     async with OwnTcpSimulator([sdm]) as sim:
-        async with _link(sim.port) as link:
+        async with tcp_link(sim.port) as link:
             sdm.set_fault(Fault.EXCEPTION, count=1, code=4)
             with pytest.raises(DeviceRejectedError):
                 await link.read("sdm", 1, Table.INPUT, 0x46, 6)
-        async with _link(sim.port, SHORT_TIMEOUT_S) as link:
+        async with tcp_link(sim.port, SHORT_TIMEOUT_S) as link:
             sdm.set_fault(Fault.NO_ANSWER, count=1)
             with pytest.raises(DeviceTimeoutError):
                 await link.read("sdm", 1, Table.INPUT, 0x46, 6)
@@ -242,7 +227,7 @@ async def test_own_server_hangs_up_on_a_frame_it_cannot_cut(
                 assert await reader.read() == b""  # closed, nothing answered
         finally:
             writer.close()
-        async with _link(sim.port) as link:  # and it serves the next connection
+        async with tcp_link(sim.port) as link:  # and it serves the next connection
             assert len(await link.read("sdm", 1, Table.INPUT, 0x46, 6)) == 6
     assert sdm.requests == 1
 

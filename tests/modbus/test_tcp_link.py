@@ -9,24 +9,22 @@ tells it to.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from drivers.modbus.config import DeviceProfile, ModbusBusConfig
+from drivers.modbus.config import DeviceProfile
 from drivers.modbus.registers import Table
-from drivers.modbus.tcp_link import TcpLink
 from drivers.ports import DeviceRejectedError, DeviceTimeoutError, FrameError
 from firmware_sim.modbus_meter import MeterSimulator, SimMeter
-from tests.fixtures.modbus import REPLY_TIMEOUT_S, bus_config, modbus_device, tcp_endpoint
+from tests.fixtures.modbus import tcp_link
 from tests.fixtures.mosquitto import free_port
 from tests.support.waiting import eventually
 
@@ -34,21 +32,6 @@ pytestmark = pytest.mark.integration
 
 # A test that expects a timeout pays it; one that expects a reply gets the usual deadline.
 SHORT_TIMEOUT_S = 0.2
-
-
-def _config(port: int, timeout_s: float = REPLY_TIMEOUT_S) -> ModbusBusConfig:
-    return bus_config(
-        "raw", tcp_endpoint(port), [modbus_device("d1", 1, "eastron_sdm120")], timeout_s=timeout_s
-    )
-
-
-@contextlib.asynccontextmanager
-async def _link(port: int, timeout_s: float = REPLY_TIMEOUT_S) -> AsyncIterator[TcpLink]:
-    link = TcpLink(_config(port, timeout_s))
-    try:
-        yield link
-    finally:
-        link.close()
 
 
 # ---------------------------------------------------------------- against the simulator
@@ -66,7 +49,7 @@ async def test_tcp_link_reads_all_four_tables_from_the_simulator(
     )
     relay = SimMeter(3, relay_di, energy_milli=98_760)
     relay.extras["voltage"] = 2301
-    async with MeterSimulator.tcp([sdm, relay]) as sim, _link(sim.port) as link:
+    async with MeterSimulator.tcp([sdm, relay]) as sim, tcp_link(sim.port) as link:
         # input 0x46..0x4B: frequency 0.0, energy 1234.5, export 0.0 as float32 ABCD;
         # 1234.5 = 1.00110100101b x 2^10: exponent 127 + 10 = 0x89, so 0 10001001 0011010010100...
         # = 0x449A5000
@@ -91,7 +74,7 @@ async def test_tcp_link_writes_a_coil_and_a_register_to_the_simulator(
 ) -> None:
     relay = SimMeter(3, modbus_profiles["acrel_ddsy1352"])
     valve = SimMeter(2, modbus_profiles["water_xintai_valve"])
-    async with MeterSimulator.tcp([relay, valve]) as sim, _link(sim.port) as link:
+    async with MeterSimulator.tcp([relay, valve]) as sim, tcp_link(sim.port) as link:
         await link.write("relay", 3, Table.COIL, 0, 0)  # FC05 0x0000: relay open
         assert (relay.supply_on, relay.supply_writes) == (False, [False])
         assert await link.read("relay", 3, Table.COIL, 0, 1) == [False]
@@ -187,7 +170,7 @@ async def test_tcp_link_unpacks_bits_lsb_first_and_drops_the_padding() -> None:
         # 0xFE = 1111 1110b -> bits 8, 9 = 0, 1 and six padding bits set (to be ignored)
         return request.reply(bytes([request.function, 2, 0xA5, 0xFE]))
 
-    async with RawServer(bits) as server, _link(server.port) as link:
+    async with RawServer(bits) as server, tcp_link(server.port) as link:
         got = await link.read("d1", 1, Table.COIL, 0, 10)
         assert got == [True, False, True, False, False, True, False, True, False, True]
         assert all(type(b) is bool for b in got)
@@ -201,7 +184,7 @@ async def test_tcp_link_skips_a_stale_reply_and_takes_its_own() -> None:
         # the reply to an earlier request (given up on) arrives first, in the same segment
         return request.registers(111, tid=request.tid - 1) + request.registers(222)
 
-    async with RawServer(stale_first) as server, _link(server.port) as link:
+    async with RawServer(stale_first) as server, tcp_link(server.port) as link:
         assert await link.read("d1", 1, Table.HOLDING, 0, 1) == [222]
         assert await link.read("d1", 1, Table.HOLDING, 0, 1) == [222]
     assert server.connections == 1
@@ -213,7 +196,7 @@ async def test_tcp_link_only_a_stale_reply_is_no_reply() -> None:
     async def only_stale(request: Request) -> bytes:
         return request.registers(111, tid=request.tid + 100)
 
-    async with RawServer(only_stale) as server, _link(server.port, SHORT_TIMEOUT_S) as link:
+    async with RawServer(only_stale) as server, tcp_link(server.port, SHORT_TIMEOUT_S) as link:
         # a well-formed reply to another transaction: the device answered, but not this request
         with pytest.raises(DeviceTimeoutError, match=r"no reply in 0\.2 s"):
             await link.read("d1", 1, Table.HOLDING, 0, 1)
@@ -226,7 +209,7 @@ async def test_tcp_link_exception_reply_is_rejected_with_its_code() -> None:
     async def illegal_address(request: Request) -> bytes:
         return request.reply(bytes([request.function | 0x80, 0x02]))
 
-    async with RawServer(illegal_address) as server, _link(server.port) as link:
+    async with RawServer(illegal_address) as server, tcp_link(server.port) as link:
         with pytest.raises(DeviceRejectedError, match="rejected with code 2") as caught:
             await link.read("d1", 1, Table.INPUT, 0x46, 6)
         assert caught.value.code == 2
@@ -251,7 +234,7 @@ async def test_tcp_link_reply_that_does_not_answer_is_a_frame_error(
     async def answer(request: Request) -> bytes:
         return make_reply(request)
 
-    async with RawServer(answer) as server, _link(server.port) as link:
+    async with RawServer(answer) as server, tcp_link(server.port) as link:
         with pytest.raises(FrameError, match=message):
             await link.read("d1", 1, Table.INPUT, 0, 2)
         # the framing held: the same connection serves the next request
@@ -264,7 +247,7 @@ async def test_tcp_link_wrong_bit_count_is_a_frame_error() -> None:
     async def one_byte(request: Request) -> bytes:
         return request.reply(bytes([request.function, 1, 0xFF]))
 
-    async with RawServer(one_byte) as server, _link(server.port) as link:
+    async with RawServer(one_byte) as server, tcp_link(server.port) as link:
         with pytest.raises(FrameError, match="asked 10 bits, got 8"):
             await link.read("d1", 1, Table.COIL, 0, 10)
 
@@ -288,7 +271,7 @@ async def test_tcp_link_garbage_is_a_frame_error_and_the_next_call_reconnects(
         return garbage if server.connections == 1 else await _counting_up(request)
 
     server = RawServer(garbage_on_first_connection)
-    async with server, _link(server.port, SHORT_TIMEOUT_S) as link:
+    async with server, tcp_link(server.port, SHORT_TIMEOUT_S) as link:
         with pytest.raises(FrameError, match=message):
             await link.read("d1", 1, Table.HOLDING, 0, 2)
         assert await link.read("d1", 1, Table.HOLDING, 0, 2) == [1, 2]
@@ -300,7 +283,7 @@ async def test_tcp_link_silence_is_a_timeout() -> None:
     async def silence(request: Request) -> bytes:
         return b""
 
-    async with RawServer(silence) as server, _link(server.port, SHORT_TIMEOUT_S) as link:
+    async with RawServer(silence) as server, tcp_link(server.port, SHORT_TIMEOUT_S) as link:
         with pytest.raises(DeviceTimeoutError, match=r"no reply in 0\.2 s"):
             await link.read("d1", 1, Table.INPUT, 0, 2)
         with pytest.raises(DeviceTimeoutError, match=r"no reply in 0\.2 s"):
@@ -313,7 +296,7 @@ async def test_tcp_link_hang_up_mid_request_is_a_timeout_and_the_next_call_recon
         return None if server.connections == 1 else await _counting_up(request)
 
     server = RawServer(hang_up_first)
-    async with server, _link(server.port) as link:
+    async with server, tcp_link(server.port) as link:
         with pytest.raises(DeviceTimeoutError, match="not connected: connection closed"):
             await link.read("d1", 1, Table.HOLDING, 0, 3)
         assert await link.read("d1", 1, Table.HOLDING, 0, 3) == [1, 2, 3]
@@ -321,7 +304,7 @@ async def test_tcp_link_hang_up_mid_request_is_a_timeout_and_the_next_call_recon
 
 
 async def test_tcp_link_refused_connection_cannot_connect() -> None:
-    async with _link(free_port()) as link:  # nothing listens there
+    async with tcp_link(free_port()) as link:  # nothing listens there
         with pytest.raises(DeviceTimeoutError, match="d1: cannot connect to the bus"):
             await link.read("d1", 1, Table.HOLDING, 0, 1)
     assert link.dump() == ""  # nothing was sent
@@ -337,7 +320,7 @@ async def test_tcp_link_late_reply_to_a_cancelled_call_is_not_the_next_calls() -
         return request.registers(0x0002)
 
     timeout_s = 30.0  # only the cancellation ends the first call
-    async with RawServer(first_late) as server, _link(server.port, timeout_s) as link:
+    async with RawServer(first_late) as server, tcp_link(server.port, timeout_s) as link:
         call = asyncio.create_task(link.read("d1", 1, Table.HOLDING, 0, 1))
         assert (await server.received.get()).tid == 1
         call.cancel()
