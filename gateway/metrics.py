@@ -52,6 +52,8 @@ class LinkCountersView(Protocol):
     @property
     def published(self) -> int: ...
     @property
+    def refused(self) -> int: ...
+    @property
     def connects(self) -> int: ...
     @property
     def reconnects(self) -> int: ...
@@ -209,6 +211,7 @@ class _SnapshotCollector(Collector):
                 ("connects", "Connections made to the broker."),
                 ("reconnects", "Connections lost after being up."),
                 ("published", "Outbox messages acknowledged by the broker."),
+                ("refused", "Of those, messages the broker's PUBACK refused (not sent again)."),
                 ("commands", "Commands received."),
                 ("command_errors", "Commands whose handling failed."),
             ):
@@ -319,6 +322,7 @@ class GatewayMetrics:
                 "connects": link.counters.connects,
                 "reconnects": link.counters.reconnects,
                 "published": link.counters.published,
+                "refused": link.counters.refused,
                 "commands": link.counters.commands,
                 "command_errors": link.counters.command_errors,
             },

@@ -20,8 +20,16 @@ Protocol facts this adapter relies on:
 - A backlog of readings of one meter is sent as one ``meter/{meter}/readings`` batch when
   ``batch_telemetry`` is on; one PUBLISH costs about 0.14 ms of CPU with its PUBACK (paho,
   mosquitto on the same box), far more than its bytes.
-- The drain hands PUBLISHes to paho's client directly and takes the PUBACKs from its
-  ``on_publish`` (`MqttLink._publisher`); aiomqtt connects, subscribes and receives.
+- The outbox's messages go out on a second connection of their own (``{client_id}-out``,
+  `gateway.northbound.publish_connection`: PUBLISH and PUBACK as a few byte strings, a sixth of
+  paho's CPU a message); aiomqtt's main connection keeps the session, the will, the commands and
+  the status. ``publish_connection: shared`` (or a broker refusing the second connection under
+  ``auto``) sends them on the main connection: the drain then hands PUBLISHes to paho's client
+  directly and takes the PUBACKs from its ``on_publish`` (`MqttLink._publisher`).
+- A PUBACK refusing a message (MQTT 5 reason 0x80 and above: not authorized, quota exceeded,
+  packet too large) is the broker's answer to that message, and sending it again gets the same
+  one: it leaves the outbox like a delivered message, logged and counted (``refused``), so that
+  it does not hold back every message behind it.
 - The outbox is read when a connection starts (and while a read fills its chunk); after that,
   the store tells the drain what each transaction committed (`OutboxReader.follow`), in seq
   order, and the drain takes it from memory. A tail longer than a chunk (a stalled broker) is
@@ -38,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -57,6 +66,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.messages import OutboxMessage, OutboxReader
 from gateway.northbound.payloads import StatusPayload, encode_payload
+from gateway.northbound.publish_connection import (
+    PublishConnection,
+    PublishConnectRefusedError,
+    PublishEndpoint,
+    open_publish_connection,
+)
 from gateway.northbound.send_queue import SendQueue, Unit
 from gateway.northbound.settings import CommandLimits, MqttSettings, TlsSettings
 from gateway.northbound.topics import QOS, SiteTopics
@@ -88,6 +103,7 @@ class LinkCounters:
     """What the link has done since it was made. Read them; do not write them."""
 
     published: int = 0  # outbox messages acknowledged after their PUBACK
+    refused: int = 0  # of which the broker's PUBACK refused (MQTT 5 reason >= 0x80)
     publishes: int = 0  # PUBLISH packets completed (a batch counts once)
     batches: int = 0  # of which batches of readings
     connects: int = 0
@@ -142,6 +158,9 @@ class MqttLink:
         self.counters = LinkCounters()
         self.connected = asyncio.Event()
         self.protocol_in_use: Literal["5", "3.1.1"] | None = None
+        # Where the outbox's messages go out in this (or the last) connection.
+        self.publishing_on: Literal["separate", "shared"] | None = None
+        self._refused_logged_at = -math.inf
         self._stop = asyncio.Event()
         self._stop_deadline = math.inf
         self._wake: asyncio.Event | None = None
@@ -233,24 +252,32 @@ class MqttLink:
                         retain=True,
                         timeout=math.inf,
                     )
+                out = await self._open_out(stack)
                 self.counters.connects += 1
                 self._session_was_up = True
                 self.connected.set()
                 if self._down_logged or self.counters.connects == 1:
                     logger.info(
-                        "MQTT link up: %s:%d as %s (MQTT %s)",
+                        "MQTT link up: %s:%d as %s (MQTT %s), the outbox on %s",
                         self._settings.host,
                         self._settings.port,
                         self._client_id,
                         self.protocol_in_use,
+                        "the main connection" if out is None else f"{self._client_id}-out",
                     )
                 self._down_logged = False
                 async with asyncio.TaskGroup() as tg:
                     receiver = tg.create_task(
                         self._receive(client, on_command), name="mqtt.receive"
                     )
-                    await self._drain(client, tg, outbox, wake)
+                    # The publishing connection's loss ends the session like the main one's.
+                    watcher = (
+                        None if out is None else tg.create_task(out.wait_lost(), name="mqtt.out")
+                    )
+                    await self._drain(client, out, tg, outbox, wake)
                     receiver.cancel()  # drained after request_stop
+                    if watcher is not None:
+                        watcher.cancel()
             finally:
                 self.connected.clear()
                 await self._say_offline(client)
@@ -266,6 +293,42 @@ class MqttLink:
                     retain=True,
                     timeout=math.inf,
                 )
+
+    async def _open_out(self, stack: contextlib.AsyncExitStack) -> PublishConnection | None:
+        """The outbox's own connection, or None: its messages go out on the main connection
+        (``publish_connection: shared``, or a broker that refused the second one under
+        ``auto``, for the rest of the process's life)."""
+        s = self._settings
+        if s.publish_connection == "shared" or self.publishing_on == "shared":
+            self.publishing_on = "shared"
+            return None
+        if self.protocol_in_use is None:  # pragma: no cover - _connect sets it or raises
+            raise RuntimeError("the main connection's protocol is not known")
+        endpoint = PublishEndpoint(
+            host=s.host,
+            port=s.port,
+            client_id=f"{self._client_id}-out",
+            version=self.protocol_in_use,
+            keepalive_s=s.keepalive_s,
+            connect_timeout_s=s.connect_timeout_s,
+            username=s.username,
+            password=self._password,
+            tls_context=self._tls_context,
+        )
+        try:
+            out = await stack.enter_async_context(open_publish_connection(endpoint))
+        except PublishConnectRefusedError as exc:
+            if s.publish_connection == "separate":
+                raise
+            logger.warning(
+                "%s; the outbox's messages go out on the main connection from now on"
+                " (mqtt.publish_connection: shared says so from the start)",
+                exc,
+            )
+            self.publishing_on = "shared"
+            return None
+        self.publishing_on = "separate"
+        return out
 
     def _status_payload(self, status: Literal["online", "offline"]) -> bytes:
         return encode_payload(StatusPayload(status=status, version=self._version, ts=self._clock()))
@@ -380,11 +443,14 @@ class MqttLink:
     async def _drain(
         self,
         client: aiomqtt.Client,
+        out: PublishConnection | None,
         tg: asyncio.TaskGroup,
         outbox: OutboxReader,
         wake: asyncio.Event,
     ) -> None:
         window = self._settings.max_inflight
+        if out is not None and out.receive_maximum is not None:
+            window = min(window, out.receive_maximum)  # the broker's own bound (MQTT 5)
         per_unit = self._settings.batch_max if self._settings.batch_telemetry else 1
         # Read the outbox in big chunks and keep what was read: re-reading it on every
         # PUBACK would re-read the whole window each time. Slots are refilled one by one, so
@@ -403,12 +469,15 @@ class MqttLink:
         unacked = 0  # messages handed to this connection, not yet acknowledged to the outbox
         progress = asyncio.Event()
         loop = asyncio.get_running_loop()
-        publish = self._publisher(client, progress)
+        publish = (
+            self._publisher(client, progress) if out is None else self._own_publisher(out, progress)
+        )
         timeout_s = self._settings.publish_timeout_s
         finished: list[int] = []  # PUBACKed, in order, not yet acknowledged to the outbox
         last_ack = -math.inf
         acking: asyncio.Task[None] | None = None  # the acknowledgement commit under way
         unread = True  # the outbox may hold messages not read yet
+        read_after_stop = False  # the outbox was read once more after `request_stop`
         read_upto = 0  # the highest seq read on this connection: later reads start above it
         # What was committed after the last read, told by the store (`OutboxReader.follow`):
         # taken from memory instead of from the outbox. A read waited for the store's lock
@@ -508,6 +577,13 @@ class MqttLink:
                 ):
                     if wake.is_set():
                         continue  # added after the last read (e.g. the shutdown's state flush)
+                    if not read_after_stop:
+                        # What was committed before the stop may not have been told yet: its
+                        # `on_commit` can still wait in the loop's queue behind this task
+                        # (seen under load: the drain returned with 50 messages unsent). One
+                        # read of the outbox after the stop sees all of it.
+                        read_after_stop = unread = True
+                        continue
                     return
                 waiting_for = progress if inflight or acking is not None else wake
                 if finished and acking is None and not self._stop.is_set():
@@ -554,13 +630,7 @@ class MqttLink:
         theirs = paho.on_publish
         if theirs is None:  # aiomqtt sets it when it makes the client
             raise RuntimeError("aiomqtt left paho's on_publish unset")
-        counters = self.counters
-
-        def done(unit: Unit) -> None:
-            unit.done = True
-            counters.publishes += 1
-            counters.batches += unit.batched
-            progress.set()
+        done = self._finisher(progress)
 
         def on_publish(*args: Any) -> None:
             # (client, userdata, mid, reason code, properties): paho's callback API version 2.
@@ -568,7 +638,7 @@ class MqttLink:
             if unit is None:
                 theirs(*args)
             else:
-                done(unit)
+                done(unit, getattr(args[3], "value", 0))
 
         paho.on_publish = on_publish
 
@@ -577,11 +647,54 @@ class MqttLink:
             if info.rc != MQTT_ERR_SUCCESS:
                 raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
             if info.is_published():  # QoS 0: nothing to wait for
-                done(unit)
+                done(unit, 0)
             else:
                 by_mid[info.mid] = unit
 
         return publish
+
+    def _own_publisher(
+        self, out: PublishConnection, progress: asyncio.Event
+    ) -> Callable[[Unit], None]:
+        """What hands one unit to the outbox's own connection, and marks it done at its PUBACK."""
+        done = self._finisher(progress)
+
+        def publish(unit: Unit) -> None:
+            out.publish(
+                unit.topic,
+                unit.payload,
+                qos=unit.qos,
+                retain=unit.retain,
+                on_done=functools.partial(done, unit),
+            )
+
+        return publish
+
+    def _finisher(self, progress: asyncio.Event) -> Callable[[Unit, int], None]:
+        """What marks a unit done at its PUBACK's reason code (0: taken; 0x80 and above: the
+        broker refused it, see the module docstring) and wakes the drain."""
+        counters = self.counters
+        loop = asyncio.get_running_loop()
+
+        def done(unit: Unit, reason: int) -> None:
+            unit.done = True
+            counters.publishes += 1
+            counters.batches += unit.batched
+            if reason >= 0x80:
+                counters.refused += len(unit.seqs)
+                # Once a minute at most: a broker refusing a whole topic refuses every reading.
+                if loop.time() - self._refused_logged_at >= 60.0:
+                    self._refused_logged_at = loop.time()
+                    logger.error(
+                        "the broker refused a message on %s (PUBACK reason 0x%02x); it is not"
+                        " sent again (%d refused so far)",
+                        unit.topic,
+                        reason,
+                        counters.refused,
+                    )
+            progress.set()
+
+        return done
 
 
 def _tls_context(tls: TlsSettings) -> ssl.SSLContext:

@@ -13,6 +13,11 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MqttProtocol = Literal["auto", "5", "3.1.1"]
+# Where the outbox's messages go out: on a second connection of their own (client id
+# ``{client_id}-out``; `gateway.northbound.publish_connection`), on the main connection with the
+# commands (a broker that allows one connection per identity), or on the second connection
+# unless the broker refuses it, then on the main one.
+PublishConnectionMode = Literal["auto", "separate", "shared"]
 
 
 class TlsSettings(BaseModel):
@@ -55,6 +60,7 @@ class MqttSettings(BaseModel):
     batch_telemetry: bool = True
     batch_max: Annotated[int, Field(ge=2, le=10_000)] = 100
     drain_deadline_s: Annotated[float, Field(ge=0)] = 5.0
+    publish_connection: PublishConnectionMode = "auto"
 
     @model_validator(mode="after")
     def password_needs_username(self) -> Self:

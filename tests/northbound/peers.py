@@ -100,6 +100,9 @@ class TcpProxy:
     - `stall` stops broker -> client bytes (PUBACKs withheld) until `resume`.
     - ``refuse`` closes new connections at once; ``v3_only`` answers an MQTT 5 CONNECT the way an
       MQTT 3.1.1-only broker does (CONNACK 0x01, unacceptable protocol version) and closes.
+    - ``refuse_client_suffix`` answers a CONNECT whose client id ends so with "not authorized"
+      (MQTT 5 0x87, 3.1.1 0x05) and closes; `cut_client` aborts the connections of one client
+      id suffix only. `refused` counts the CONNECTs refused.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -111,6 +114,9 @@ class TcpProxy:
         self._flowing.set()
         self.refuse = False
         self.v3_only = False
+        self.refuse_client_suffix: str | None = None
+        self.refused = 0
+        self._clients: dict[asyncio.StreamWriter, str] = {}  # a client's writer -> its client id
         self.connections = 0
         self.port = 0
 
@@ -132,6 +138,12 @@ class TcpProxy:
         for writer in self._writers:
             writer.transport.abort()
         self._writers.clear()
+        self._clients.clear()
+
+    def cut_client(self, suffix: str) -> None:
+        for writer, client_id in list(self._clients.items()):
+            if client_id.endswith(suffix):
+                writer.transport.abort()
 
     def stall(self) -> None:
         self._flowing.clear()
@@ -149,16 +161,22 @@ class TcpProxy:
             writer.transport.abort()
             return
         first = b""
-        if self.v3_only:
-            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-                first = await _read_packet(reader)
-            # CONNECT: 2-byte length, "MQTT", then the protocol level byte.
-            if len(first) < 9 or first[8] == 5:
-                writer.write(b"\x20\x02\x00\x01")
-                with contextlib.suppress(ConnectionError):
-                    await writer.drain()
-                writer.close()
-                return
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            first = await _read_packet(reader)
+        # CONNECT: 2-byte length, "MQTT", then the protocol level byte.
+        level = first[8] if len(first) >= 9 else 0
+        answer = None
+        if self.v3_only and level != 4:
+            answer = b"\x20\x02\x00\x01"
+        elif self.refuse_client_suffix and _client_id(first).endswith(self.refuse_client_suffix):
+            self.refused += 1
+            answer = b"\x20\x03\x00\x87\x00" if level == 5 else b"\x20\x02\x00\x05"
+        if answer is not None:
+            writer.write(answer)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
@@ -166,6 +184,7 @@ class TcpProxy:
             return
         self.connections += 1
         self._writers.update((writer, up_writer))
+        self._clients[writer] = _client_id(first)
         up_writer.write(first)
         self._spawn(self._pump(reader, up_writer, stallable=False))
         self._spawn(self._pump(up_reader, writer, stallable=True))
@@ -180,6 +199,28 @@ class TcpProxy:
                 sink.write(data)
                 await sink.drain()
         sink.transport.abort()
+
+
+def _client_id(connect: bytes) -> str:
+    """The client id of a whole CONNECT packet (fixed header included), "" if it is not one."""
+    if len(connect) < 2 or connect[0] >> 4 != 1:
+        return ""
+    at = 1
+    while connect[at] & 0x80:  # the remaining length
+        at += 1
+    at += 1 + 6 + 1 + 1 + 2  # past it: "MQTT" with its length, level, flags, keep-alive
+    if connect[at - 4] == 5:  # MQTT 5: the properties, their length first
+        length, shift = 0, 0
+        while True:
+            byte = connect[at]
+            at += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        at += length
+    size = int.from_bytes(connect[at : at + 2], "big")
+    return connect[at + 2 : at + 2 + size].decode()
 
 
 async def _read_packet(reader: asyncio.StreamReader) -> bytes:

@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiomqtt
 import pytest
 
-from gateway.messages import OutboxMessage
+from gateway.messages import OutboxListener, OutboxMessage
 from gateway.northbound.mqtt import CommandHandler, MqttLink
 from gateway.northbound.payloads import ReadingPayload
 from gateway.northbound.settings import MqttSettings, TlsSettings
 from gateway.northbound.topics import SiteTopics
-from tests.fixtures.mosquitto import Broker
+from tests.fixtures.mosquitto import Broker, free_port, write_config
 from tests.fixtures.mosquitto_tls import TlsBroker
 from tests.northbound.peers import MemoryOutbox, Received, Recorder, TcpProxy
 from tests.support.waiting import DEFAULT_TIMEOUT_S as WAIT_S
@@ -28,6 +30,12 @@ pytestmark = pytest.mark.integration
 SITE = "s1"
 TOPICS = SiteTopics(SITE)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(params=["separate", "shared"])
+def publishing(request: pytest.FixtureRequest) -> str:
+    """Where the outbox's messages go out: their own connection, or the main one (paho)."""
+    return str(request.param)
 
 
 async def _ignore(kind: str, payload: bytes, *, retained: bool = False) -> None:
@@ -201,7 +209,7 @@ async def test_link_commands_reach_handler_including_those_sent_while_offline(
 
 
 async def test_link_acknowledges_only_after_puback_and_drains_in_order(
-    mosquitto: Broker,
+    mosquitto: Broker, publishing: str
 ) -> None:
     outbox = MemoryOutbox()
     for n in range(300):
@@ -215,7 +223,8 @@ async def test_link_acknowledges_only_after_puback_and_drains_in_order(
         until=lambda msgs: len(msgs) >= 300,
     )
     async with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
-        link = MqttLink(_settings(proxy.port, max_inflight=window), SITE, "1")
+        settings = _settings(proxy.port, max_inflight=window, publish_connection=publishing)
+        link = MqttLink(settings, SITE, "1")
         async with running(link, outbox, recorder) as wake:
             await asyncio.wait_for(link.connected.wait(), WAIT_S)
             proxy.stall()  # PUBLISHes reach the broker; its PUBACKs do not reach the link
@@ -235,10 +244,11 @@ async def test_link_acknowledges_only_after_puback_and_drains_in_order(
     for account in ("a0", "a1", "a2"):
         assert streams[TOPICS.account_event(account)] == list(range(int(account[1]), 300, 3))
     assert link.counters.published == 300
+    assert link.publishing_on == publishing
 
 
 async def test_link_broker_restart_mid_stream_loses_nothing_and_keeps_order(
-    mosquitto: Broker,
+    mosquitto: Broker, publishing: str
 ) -> None:
     outbox = MemoryOutbox()
     total = 3000
@@ -259,7 +269,10 @@ async def test_link_broker_restart_mid_stream_loses_nothing_and_keeps_order(
         f"prepay/{SITE}/#",
         until=_Seen(expected),
     )
-    link = MqttLink(_settings(mosquitto.port, max_inflight=10, batch_max=5), SITE, "1")
+    settings = _settings(
+        mosquitto.port, max_inflight=10, batch_max=5, publish_connection=publishing
+    )
+    link = MqttLink(settings, SITE, "1")
     async with running(link, outbox, recorder) as wake:
         # Mid-stream: some messages delivered, many still in the outbox.
         await recorder.next_matching(
@@ -284,7 +297,7 @@ async def test_link_broker_restart_mid_stream_loses_nothing_and_keeps_order(
     assert link.counters.batches > 0
 
 
-async def test_link_batches_reading_backlog_per_meter(mosquitto: Broker) -> None:
+async def test_link_batches_reading_backlog_per_meter(mosquitto: Broker, publishing: str) -> None:
     outbox = MemoryOutbox()
     for n in range(1000):
         _reading(outbox, f"m{n % 2}", n)
@@ -298,7 +311,9 @@ async def test_link_batches_reading_backlog_per_meter(mosquitto: Broker) -> None
             | {(TOPICS.account_event("a0"), "a0:1000")}
         ),
     )
-    link = MqttLink(_settings(mosquitto.port, batch_max=100), SITE, "1")
+    link = MqttLink(
+        _settings(mosquitto.port, batch_max=100, publish_connection=publishing), SITE, "1"
+    )
     async with running(link, outbox, recorder):
         await asyncio.wait_for(recorder.done.wait(), WAIT_S)
     batches = [m for m in recorder.messages if m.topic.endswith("/readings")]
@@ -309,11 +324,14 @@ async def test_link_batches_reading_backlog_per_meter(mosquitto: Broker) -> None
     assert streams["meter:m1"] == list(range(1, 1000, 2))
 
 
-async def test_link_stop_drains_outbox_then_says_offline(mosquitto: Broker) -> None:
+async def test_link_stop_drains_outbox_then_says_offline(
+    mosquitto: Broker, publishing: str
+) -> None:
     outbox = MemoryOutbox()
     recorder = Recorder(mosquitto.host, mosquitto.port, f"prepay/{SITE}/#")
     # A deadline a loaded machine cannot miss: the point is the order (drain, then offline).
-    link = MqttLink(_settings(mosquitto.port, drain_deadline_s=WAIT_S), SITE, "1")
+    settings = _settings(mosquitto.port, drain_deadline_s=WAIT_S, publish_connection=publishing)
+    link = MqttLink(settings, SITE, "1")
     async with running(link, outbox, recorder) as wake:
         await asyncio.wait_for(link.connected.wait(), WAIT_S)
         for n in range(50):
@@ -398,6 +416,31 @@ class _CountedOutbox(MemoryOutbox):
     def pending(self, limit: int, after_seq: int = 0) -> list[OutboxMessage]:
         self.reads += 1
         return super().pending(limit, after_seq)
+
+
+class _UntoldOutbox(_CountedOutbox):
+    """An outbox whose commits reach the link's follower late: here never, the limit of a
+    commit's notice still queued behind the drain when the stop comes."""
+
+    def follow(self, listener: OutboxListener) -> Callable[[], None]:
+        return lambda: None
+
+
+async def test_link_stop_reads_the_outbox_once_more_for_what_it_was_not_told(
+    mosquitto: Broker, publishing: str
+) -> None:
+    outbox = _UntoldOutbox()
+    settings = _settings(mosquitto.port, drain_deadline_s=WAIT_S, publish_connection=publishing)
+    link = MqttLink(settings, SITE, "1")
+    async with running(link, outbox) as wake:
+        await eventually(lambda: outbox.reads >= 1, what="the first read of the outbox")
+        for n in range(50):
+            _ledger(outbox, "a0", n)
+        wake.set()
+        link.request_stop()
+        await asyncio.wait_for(outbox.emptied.wait(), WAIT_S)
+    assert outbox.acknowledged == list(range(1, 51))
+    assert outbox.reads >= 2
 
 
 async def test_link_takes_what_is_committed_while_up_from_the_outbox_follower(
@@ -490,3 +533,123 @@ async def test_link_publishes_a_commit_while_an_acknowledgement_waits_for_the_st
         finally:
             outbox.release.set()
         await eventually(lambda: outbox.acknowledged == [1, 2], what="both acknowledged")
+
+
+async def test_link_publishes_on_a_connection_of_its_own_by_default(mosquitto: Broker) -> None:
+    outbox = MemoryOutbox()
+    _ledger(outbox, "a0", 1)
+    async with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
+        link = MqttLink(_settings(proxy.port), SITE, "1")
+        async with running(link, outbox):
+            await asyncio.wait_for(outbox.emptied.wait(), WAIT_S)
+    assert link.publishing_on == "separate"
+    assert proxy.connections == 2  # prepay-gw-s1 and prepay-gw-s1-out
+
+
+async def test_link_auto_publishes_on_the_main_connection_when_the_broker_refuses_a_second(
+    mosquitto: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = MemoryOutbox()
+    for n in range(20):
+        _ledger(outbox, "a0", n)
+    async with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
+        proxy.refuse_client_suffix = "-out"
+        link = MqttLink(_settings(proxy.port), SITE, "1")
+        async with running(link, outbox) as wake:
+            await asyncio.wait_for(outbox.emptied.wait(), WAIT_S)
+            # Decided for the process's life: a reconnect does not ask again.
+            proxy.cut()
+            await eventually(lambda: link.counters.connects == 2, what="the reconnect")
+            _ledger(outbox, "a0", 20)
+            wake.set()
+            await asyncio.wait_for(outbox.emptied.wait(), WAIT_S)
+    assert link.publishing_on == "shared"
+    assert proxy.refused == 1
+    assert outbox.acknowledged == list(range(1, 22))
+    assert "broker refused connection 'prepay-gw-s1-out': not authorized (0x87)" in caplog.text
+
+
+async def test_link_separate_stays_down_while_the_broker_refuses_the_second_connection(
+    mosquitto: Broker,
+) -> None:
+    async with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
+        proxy.refuse_client_suffix = "-out"
+        link = MqttLink(_settings(proxy.port, publish_connection="separate"), SITE, "1")
+        async with running(link, MemoryOutbox()):
+            await eventually(lambda: proxy.refused >= 2, what="two refused attempts")
+    assert link.counters.connects == 0
+    assert not link.connected.is_set()
+    assert "refused connection 'prepay-gw-s1-out': not authorized" in str(link.counters.last_error)
+
+
+async def test_link_losing_only_the_publishing_connection_reconnects_and_loses_nothing(
+    mosquitto: Broker,
+) -> None:
+    outbox = MemoryOutbox()
+    for n in range(300):
+        _ledger(outbox, "a0", n)
+    outbox.hold = True
+    recorder = Recorder(
+        mosquitto.host,
+        mosquitto.port,
+        f"prepay/{SITE}/account/#",
+        until=lambda msgs: len({m.json()["event_id"] for m in msgs}) >= 300,
+    )
+    async with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
+        link = MqttLink(_settings(proxy.port, max_inflight=20), SITE, "1")
+        async with running(link, outbox, recorder) as wake:
+            await asyncio.wait_for(link.connected.wait(), WAIT_S)
+            proxy.stall()  # PUBLISHes go out, PUBACKs are held: the cut finds them in flight
+            outbox.hold = False
+            wake.set()
+            await recorder.next_matching(lambda m: m.json()["event_id"] == "a0:19")
+            proxy.cut_client("-out")
+            proxy.resume()
+            await asyncio.wait_for(outbox.emptied.wait(), WAIT_S)
+            await asyncio.wait_for(recorder.done.wait(), WAIT_S)
+    assert link.counters.reconnects == 1
+    assert outbox.acknowledged == list(range(1, 301))
+    assert _first_seen_per_stream(recorder.messages)[TOPICS.account_event("a0")] == list(range(300))
+
+
+@contextlib.contextmanager
+def _broker_with_acl(acl: str) -> Iterator[Broker]:
+    """A fresh mosquitto with this ACL file. mosquitto started as root reads it as its own
+    user, so it goes in a world-readable directory, not pytest's private tree."""
+    with tempfile.TemporaryDirectory(prefix="mosquitto_acl_") as name:
+        directory = Path(name)
+        directory.chmod(0o755)
+        acl_file = directory / "acl"
+        acl_file.write_text(acl)
+        acl_file.chmod(0o644)
+        port = free_port()
+        broker = Broker("127.0.0.1", port, write_config(directory, port, f"acl_file {acl_file}\n"))
+        broker.start()
+        try:
+            yield broker
+        finally:
+            broker.stop()
+
+
+async def test_link_counts_a_message_the_broker_refuses_and_goes_on(publishing: str) -> None:
+    # mosquitto answers a PUBLISH its ACL denies with PUBACK 0x87 (MQTT 5) and drops it.
+    outbox = MemoryOutbox()
+    _ledger(outbox, "a0", 1)
+    _ledger(outbox, "blocked", 2)
+    _ledger(outbox, "a0", 3)
+    with _broker_with_acl(
+        f"topic readwrite #\ntopic deny {TOPICS.account_event('blocked')}\n"
+    ) as broker:
+        recorder = Recorder(
+            broker.host,
+            broker.port,
+            f"prepay/{SITE}/account/#",
+            until=lambda msgs: any(m.json()["event_id"] == "a0:3" for m in msgs),
+        )
+        link = MqttLink(_settings(broker.port, publish_connection=publishing), SITE, "1")
+        async with running(link, outbox, recorder):
+            await asyncio.wait_for(outbox.emptied.wait(), WAIT_S)
+            await asyncio.wait_for(recorder.done.wait(), WAIT_S)
+    assert link.counters.refused == 1
+    assert outbox.acknowledged == [1, 2, 3]
+    assert [m.json()["event_id"] for m in recorder.messages] == ["a0:1", "a0:3"]

@@ -98,8 +98,10 @@ async def test_metrics_bus_poll_seconds_counts_every_poll_of_each_bus(tmp_path: 
         values = [buckets[b] for b in bounds]
         assert values == sorted(values)  # cumulative
         assert buckets["+Inf"] == count
-        # Every poll is timed once, in the same snapshot as the poll counter.
-        assert count == polls
+        # Every poll is timed once. A poll is counted when it starts and timed when it ends, so
+        # a snapshot taken during one (each bus here has one device) sees it counted, not yet
+        # timed: one at most.
+        assert polls - 1 <= count <= polls
         assert total_s > 0
     # The dead bus's polls all failed, and each was timed too.
     dead_polls = of_bus(samples, "prepay_bus_polls_total", DEAD)[""]
