@@ -67,7 +67,7 @@ def register(commands: Commands) -> None:
         " gateway and modbus also start mosquitto and simulated meters.",
     )
     bench.add_argument(
-        "name", choices=["billing", "console", "gateway", "modbus", "site", "tickets"]
+        "name", choices=["billing", "console", "gateway", "modbus", "publish", "site", "tickets"]
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)

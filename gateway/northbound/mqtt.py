@@ -21,7 +21,7 @@ Protocol facts this adapter relies on:
   ``batch_telemetry`` is on; one PUBLISH costs about 0.14 ms of CPU with its PUBACK (paho,
   mosquitto on the same box), far more than its bytes.
 - The outbox's messages go out on a second connection of their own (``{client_id}-out``,
-  `gateway.northbound.publish_connection`: PUBLISH and PUBACK as a few byte strings, a sixth of
+  `gateway.northbound.publish_connection`: PUBLISH and PUBACK as a few byte strings, an eighth of
   paho's CPU a message); aiomqtt's main connection keeps the session, the will, the commands and
   the status. ``publish_connection: shared`` (or a broker refusing the second connection under
   ``auto``) sends them on the main connection: the drain then hands PUBLISHes to paho's client

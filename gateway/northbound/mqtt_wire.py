@@ -1,13 +1,15 @@
 """The few MQTT packets the outbox's own publishing connection speaks, as bytes. Pure: no I/O.
 
 Written here rather than taken from paho because paho's per-message path is what the drain
-paid for: about 60 µs of CPU a QoS 1 message with its PUBACK (a message object, a message-info
+paid for: 66-70 µs of CPU a QoS 1 message with its PUBACK (a message object, a message-info
 object with a condition variable, a reason-code and a properties object per PUBACK), against
-about 10 µs for these functions and the connection around them, measured against one
-mosquitto in one process (``docs/architecture.md``, eighth round). Only what a publisher needs:
-CONNECT, CONNACK, PUBLISH (QoS 0 and 1), PUBACK, PINGREQ/PINGRESP and DISCONNECT, MQTT 3.1.1
-(OASIS Standard, 2014) and MQTT 5.0 (OASIS Standard, 2019); the section numbers below are 5.0's.
-Subscribing and receiving stay with aiomqtt on the link's main connection.
+8-9 µs for these functions and the connection around them, against one mosquitto in one
+process (``prepay bench publish``; ``docs/architecture.md``, eighth round).
+
+Only what a publisher needs: CONNECT, CONNACK, PUBLISH (QoS 0 and 1), PUBACK, PINGREQ/PINGRESP
+and DISCONNECT, MQTT 3.1.1 (OASIS Standard, 2014) and MQTT 5.0 (OASIS Standard, 2019); the
+section numbers below are 5.0's. Subscribing and receiving stay with aiomqtt on the link's main
+connection.
 """
 
 from __future__ import annotations

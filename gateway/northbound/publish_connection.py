@@ -4,7 +4,7 @@ The MQTT link (`gateway.northbound.mqtt`) keeps its main connection (aiomqtt ove
 what needs a full client: the persistent session, the Last Will, the command subscriptions, the
 status messages. The outbox's drain, which is every message the gateway sends, goes out on this
 second connection, whose per-message path is a few byte strings (`mqtt_wire`) instead of paho's
-objects: about a sixth of paho's CPU a message (``docs/architecture.md``, eighth round).
+objects: about an eighth of paho's CPU a message (``docs/architecture.md``, eighth round).
 
 Protocol facts it relies on:
 

@@ -51,6 +51,17 @@ def test_bench_billing_runs_and_both_builds_agree() -> None:
 
 
 @pytest.mark.timeout(TIMEOUT_S)
+def test_bench_publish_runs_and_every_message_is_acknowledged() -> None:
+    # The benchmark raises when a way misses a PUBACK or has one refused.
+    result = _bench("publish", "--messages", "500", "--rounds", "1")
+    assert result["messages"] == 500
+    [only] = result["rounds"]
+    assert set(only) == {"paho", "own", "own_over_paho"}
+    assert only["own"]["cpu_us_per_msg"] > 0
+    assert result["own_over_paho_median"] == only["own_over_paho"]
+
+
+@pytest.mark.timeout(TIMEOUT_S)
 def test_bench_gateway_runs_every_phase() -> None:
     result = _bench(
         "gateway",
