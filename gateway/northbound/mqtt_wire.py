@@ -229,10 +229,15 @@ def parse_connack(version: Version, body: bytes) -> Connack:
         return value if isinstance(value, int) else None
 
     reason = found.get(_REASON_STRING)
+    receive_maximum = number(_RECEIVE_MAXIMUM)
+    maximum_packet_size = number(_MAXIMUM_PACKET_SIZE)
+    # 3.2.2.3.3 and 3.2.2.3.6: a value of 0 is a protocol error (and would let nothing out).
+    if receive_maximum == 0 or maximum_packet_size == 0:
+        raise MalformedPacketError("a CONNACK with a Receive Maximum or Maximum Packet Size of 0")
     return Connack(
         code,
-        receive_maximum=number(_RECEIVE_MAXIMUM),
-        maximum_packet_size=number(_MAXIMUM_PACKET_SIZE),
+        receive_maximum=receive_maximum,
+        maximum_packet_size=maximum_packet_size,
         server_keepalive_s=number(_SERVER_KEEP_ALIVE),
         maximum_qos=number(_MAXIMUM_QOS),
         retain_available=number(_RETAIN_AVAILABLE) != 0,

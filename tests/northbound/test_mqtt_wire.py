@@ -146,6 +146,8 @@ def test_connack_5_no_retain_and_qos0_only() -> None:
         b"\x00\x00\x02\x7e\x00",  # an unknown property
         b"\x00\x00\x09\x21\x00\x01",  # properties longer than the packet
         b"\x00\x00\x03\x1f\x00\x05",  # a string longer than its properties
+        b"\x00\x00\x03\x21\x00\x00",  # Receive Maximum 0: nothing could ever be sent
+        b"\x00\x00\x05\x27\x00\x00\x00\x00",  # Maximum Packet Size 0
     ],
 )
 def test_connack_malformed(body: bytes) -> None:
