@@ -152,6 +152,8 @@ def test_bench_site_runs_loses_nothing_and_measures_its_floor() -> None:
     assert run["registers"] == "energy"
     assert run["sim_server"] == "own"  # the meters are firmware_sim's own light server
     assert "sim_cpu_share_of_one_core" in run
+    # The event loop's thread is a part of the process: never more than the whole.
+    assert 0 <= run["loop_thread_share_of_one_core"] <= run["cpu_share_of_one_core"]
     assert run["delivered"] > 0
     # Correctness, not speed: every journalled reading of the window published, none twice.
     assert run["journalled_not_published"] == 0
