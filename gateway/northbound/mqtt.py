@@ -240,6 +240,8 @@ class MqttLink:
         async with contextlib.AsyncExitStack() as stack:
             client = await self._connect(stack)
             try:
+                # Before `online`: the status says the gateway can send, on both connections.
+                out = await self._open_out(stack)
                 timeout_s = self._settings.publish_timeout_s
                 async with asyncio.timeout(timeout_s):
                     await client.subscribe(self._topics.command_filter, qos=QOS, timeout=math.inf)
@@ -252,7 +254,6 @@ class MqttLink:
                         retain=True,
                         timeout=math.inf,
                     )
-                out = await self._open_out(stack)
                 self.counters.connects += 1
                 self._session_was_up = True
                 self.connected.set()

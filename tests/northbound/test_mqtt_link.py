@@ -572,11 +572,17 @@ async def test_link_auto_publishes_on_the_main_connection_when_the_broker_refuse
 async def test_link_separate_stays_down_while_the_broker_refuses_the_second_connection(
     mosquitto: Broker,
 ) -> None:
+    statuses = Recorder(mosquitto.host, mosquitto.port, TOPICS.status)
     async with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
         proxy.refuse_client_suffix = "-out"
         link = MqttLink(_settings(proxy.port, publish_connection="separate"), SITE, "1")
-        async with running(link, MemoryOutbox()):
+        async with running(link, MemoryOutbox(), statuses):
             await eventually(lambda: proxy.refused >= 2, what="two refused attempts")
+            # Each attempt ended with its main connection's "offline", published after the
+            # refusal and PUBACKed before the next attempt: the first one has arrived by now.
+            await statuses.next_matching(_is_status("offline"))
+    # "online" is said only once both connections are up: never here.
+    assert {m.json()["status"] for m in statuses.messages} == {"offline"}
     assert link.counters.connects == 0
     assert not link.connected.is_set()
     assert "refused connection 'prepay-gw-s1-out': not authorized" in str(link.counters.last_error)
