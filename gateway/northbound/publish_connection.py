@@ -111,6 +111,10 @@ class PublishConnection(asyncio.Protocol):
         """
         if self.error is not None:
             raise self.error
+        # The gateway's messages are QoS 1 (`topics.QOS`); one the outbox holds at 2 goes at 1:
+        # the outbox's resend and each message's id give a consumer what QoS 2 would, and this
+        # connection speaks no PUBREC/PUBREL/PUBCOMP.
+        qos = min(qos, 1)
         mid = 0
         if qos:
             mid = self._last_mid

@@ -80,6 +80,18 @@ async def test_messages_reach_a_real_broker_in_order_with_retain_kept(
     assert (message.payload, message.retain) == (b"299", True)
 
 
+async def test_a_qos2_message_goes_at_qos1(mosquitto: Broker) -> None:
+    # At QoS 2 mosquitto would answer PUBREC, which this connection does not speak: it would
+    # end the connection instead of answering.
+    async with open_publish_connection(_endpoint(mosquitto.port)) as out:
+        answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        out.publish("t", b"x", qos=2, retain=False, on_done=answer.set_result)
+        # A PUBACK: 0x00, or 0x10 (taken, no matching subscribers: mosquitto 2's answer here),
+        # both success codes of MQTT 5.
+        assert await asyncio.wait_for(answer, WAIT_S) in (0x00, 0x10)
+        assert out.error is None
+
+
 @dataclass
 class ScriptedBroker:
     """A broker that answers CONNECT with ``connack`` and each PUBLISH with a PUBACK of
