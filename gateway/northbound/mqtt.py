@@ -29,7 +29,9 @@ Protocol facts this adapter relies on:
 - A PUBACK refusing a message (MQTT 5 reason 0x80 and above: not authorized, quota exceeded,
   packet too large) is the broker's answer to that message, and sending it again gets the same
   one: it leaves the outbox like a delivered message, logged and counted (``refused``), so that
-  it does not hold back every message behind it.
+  it does not hold back every message behind it. One exception, under ``auto``: "not
+  authorized" on the second connection moves the outbox to the main one (an ACL keyed on
+  client ids), the message unacknowledged (`MqttLink._own_publisher`).
 - The outbox is read when a connection starts (and while a read fills its chunk); after that,
   the store tells the drain what each transaction committed (`OutboxReader.follow`), in seq
   order, and the drain takes it from memory. A tail longer than a chunk (a stalled broker) is
@@ -96,6 +98,7 @@ class FeedHandler(Protocol):
 _UNSUPPORTED_PROTOCOL: Final = frozenset({1, 0x84})
 _DEFAULT_LIMITS: Final = CommandLimits()
 _LINK_ERRORS: Final = (aiomqtt.MqttError, OSError)  # TimeoutError and ssl.SSLError are OSErrors
+_NOT_AUTHORIZED: Final = 0x87  # an MQTT 5 PUBACK's reason code
 
 
 @dataclass
@@ -657,8 +660,30 @@ class MqttLink:
     def _own_publisher(
         self, out: PublishConnection, progress: asyncio.Event
     ) -> Callable[[Unit], None]:
-        """What hands one unit to the outbox's own connection, and marks it done at its PUBACK."""
+        """What hands one unit to the outbox's own connection, and marks it done at its PUBACK.
+
+        Under ``publish_connection: auto``, a PUBACK "not authorized" (0x87) on this connection
+        is taken as the broker's ACL knowing only the main client id (one keyed on client ids):
+        the message is not acknowledged, the session ends, and from the reconnect on the
+        outbox goes out on the main connection, where it was allowed before the second
+        connection existed. Only a refusal there too is the topic's (counted and dropped).
+        """
         done = self._finisher(progress)
+        auto = self._settings.publish_connection == "auto"
+
+        def answered(unit: Unit, reason: int) -> None:
+            if auto and reason == _NOT_AUTHORIZED and self.publishing_on == "separate":
+                logger.warning(
+                    "the broker refused a message on %s from %s-out as not authorized (0x87);"
+                    " the outbox's messages go out on the main connection from now on"
+                    " (mqtt.publish_connection: separate keeps them apart)",
+                    unit.topic,
+                    self._client_id,
+                )
+                self.publishing_on = "shared"
+                out.abandon("the broker does not authorize this client id to publish")
+                return  # not done: sent again after the reconnect, on the main connection
+            done(unit, reason)
 
         def publish(unit: Unit) -> None:
             out.publish(
@@ -666,7 +691,7 @@ class MqttLink:
                 unit.payload,
                 qos=unit.qos,
                 retain=unit.retain,
-                on_done=functools.partial(done, unit),
+                on_done=functools.partial(answered, unit),
             )
 
         return publish

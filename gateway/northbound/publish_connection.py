@@ -138,6 +138,11 @@ class PublishConnection(asyncio.Protocol):
         else:
             on_done(0)
 
+    def abandon(self, why: str) -> None:
+        """End the connection now, as lost (`wait_lost` raises with ``why``); the messages in
+        flight get no answer."""
+        self._fail(why)
+
     async def wait_lost(self) -> NoReturn:
         """Return only by raising: the `PublishConnectionError` that ended the connection."""
         await self._lost.wait()
@@ -153,6 +158,8 @@ class PublishConnection(asyncio.Protocol):
         try:
             packets = wire.split_packets(self._incoming)
             for first, body in packets:
+                if self.error is not None:  # ended by one of them (or its callback): no more
+                    return
                 self._handle(first >> 4, body)
         except wire.MalformedPacketError as exc:
             self._fail(f"broker sent a malformed packet: {exc}")

@@ -103,6 +103,9 @@ class TcpProxy:
     - ``refuse_client_suffix`` answers a CONNECT whose client id ends so with "not authorized"
       (MQTT 5 0x87, 3.1.1 0x05) and closes; `cut_client` aborts the connections of one client
       id suffix only. `refused` counts the CONNECTs refused.
+    - ``deny_publish_suffix`` lets such a client connect, but keeps its QoS 1 PUBLISHes from the
+      broker and answers each with an MQTT 5 PUBACK "not authorized" (0x87), as a broker whose
+      ACL knows other client ids does; `denied` counts them.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -116,6 +119,8 @@ class TcpProxy:
         self.v3_only = False
         self.refuse_client_suffix: str | None = None
         self.refused = 0
+        self.deny_publish_suffix: str | None = None
+        self.denied = 0
         self._clients: dict[asyncio.StreamWriter, str] = {}  # a client's writer -> its client id
         self.connections = 0
         self.port = 0
@@ -186,8 +191,34 @@ class TcpProxy:
         self._writers.update((writer, up_writer))
         self._clients[writer] = _client_id(first)
         up_writer.write(first)
-        self._spawn(self._pump(reader, up_writer, stallable=False))
+        client_id = _client_id(first)
+        if self.deny_publish_suffix and client_id.endswith(self.deny_publish_suffix):
+            self._spawn(self._deny_publishes(reader, up_writer, writer))
+        else:
+            self._spawn(self._pump(reader, up_writer, stallable=False))
         self._spawn(self._pump(up_reader, writer, stallable=True))
+
+    async def _deny_publishes(
+        self,
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        client: asyncio.StreamWriter,
+    ) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, OSError):
+            while True:
+                packet = await _read_packet(source)
+                if packet[0] >> 4 == 3 and (packet[0] >> 1) & 0x03 == 1:  # PUBLISH, QoS 1
+                    at = 1
+                    while packet[at] & 0x80:  # past the remaining length
+                        at += 1
+                    at += 1
+                    at += 2 + int.from_bytes(packet[at : at + 2], "big")  # past the topic
+                    self.denied += 1
+                    client.write(b"\x40\x03" + packet[at : at + 2] + b"\x87")
+                    continue
+                sink.write(packet)
+                await sink.drain()
+        sink.transport.abort()
 
     async def _pump(
         self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, stallable: bool
