@@ -175,7 +175,8 @@ class PublishConnection(asyncio.Protocol):
             mid, reason = wire.parse_puback(self._version, body)
             callback = self._waiting.pop(mid, None)
             if callback is None:
-                # Not ours to judge harshly: counted, and the connection goes on.
+                # A PUBACK for nothing in flight (a broker's slip): counted, and the connection
+                # goes on; ending it would resend everything in flight for one stray packet.
                 self.unknown_pubacks += 1
                 return
             callback(reason)
