@@ -588,19 +588,25 @@ async def test_link_separate_stays_down_while_the_broker_refuses_the_second_conn
     assert "refused connection 'prepay-gw-s1-out': not authorized" in str(link.counters.last_error)
 
 
+def _events_to_record(broker: Broker, n: int) -> tuple[MemoryOutbox, Recorder]:
+    """An outbox of ``n`` events of account a0, and a recorder done once it has seen each."""
+    outbox = MemoryOutbox()
+    for number in range(n):
+        _ledger(outbox, "a0", number)
+    recorder = Recorder(
+        broker.host,
+        broker.port,
+        f"prepay/{SITE}/account/#",
+        until=lambda msgs: len({m.json()["event_id"] for m in msgs}) >= n,
+    )
+    return outbox, recorder
+
+
 async def test_link_losing_only_the_publishing_connection_reconnects_and_loses_nothing(
     mosquitto: Broker,
 ) -> None:
-    outbox = MemoryOutbox()
-    for n in range(300):
-        _ledger(outbox, "a0", n)
+    outbox, recorder = _events_to_record(mosquitto, 300)
     outbox.hold = True
-    recorder = Recorder(
-        mosquitto.host,
-        mosquitto.port,
-        f"prepay/{SITE}/account/#",
-        until=lambda msgs: len({m.json()["event_id"] for m in msgs}) >= 300,
-    )
     async with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
         link = MqttLink(_settings(proxy.port, max_inflight=20), SITE, "1")
         async with running(link, outbox, recorder) as wake:
@@ -673,15 +679,7 @@ async def test_link_auto_moves_to_the_main_connection_when_the_second_may_not_pu
 ) -> None:
     # A broker whose ACL is keyed on client ids: "-out" connects, but its PUBLISHes are refused
     # (0x87). Under auto nothing is dropped: the outbox goes out on the main connection.
-    outbox = MemoryOutbox()
-    for n in range(30):
-        _ledger(outbox, "a0", n)
-    recorder = Recorder(
-        mosquitto.host,
-        mosquitto.port,
-        f"prepay/{SITE}/account/#",
-        until=lambda msgs: len({m.json()["event_id"] for m in msgs}) >= 30,
-    )
+    outbox, recorder = _events_to_record(mosquitto, 30)
     async with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
         proxy.deny_publish_suffix = "-out"
         link = MqttLink(_settings(proxy.port), SITE, "1")
