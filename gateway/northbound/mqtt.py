@@ -243,13 +243,16 @@ class MqttLink:
         async with contextlib.AsyncExitStack() as stack:
             client = await self._connect(stack)
             try:
-                # Before `online`: the status says the gateway can send, on both connections.
-                out = await self._open_out(stack)
                 timeout_s = self._settings.publish_timeout_s
                 async with asyncio.timeout(timeout_s):
+                    # Subscribed first: on a session's first connection, a command published
+                    # before its SUBSCRIBE has nobody to go to.
                     await client.subscribe(self._topics.command_filter, qos=QOS, timeout=math.inf)
                     for topic_filter in self._feeds:
                         await client.subscribe(topic_filter, qos=QOS, timeout=math.inf)
+                # Before `online`: the status says the gateway can send, on both connections.
+                out = await self._open_out(stack)
+                async with asyncio.timeout(timeout_s):
                     await client.publish(
                         self._topics.status,
                         self._status_payload("online"),

@@ -48,6 +48,8 @@ async def test_invoices_requested_answered_reissued_and_by_period(
     keys = tmp_path / "keys"
     watcher = Watcher()
     async with watcher.connected(mosquitto.host, mosquitto.port), running(Gateway(site)) as gw:
+        # Ready is the gateway's; commands need its link subscribed, which "online" follows.
+        await watcher.wait_for(lambda t, d: t.endswith("/status") and d["status"] == "online")
 
         async def command(kind: str, fields: dict[str, Any], cid: str) -> dict[str, Any]:
             await send_command(mosquitto, keys, kind, fields, cid)
