@@ -6,7 +6,7 @@ sent as one ``meter/{meter}/readings`` message. Units are formed when a slot fre
 messages are taken: the readings a meter gathered while the link was behind go out together,
 however many reads or commits brought them. A link that keeps up sends each reading as itself
 (the lowest latency); one that falls behind sends fewer, larger messages until it has caught up
-(one PUBLISH with its PUBACK costs about 0.14 ms of CPU, far more than its bytes).
+(one PUBLISH with its PUBACK costs far more CPU than its bytes; ``prepay bench publish``).
 
 Order: a unit is formed when its oldest message reaches the head, so units go out in the order
 of their oldest message, and per topic in outbox order. A batch takes a meter's later readings
