@@ -66,7 +66,7 @@ def _bus_config(sim: MeterSimulator, name: str, units: range) -> ModbusBusConfig
 async def test_the_buses_of_a_site_share_one_budget_so_one_bus_batches_more(
     sim: MeterSimulator, modbus_profiles: dict[str, DeviceProfile]
 ) -> None:
-    # A site's buses (`build_buses`) share one budget of at least 128: a site with one bus may
+    # A site's buses (`build_buses`) share one budget of 128: a site with one bus may
     # hold all its 40 readings at the journal's door at once. A budget of 16 a bus held them at
     # 16, and every commit of a 100-meter bus at 16 readings.
     (bus,) = build_buses([_bus_config(sim, "a", range(1, METERS + 1))], modbus_profiles)
@@ -77,6 +77,34 @@ async def test_the_buses_of_a_site_share_one_budget_so_one_bus_batches_more(
         await sink.wait_readings(f"meter-a-{METERS}", 2)  # and on, once the journal takes them
     assert sink.most >= METERS > PUTS_IN_FLIGHT_PER_BUS
     assert PUTS_IN_FLIGHT_SITE >= METERS
+
+
+async def test_a_site_of_many_buses_holds_no_more_than_the_site_budget(
+    sim: MeterSimulator, modbus_profiles: dict[str, DeviceProfile]
+) -> None:
+    # 10 buses of 20 meters (two per simulated unit): 16 a bus would be 160 readings waiting
+    # for the journal; the site's budget holds them at 128. Each bus then reads one more
+    # reading and waits for room with it: 128 + 10 polls, and no 139th.
+    buses = build_buses(
+        [_bus_config(sim, f"b{b}", range(1, 21) if b % 2 else range(21, 41)) for b in range(10)],
+        modbus_profiles,
+    )
+    assert PUTS_IN_FLIGHT_PER_BUS * len(buses) > PUTS_IN_FLIGHT_SITE
+
+    def polls() -> int:
+        return sum(bus.stats(d.device_id).polls for bus in buses for d in bus.config.devices)
+
+    sink = _HeldSink()
+    async with running(*buses, sink=sink):
+        await sink.wait_waiting(PUTS_IN_FLIGHT_SITE)
+        await eventually(
+            lambda: polls() >= PUTS_IN_FLIGHT_SITE + len(buses), what="every bus waiting"
+        )
+        held = sink.most
+        sink.gate.set()
+        for bus in buses:  # and every bus goes on once the journal takes them
+            await sink.wait_readings(bus.config.devices[-1].meter_id, 1)
+    assert held == PUTS_IN_FLIGHT_SITE
 
 
 async def test_buses_sharing_a_budget_never_hold_more_than_it(
