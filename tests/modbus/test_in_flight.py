@@ -82,9 +82,9 @@ async def test_the_buses_of_a_site_share_one_budget_so_one_bus_batches_more(
 async def test_a_site_of_many_buses_holds_no_more_than_the_site_budget(
     sim: MeterSimulator, modbus_profiles: dict[str, DeviceProfile]
 ) -> None:
-    # 10 buses of 20 meters (two per simulated unit): 16 a bus would be 160 readings waiting
-    # for the journal; the site's budget holds them at 128. Each bus then reads one more
-    # reading and waits for room with it: 128 + 10 polls, and no 139th.
+    # 10 buses of 20 meters (each simulated unit read by five of them): 16 a bus would be 160
+    # readings waiting for the journal; the site's budget holds them at 128. Each bus then
+    # reads one more reading and waits for room with it: 128 + 10 polls.
     buses = build_buses(
         [_bus_config(sim, f"b{b}", range(1, 21) if b % 2 else range(21, 41)) for b in range(10)],
         modbus_profiles,
