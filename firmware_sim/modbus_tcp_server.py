@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from drivers.modbus.registers import Table
-from firmware_sim.modbus_meter import Fault, ServedMeters, SimMeter
+from firmware_sim.meter_model import Fault, ServedMeters, SimMeter
 
 logger = logging.getLogger(__name__)
 

@@ -64,7 +64,8 @@ from drivers.ports import utc_now
 from firmware_sim.ble_remote import BleAirServer
 from firmware_sim.dispenser import AttError, SimulatedDispenser
 from firmware_sim.lns_uplink import LnsSimulator, SimDevice
-from firmware_sim.modbus_meter import Fault, MeterSimulator, SimMeter
+from firmware_sim.meter_model import Fault, SimMeter
+from firmware_sim.modbus_meter import MeterSimulator
 from firmware_sim.scenario import (
     BleDispenser,
     Family,

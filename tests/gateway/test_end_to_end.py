@@ -19,7 +19,8 @@ import pytest
 
 from billing_engine.reference import RefAccount, ReferenceBiller
 from drivers.modbus.profiles import load_profile
-from firmware_sim.modbus_meter import MeterSimulator, SimMeter
+from firmware_sim.meter_model import SimMeter
+from firmware_sim.modbus_meter import MeterSimulator
 from gateway.daemon import Gateway
 from gateway.northbound.commands import new_command, sign_command
 from gateway.northbound.payloads import CommandKind

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from drivers.modbus.profiles import load_profile
-from firmware_sim.modbus_meter import MeterSimulator, SimMeter
+from firmware_sim.meter_model import SimMeter
+from firmware_sim.modbus_meter import MeterSimulator
 from gateway.config import load_site
 from gateway.startup import STATE_FILE, read_ledger_key
 from gateway.store import JournalState, Store

@@ -17,7 +17,8 @@ from drivers.modbus.client import (
 )
 from drivers.modbus.config import DeviceProfile, ModbusBusConfig
 from drivers.ports import Reading
-from firmware_sim.modbus_meter import MeterSimulator, SimMeter
+from firmware_sim.meter_model import SimMeter
+from firmware_sim.modbus_meter import MeterSimulator
 from tests.fixtures.modbus import RecordingSink, bus_config, modbus_device, running, tcp_endpoint
 from tests.support.waiting import DEFAULT_TIMEOUT_S, eventually
 

@@ -26,7 +26,8 @@ from drivers.modbus.registers import (
     to_milli,
 )
 from drivers.ports import DriverEventKind, ImplausibleValueError, Reading
-from firmware_sim.modbus_meter import MeterSimulator, SimMeter
+from firmware_sim.meter_model import SimMeter
+from firmware_sim.modbus_meter import MeterSimulator
 from tests.fixtures.modbus import (
     RecordingSink,
     bus_config,

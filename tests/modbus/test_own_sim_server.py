@@ -21,7 +21,8 @@ from pymodbus.client import AsyncModbusTcpClient
 from drivers.modbus.config import DeviceProfile
 from drivers.modbus.registers import Table
 from drivers.ports import DeviceRejectedError, DeviceTimeoutError, FrameError
-from firmware_sim.modbus_meter import Fault, MeterSimulator, SimMeter
+from firmware_sim.meter_model import Fault, SimMeter
+from firmware_sim.modbus_meter import MeterSimulator
 from firmware_sim.modbus_tcp_server import OwnTcpSimulator
 from tests.fixtures.modbus import (
     PROFILES_DIR,

@@ -17,7 +17,8 @@ from drivers.modbus.client import ModbusBus
 from drivers.modbus.config import DeviceProfile, ModbusBusConfig
 from drivers.modbus.registers import DataType, encode_value
 from drivers.ports import DriverEventKind, SupplyState
-from firmware_sim.modbus_meter import Fault, MeterSimulator, SimMeter
+from firmware_sim.meter_model import Fault, SimMeter
+from firmware_sim.modbus_meter import MeterSimulator
 from tests.fixtures.modbus import (
     PtyPair,
     RecordingSink,

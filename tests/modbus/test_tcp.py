@@ -11,7 +11,8 @@ import pytest
 from drivers.modbus.client import ModbusBus
 from drivers.modbus.config import DeviceProfile
 from drivers.ports import DeviceRejectedError, DriverError, DriverEventKind, SupplyState
-from firmware_sim.modbus_meter import Fault, MeterSimulator, SimMeter
+from firmware_sim.meter_model import Fault, SimMeter
+from firmware_sim.modbus_meter import MeterSimulator
 from tests.fixtures.modbus import (
     RecordingSink,
     bus_config,

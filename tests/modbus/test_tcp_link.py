@@ -23,7 +23,8 @@ import pytest
 from drivers.modbus.config import DeviceProfile
 from drivers.modbus.registers import Table
 from drivers.ports import DeviceRejectedError, DeviceTimeoutError, FrameError
-from firmware_sim.modbus_meter import MeterSimulator, SimMeter
+from firmware_sim.meter_model import SimMeter
+from firmware_sim.modbus_meter import MeterSimulator
 from tests.fixtures.modbus import tcp_link
 from tests.fixtures.mosquitto import free_port
 from tests.support.waiting import eventually

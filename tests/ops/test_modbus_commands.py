@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from drivers.modbus.config import DeviceProfile
-from firmware_sim.modbus_meter import Fault, MeterSimulator, SimMeter
+from firmware_sim.meter_model import Fault, SimMeter
+from firmware_sim.modbus_meter import MeterSimulator
 from gateway.cli import main
 from gateway.config import load_site
 from gateway.startup import claim_state_dir

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from drivers.modbus.config import DeviceProfile
-from firmware_sim.modbus_meter import MeterSimulator, SimMeter
+from firmware_sim.meter_model import SimMeter
+from firmware_sim.modbus_meter import MeterSimulator
 from gateway.cli import main
 from gateway.config import load_site
 from gateway.daemon import Gateway

@@ -25,7 +25,8 @@ import yaml
 
 from drivers.modbus.profiles import load_profile
 from drivers.ports import Reading
-from firmware_sim.modbus_meter import MeterSimulator, SimMeter
+from firmware_sim.meter_model import SimMeter
+from firmware_sim.modbus_meter import MeterSimulator
 from gateway.config import load_site
 from gateway.notify import Notifier, ServiceWatch, watchdog_period_s
 from gateway.startup import STATE_FILE

@@ -12,7 +12,8 @@ import yaml
 
 from drivers.modbus.client import POLL_TIME_BUCKETS_S
 from drivers.modbus.profiles import load_profile
-from firmware_sim.modbus_meter import MeterSimulator, SimMeter
+from firmware_sim.meter_model import SimMeter
+from firmware_sim.modbus_meter import MeterSimulator
 from gateway.config import load_site
 from gateway.daemon import Gateway
 from tests.fixtures.mosquitto import free_port
