@@ -118,8 +118,8 @@ POLL_TIME_BUCKETS_S: tuple[float, ...] = (
 # (12.5 on average; 21-33 shared, and 11% less CPU per poll). Not more with more buses: a
 # reading waiting for the journal grows older, where a poll waiting for room is made when the
 # journal can take it. 16 a bus gave a 2,000-meter site (16 buses) 256, batches of 110 readings
-# and a poll -> broker p99 of 84-87 ms; 128 gave batches of 75, a p99 of 48 ms, every meter
-# still polled every second, and 8% less CPU per poll (`bench site`, alternated).
+# and a poll -> broker p99 of 80-85 ms; 128 gave batches of 75, a p99 of 46-49 ms, every meter
+# still polled every second, and 5-7% less CPU per poll (`bench site`, three alternated pairs).
 PUTS_IN_FLIGHT_PER_BUS = 16
 PUTS_IN_FLIGHT_SITE = 128
 
